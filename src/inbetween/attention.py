@@ -1,0 +1,238 @@
+"""Rotated temporal self-attention, fused into one SDPA call (DESIGN.md section 4).
+
+In dual mode the batch entering each temporal self-attention layer holds two halves,
+``[forward rows | backward rows]``, row ``r`` of one half pairing with row ``r`` of the other
+(the temporal transformer reshapes to ``(batch * h * w, N, C)`` batch-major, so the pipeline's
+batch ``[fwd-uncond, fwd-cond, bwd-uncond, bwd-cond]`` arrives that way). The backward half
+uses the forward half's attention probabilities rotated by 180 degrees (paper section 3.2):
+
+    A'[i, k] = A[N-1-i, N-1-k]   =>   out_bwd = flip_time(softmax(Q_fwd K_fwd^T / sqrt(d)) @ flip_time(V_bwd))
+
+so the forward queries/keys serve both halves, the backward values are time-flipped, and no
+attention map is ever materialised or stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+TEMPORAL_SELF_ATTENTION_PATTERN = "temporal_transformer_blocks.<i>.attn1"
+_TEMPORAL_SELF_ATTENTION = re.compile(r"(^|\.)temporal_transformer_blocks\.\d+\.attn1$")
+
+
+class RotatedTemporalAttnProcessor(nn.Module):
+    """Attention processor for one temporal self-attention layer of an SVD UNet.
+
+    With ``dual`` off it is diffusers' default SDPA processor. With ``dual`` on, the input
+    ``hidden_states`` of shape ``(2 * R, N, C)`` is ``[forward rows | backward rows]``; the forward
+    rows attend normally with the base weights, the backward rows use the forward rows' rotated
+    attention probabilities, values ``W_v + delta_v`` and output ``W_o + delta_o`` (the backward
+    adapter). ``delta_*`` are ``None`` when no adapter is loaded (backward branch = base weights).
+
+    The deltas are parameters so that training can optimise exactly them; they live on this
+    processor, which the ``Attention`` module registers as a submodule.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dual = False
+        self.delta_v: nn.Parameter | None = None
+        self.delta_o: nn.Parameter | None = None
+        self.delta_o_bias: nn.Parameter | None = None
+        self._default = AttnProcessor2_0()
+
+    def set_deltas(
+        self, delta_v: torch.Tensor | None, delta_o: torch.Tensor | None, delta_o_bias: torch.Tensor | None = None
+    ) -> None:
+        """Set the backward branch's weight deltas (``None`` removes them)."""
+        self.delta_v = _as_parameter(delta_v)
+        self.delta_o = _as_parameter(delta_o)
+        self.delta_o_bias = _as_parameter(delta_o_bias)
+
+    def backward_value_weight(self, attn: Attention) -> torch.Tensor:
+        """``W_v`` of the backward branch, shape ``(inner_dim, C)``."""
+        return _plus(attn.to_v.weight, self.delta_v)
+
+    def backward_output_weight(self, attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_o, b_o)`` of the backward branch."""
+        out = attn.to_out[0]
+        return _plus(out.weight, self.delta_o), _plus(out.bias, self.delta_o_bias)
+
+    def forward(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if not self.dual:
+            return self._default(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("rotated attention is self-attention over frames; it takes no context and no mask")
+        if hidden_states.shape[0] % 2:
+            raise ValueError(
+                f"dual mode needs a batch of [forward | backward] halves, got {hidden_states.shape[0]} rows"
+            )
+        return rotated_attention(
+            attn, hidden_states, self.backward_value_weight(attn), *self.backward_output_weight(attn)
+        )
+
+
+def rotated_attention(
+    attn: Attention,
+    hidden_states: torch.Tensor,
+    value_weight_bwd: torch.Tensor,
+    output_weight_bwd: torch.Tensor,
+    output_bias_bwd: torch.Tensor | None,
+) -> torch.Tensor:
+    """Dual-mode temporal attention: ``(2R, N, C) -> (2R, N, C_out)``, rows ``[forward | backward]``."""
+    x_fwd, x_bwd = hidden_states.chunk(2)  # (R, N, C) each
+    rows, frames, _ = x_fwd.shape
+    heads = attn.heads
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (R, N, H*D) -> (R, H, N, D)
+        return x.view(rows, frames, heads, -1).transpose(1, 2)
+
+    q = split_heads(attn.to_q(x_fwd))
+    k = split_heads(attn.to_k(x_fwd))
+    v_fwd = split_heads(attn.to_v(x_fwd))
+    v_bwd = split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias))
+    head_dim = v_fwd.shape[-1]
+    # One softmax(QK^T) serves both halves: stack the forward values and the time-flipped
+    # backward values along the feature axis.
+    values = torch.cat([v_fwd, v_bwd.flip(2)], dim=-1)  # (R, H, N, 2D)
+    out = F.scaled_dot_product_attention(q, k, values, scale=attn.scale)
+    out_fwd, out_bwd = out.split(head_dim, dim=-1)
+    out_bwd = out_bwd.flip(2)
+
+    def merge_heads(x: torch.Tensor) -> torch.Tensor:  # (R, H, N, D) -> (R, N, H*D)
+        return x.transpose(1, 2).reshape(rows, frames, -1).to(hidden_states.dtype)
+
+    y_fwd = attn.to_out[0](merge_heads(out_fwd))
+    y_bwd = F.linear(merge_heads(out_bwd), output_weight_bwd, output_bias_bwd)
+    y = attn.to_out[1](torch.cat([y_fwd, y_bwd]))
+    return y / attn.rescale_output_factor
+
+
+def temporal_self_attention_names(unet: nn.Module) -> list[str]:
+    """Module paths of the temporal self-attention layers, e.g. ``mid_block.attentions.0.temporal_transformer_blocks.0.attn1``."""
+    return [name for name, _ in unet.named_modules() if _TEMPORAL_SELF_ATTENTION.search(name)]
+
+
+def expected_temporal_self_attention_layers(config) -> int:
+    """How many temporal self-attention layers a ``UNetSpatioTemporalConditionModel`` config implies (16 for SVD)."""
+    n_blocks = len(config.down_block_types)
+    per_block = _per_block(config.transformer_layers_per_block, n_blocks)
+    layers = _per_block(config.layers_per_block, n_blocks)
+    down = sum(layers[i] * per_block[i] for i, kind in enumerate(config.down_block_types) if "CrossAttn" in kind)
+    up_per_block = per_block[::-1]
+    up = sum(
+        (layers[::-1][i] + 1) * up_per_block[i] for i, kind in enumerate(config.up_block_types) if "CrossAttn" in kind
+    )
+    return down + per_block[-1] + up
+
+
+def install_rotation(unet: nn.Module) -> dict[str, RotatedTemporalAttnProcessor]:
+    """Put a :class:`RotatedTemporalAttnProcessor` on every temporal self-attention layer of ``unet``.
+
+    Idempotent: layers that already have one keep it (and its deltas); other layers keep their
+    processors. Returns ``{layer name: processor}``. Raises ``ValueError`` when the model does not
+    have the structure of SVD's ``UNetSpatioTemporalConditionModel``: as many temporal
+    self-attention layers as its config implies (16 for SVD/SVD-XT), each a plain self-attention.
+    """
+    names = temporal_self_attention_names(unet)
+    config = getattr(unet, "config", None)
+    expected = expected_temporal_self_attention_layers(config) if hasattr(config, "down_block_types") else None
+    if not names or len(names) != expected:
+        raise ValueError(
+            f"expected {expected} temporal self-attention layers (`*.{TEMPORAL_SELF_ATTENTION_PATTERN}`, 16 in "
+            f"Stable Video Diffusion), found {len(names)} in {type(unet).__name__}; "
+            "use a diffusers UNetSpatioTemporalConditionModel"
+        )
+    processors = {}
+    for name in names:
+        attn = unet.get_submodule(name)
+        _check_plain_self_attention(name, attn)
+        if not isinstance(attn.processor, RotatedTemporalAttnProcessor):
+            attn.set_processor(RotatedTemporalAttnProcessor())
+        processors[name] = attn.processor
+    return processors
+
+
+def rotation_processors(unet: nn.Module) -> dict[str, RotatedTemporalAttnProcessor]:
+    """The installed rotation processors by layer name (empty if none are installed)."""
+    return {
+        name: module.processor
+        for name, module in unet.named_modules()
+        if isinstance(getattr(module, "processor", None), RotatedTemporalAttnProcessor)
+    }
+
+
+def remove_rotation(unet: nn.Module) -> None:
+    """Restore diffusers' default processor (and drop any adapter deltas) on the rotated layers."""
+    for name in rotation_processors(unet):
+        unet.get_submodule(name).set_processor(AttnProcessor2_0())
+
+
+@contextmanager
+def dual_mode(unet: nn.Module) -> Iterator[None]:
+    """Within this block the UNet's batch is ``[forward half | backward half]``.
+
+    Needs :func:`install_rotation` first. Dual mode is switched off again on exit, also on error,
+    so the same UNet keeps serving plain image-to-video calls.
+    """
+    processors = list(rotation_processors(unet).values())
+    if not processors:
+        raise ValueError("no rotated attention processors installed; call install_rotation(unet) first")
+    for processor in processors:
+        processor.dual = True
+    try:
+        yield
+    finally:
+        for processor in processors:
+            processor.dual = False
+
+
+def _check_plain_self_attention(name: str, attn: nn.Module) -> None:
+    if not isinstance(attn, Attention):
+        raise ValueError(f"`{name}` is a {type(attn).__name__}, not a diffusers Attention layer")
+    unsupported = [
+        flag
+        for flag, present in [
+            ("spatial_norm", attn.spatial_norm is not None),
+            ("group_norm", attn.group_norm is not None),
+            ("norm_q/norm_k", attn.norm_q is not None or attn.norm_k is not None),
+            ("residual_connection", attn.residual_connection),
+            ("cross-attention", attn.is_cross_attention),
+        ]
+        if present
+    ]
+    if unsupported:
+        raise ValueError(f"temporal attention `{name}` uses {', '.join(unsupported)}, which rotation does not support")
+
+
+def _as_parameter(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    if tensor is None:
+        return None
+    return tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, requires_grad=False)
+
+
+def _plus(base: torch.Tensor | None, delta: torch.Tensor | None) -> torch.Tensor | None:
+    if delta is None:
+        return base
+    if base is None:
+        return delta
+    return base + delta.to(base.dtype)
+
+
+def _per_block(value: int | tuple[int, ...] | list[int], n_blocks: int) -> list[int]:
+    return list(value) if isinstance(value, (tuple, list)) else [value] * n_blocks

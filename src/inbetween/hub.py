@@ -1,0 +1,61 @@
+"""Finding model weights: a local folder or a Hugging Face Hub id, with errors that say how to get them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SVD_XT = "stabilityai/stable-video-diffusion-img2vid-xt"
+SVD = "stabilityai/stable-video-diffusion-img2vid"
+UNET_WEIGHTS = "diffusion_pytorch_model"
+
+
+def download_hint(model: str) -> str:
+    """One sentence telling the user how to make ``model`` available offline."""
+    return (
+        f"download it once with `hf download {model}` (accept the model licence on its Hub page and "
+        "`hf auth login` first) or pass a local folder in its layout"
+    )
+
+
+def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder for ``model``: the folder itself, or the Hub snapshot (cached, downloaded if allowed).
+
+    Raises ``FileNotFoundError`` with a download hint when it is neither a folder nor reachable.
+    """
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.suffix or path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") != 1:
+        raise FileNotFoundError(f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}`")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model), allow_patterns=allow_patterns))
+    except Exception as exc:  # offline, gated, unknown repo: all mean "not available here"
+        raise FileNotFoundError(
+            f"model `{model}` is not in the local cache and could not be downloaded ({type(exc).__name__}); "
+            + download_hint(str(model))
+        ) from exc
+
+
+def find_unet_weight_files(source: str | os.PathLike, variant: str | None = None) -> list[Path]:
+    """The safetensors files of a UNet given as a UNet folder, a pipeline folder (``unet/``) or a Hub id."""
+    patterns = ["unet/*.json", "unet/*.safetensors", "*.json", "*.safetensors"]
+    folder = resolve_model_folder(source, allow_patterns=patterns)
+    if (folder / "unet").is_dir():
+        folder = folder / "unet"
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    index = folder / f"{UNET_WEIGHTS}{suffix}.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / shard for shard in shards]
+    single = folder / f"{UNET_WEIGHTS}{suffix}"
+    if single.is_file():
+        return [single]
+    if (folder / f"{UNET_WEIGHTS}.bin").is_file():
+        raise ValueError(f"UNet weights in `{folder}` are a pickle (.bin); inbetween reads only safetensors. "
+                         "Re-save the UNet with `save_pretrained(..., safe_serialization=True)` in a trusted session")
+    raise FileNotFoundError(f"no `{UNET_WEIGHTS}{suffix}` in `{folder}`; pass a diffusers UNet or pipeline folder"
+                            + (f" (or check the variant `{variant}`)" if variant else ""))

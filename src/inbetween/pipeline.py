@@ -1,0 +1,466 @@
+"""InbetweenPipeline: the video between two keyframes with Stable Video Diffusion.
+
+Generative Inbetweening (Wang et al., ICLR 2025): a forward pass conditioned on the first
+keyframe and a backward pass, over the time-reversed video, conditioned on the last keyframe,
+fused at every denoising step. Both passes run in ONE UNet call per step: the batch is
+``[fwd-uncond, fwd-cond, bwd-uncond, bwd-cond]`` and only the temporal self-attention layers
+tell the halves apart (see ``attention.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
+from diffusers import UNetSpatioTemporalConditionModel
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from .adapter import BackwardAdapter
+from .attention import dual_mode, install_rotation, rotation_processors
+from .sampling import (
+    FUSIONS,
+    apply_guidance,
+    edm_scalings,
+    fuse,
+    fusion_weights,
+    guidance_scales,
+    needs_guidance,
+    sample_euler_with_reinjection,
+)
+
+logger = logging.get_logger(__name__)
+
+KeyframeInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+SIZE_MULTIPLE = 64
+DEFAULT_LONG_SIDE = 1024
+ASPECT_TOLERANCE = 0.02
+
+EXAMPLE = """
+    >>> import torch
+    >>> from diffusers.utils import load_image, export_to_video
+    >>> from inbetween import InbetweenPipeline
+    >>> pipe = InbetweenPipeline.from_pretrained(
+    ...     "stabilityai/stable-video-diffusion-img2vid-xt", torch_dtype=torch.float16, variant="fp16"
+    ... ).to("cuda")
+    >>> pipe.load_backward_adapter("backward_adapter.safetensors")
+    >>> video = pipe(load_image("first.png"), load_image("last.png"), generator=torch.manual_seed(0)).frames[0]
+    >>> export_to_video(video, "inbetween.mp4", fps=7)
+"""
+
+
+@dataclass
+class InbetweenPipelineOutput(BaseOutput):
+    """``frames``: per pair a list of PIL images, or an array/tensor ``(B, N, H, W, 3)`` / ``(B, N, 3, H, W)``
+    in [0, 1], or the latents ``(B, N, 4, H/8, W/8)`` for ``output_type="latent"``."""
+
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class KeyframeConditioning:
+    """Conditioning of the UNet batch, grouped ``(G, B, ...)`` with groups ``[fwd-uncond, fwd-cond, bwd-uncond,
+    bwd-cond]`` (or ``[fwd-cond, bwd-cond]`` without guidance)."""
+
+    image_embeddings: torch.Tensor  # (G, B, 1, D) CLIP image embeddings
+    image_latents: torch.Tensor  # (G, B, 4, h, w) VAE latents of the noise-augmented keyframes
+    added_time_ids: torch.Tensor  # (G, B, 3): fps - 1, motion bucket, noise augmentation
+
+    def select(self, groups: list[int], num_frames: int) -> dict[str, torch.Tensor]:
+        """UNet keyword arguments for ``groups``, flattened to a batch of ``len(groups) * B``."""
+        latents = self.image_latents[groups].flatten(0, 1)
+        return {
+            "encoder_hidden_states": self.image_embeddings[groups].flatten(0, 1),
+            "added_time_ids": self.added_time_ids[groups].flatten(0, 1),
+            "image_latents": latents.unsqueeze(1).expand(-1, num_frames, -1, -1, -1),
+        }
+
+
+class InbetweenPipeline(DiffusionPipeline):
+    r"""Keyframe interpolation with an image-to-video SVD model and dual-directional sampling.
+
+    Components are those of diffusers' ``StableVideoDiffusionPipeline``, so any SVD / SVD-XT folder
+    or Hub id loads with ``from_pretrained``. Load the backward-motion adapter with
+    :meth:`load_backward_adapter` for the paper's quality.
+
+    Example:
+    """ + EXAMPLE
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder: CLIPVisionModelWithProjection,
+        unet: UNetSpatioTemporalConditionModel,
+        scheduler: EulerDiscreteScheduler,
+        feature_extractor: CLIPImageProcessor,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        _check_scheduler(scheduler)
+        install_rotation(self.unet)
+
+    # adapter ----------------------------------------------------------------------------------
+
+    def load_backward_adapter(self, adapter: BackwardAdapter | str | os.PathLike) -> None:
+        """Use the backward model's W_v / W_o from ``adapter`` (an adapter or a .safetensors path)."""
+        if not isinstance(adapter, BackwardAdapter):
+            adapter = BackwardAdapter.load(adapter)
+        adapter.apply_to(self.unet)
+
+    def unload_backward_adapter(self) -> None:
+        """Back to base weights in the backward branch (rotation stays installed)."""
+        for processor in rotation_processors(self.unet).values():
+            processor.set_deltas(None, None, None)
+
+    @property
+    def has_backward_adapter(self) -> bool:
+        return any(p.delta_v is not None or p.delta_o is not None for p in rotation_processors(self.unet).values())
+
+    # stages -------------------------------------------------------------------------------------
+
+    def default_size(self, image: KeyframeInput) -> tuple[int, int]:
+        """``(height, width)`` keeping ``image``'s aspect, multiples of 64, long side 1024."""
+        width, height = _image_size(image)
+        scale = DEFAULT_LONG_SIDE / max(width, height)
+        return _round_to_multiple(height * scale), _round_to_multiple(width * scale)
+
+    def check_inputs(
+        self,
+        first_image: KeyframeInput,
+        last_image: KeyframeInput,
+        height: int,
+        width: int,
+        num_frames: int,
+        num_inference_steps: int,
+        fusion: str,
+        noise_injection_steps: int,
+        noise_injection_ratio: float,
+        decode_chunk_size: int,
+        output_type: str,
+    ) -> None:
+        for name, image in (("first_image", first_image), ("last_image", last_image)):
+            if not isinstance(image, PIL.Image.Image | list | torch.Tensor):
+                raise ValueError(f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
+        if _batch_size(first_image) != _batch_size(last_image):
+            raise ValueError(f"got {_batch_size(first_image)} first keyframes but {_batch_size(last_image)} last ones")
+        first_aspect, last_aspect = _aspect(first_image), _aspect(last_image)
+        if abs(math.log(first_aspect / last_aspect)) > ASPECT_TOLERANCE:
+            raise ValueError(f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
+                             "crop them to the same aspect first")
+        for name, size in (("height", height), ("width", width)):
+            if size <= 0 or size % SIZE_MULTIPLE:
+                hint = max(SIZE_MULTIPLE, _round_to_multiple(size))
+                raise ValueError(f"`{name}` must be a positive multiple of {SIZE_MULTIPLE}, got {size}; try {hint}")
+        if num_frames < 3:
+            raise ValueError(f"`num_frames` must be at least 3 (two keyframes and one in between), got {num_frames}")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if noise_injection_steps < 0:
+            raise ValueError(f"`noise_injection_steps` must be 0 or more, got {noise_injection_steps}")
+        if not 0.0 <= noise_injection_ratio <= 1.0:
+            raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {noise_injection_ratio}")
+        if decode_chunk_size < 1:
+            raise ValueError(f"`decode_chunk_size` must be at least 1, got {decode_chunk_size}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+    def preprocess_keyframes(self, images: KeyframeInput, height: int, width: int) -> torch.Tensor:
+        """Keyframes as ``(B, 3, H, W)`` in [-1, 1]; PIL images are resized and center-cropped to the aspect."""
+        mode = "crop" if not isinstance(images, torch.Tensor) else "default"
+        return self.video_processor.preprocess(images, height=height, width=width, resize_mode=mode)
+
+    def encode_keyframes(
+        self,
+        first: torch.Tensor,
+        last: torch.Tensor,
+        fps: int,
+        motion_bucket_id: int,
+        noise_aug_strength: float,
+        guidance: bool,
+        generator: torch.Generator | None,
+    ) -> KeyframeConditioning:
+        """Encode preprocessed keyframes ``(B, 3, H, W)`` into the grouped conditioning of the UNet batch.
+
+        The noise augmentation of both keyframes is drawn first from ``generator``, as one
+        ``(2B, 3, H, W)`` tensor ``[first; last]``.
+        """
+        device, dtype = self._execution_device, self.unet.dtype
+        images = torch.cat([first, last]).to(device)
+        embeddings = self._encode_clip(images).to(dtype)  # (2B, 1, D)
+        noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
+        latents = self._encode_vae(images + noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
+        # SVD was trained with fps - 1 as the micro-conditioning (sgm's simple_video_sample.py).
+        time_ids = torch.tensor([fps - 1, motion_bucket_id, noise_aug_strength], device=device, dtype=dtype)
+        emb_first, emb_last = embeddings.chunk(2)
+        lat_first, lat_last = latents.chunk(2)
+        if guidance:
+            emb = torch.stack([torch.zeros_like(emb_first), emb_first, torch.zeros_like(emb_last), emb_last])
+            lat = torch.stack([torch.zeros_like(lat_first), lat_first, torch.zeros_like(lat_last), lat_last])
+        else:
+            emb, lat = torch.stack([emb_first, emb_last]), torch.stack([lat_first, lat_last])
+        return KeyframeConditioning(emb, lat, time_ids.expand(*emb.shape[:2], 3))
+
+    def _encode_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> CLIP image embeddings ``(B, 1, D)``."""
+        size = self.image_encoder.config.image_size  # 224 for SVD's ViT-H/14
+        pixels = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
+        mean = torch.tensor(self.feature_extractor.image_mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.feature_extractor.image_std, device=images.device).view(1, 3, 1, 1)
+        pixels = (pixels.clamp(0, 1) - mean) / std
+        encoder_dtype = next(self.image_encoder.parameters()).dtype
+        return self.image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
+
+    def _encode_vae(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
+        with _vae_upcast(self.vae):
+            return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+
+    def make_denoiser(
+        self,
+        cond: KeyframeConditioning,
+        num_frames: int,
+        guidance_scale: torch.Tensor,
+        weights: torch.Tensor,
+        split_guidance_batch: bool,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The fused denoiser ``(x (B, N, 4, h, w), sigma) -> denoised (B, N, 4, h, w)`` of one dual step."""
+        guided = cond.image_embeddings.shape[0] == 4
+        branch_of_group = [0, 0, 1, 1] if guided else [0, 1]
+        calls = [[0, 2], [1, 3]] if guided and split_guidance_batch else [list(range(len(branch_of_group)))]
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
+            x_branches = torch.stack([x, x.flip(1)])  # (2, B, N, 4, h, w): forward, time-reversed
+            denoised = [None] * len(branch_of_group)
+            for groups in calls:
+                x_in = x_branches[[branch_of_group[g] for g in groups]]  # (G', B, N, 4, h, w)
+                v = self._unet_dual(x_in.flatten(0, 1) * c_in, c_noise, cond.select(groups, num_frames))
+                v = v.unflatten(0, x_in.shape[:2]).float()
+                for j, g in enumerate(groups):
+                    denoised[g] = c_skip * x_in[j] + c_out * v[j]
+            if guided:
+                den_fwd = apply_guidance(denoised[0], denoised[1], guidance_scale)
+                den_bwd = apply_guidance(denoised[2], denoised[3], guidance_scale)
+            else:
+                den_fwd, den_bwd = denoised
+            return fuse(den_fwd, den_bwd, weights)
+
+        return denoise
+
+    def _unet_dual(self, x: torch.Tensor, c_noise: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One UNet call on a ``[forward rows | backward rows]`` batch ``(2R, N, 4, h, w)``."""
+        model_input = torch.cat([x.to(self.unet.dtype), kwargs["image_latents"]], dim=2)
+        with dual_mode(self.unet):
+            return self.unet(
+                model_input,
+                c_noise.to(self.unet.dtype),
+                encoder_hidden_states=kwargs["encoder_hidden_states"],
+                added_time_ids=kwargs["added_time_ids"],
+                return_dict=False,
+            )[0]
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        """``(B, N, 4, h, w)`` latents -> frames ``(B, 3, N, H, W)`` in [-1, 1], float32.
+
+        Each video is decoded on its own, ``decode_chunk_size`` frames at a time, so the temporal
+        decoder never mixes frames of two videos.
+        """
+        videos = []
+        for video in latents / self.vae.config.scaling_factor:
+            chunks = [
+                self.vae.decode(chunk.to(self.vae.dtype), num_frames=chunk.shape[0]).sample
+                for chunk in video.split(decode_chunk_size)
+            ]
+            videos.append(torch.cat(chunks).float().transpose(0, 1))
+        return torch.stack(videos)
+
+    # call ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        first_image: KeyframeInput,
+        last_image: KeyframeInput,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        fusion: str = "average",
+        noise_injection_steps: int = 5,
+        noise_injection_ratio: float = 0.5,
+        decode_chunk_size: int | None = None,
+        split_guidance_batch: bool = False,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        return_dict: bool = True,
+    ) -> InbetweenPipelineOutput | tuple:
+        r"""Generate the video from ``first_image`` to ``last_image`` (both included).
+
+        Args:
+            first_image, last_image (`PIL.Image.Image`, `list[PIL.Image.Image]` or `torch.Tensor`):
+                The keyframes; a list or a `(B, 3, H, W)` tensor in [0, 1] interpolates B pairs in one call.
+            height, width (`int`, *optional*): Output size, multiples of 64. Default: the first keyframe's aspect
+                with the long side 1024. PIL keyframes are resized and center-cropped to it.
+            num_frames (`int`, *optional*): Frames of the video, keyframes included (default `unet.config.num_frames`:
+                14 for SVD, 25 for SVD-XT).
+            num_inference_steps (`int`, defaults to 50): Euler steps (paper: 50).
+            min_guidance_scale, max_guidance_scale (`float`, default 1.0 / 3.0): SVD's per-frame guidance ramp,
+                applied per branch (symmetrised for `fusion="average"`). `max_guidance_scale <= 1` disables guidance.
+            fps, motion_bucket_id, noise_aug_strength: SVD's micro-conditioning (7, 127, 0.02).
+            fusion (`str`, defaults to `"average"`): forward weight 0.5 per frame, or `"linear"` from 1 at the
+                first keyframe to 0 at the last.
+            noise_injection_steps (`int`, defaults to 5): re-injections per step during the first
+                `noise_injection_ratio` (0.5) of the steps; 0 disables re-injection.
+            decode_chunk_size (`int`, *optional*): frames decoded at a time (default: all).
+            split_guidance_batch (`bool`, defaults to False): run the 4-way batch as two UNet calls of
+                `[forward, backward]` rows (one per guidance half) to lower peak memory; same result.
+            generator (`torch.Generator`, *optional*): source of ALL noise (augmentation, initial latents,
+                re-injection): the same seed gives the same video.
+            latents (`torch.Tensor`, *optional*): unit-variance initial noise `(B, N, 4, H/8, W/8)`, scaled by sigma_max.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, sigma, {"latents": ...})`
+                after every step; may return `{"latents": new_latents}`.
+            return_dict (`bool`, defaults to True): return an :class:`InbetweenPipelineOutput` instead of a tuple.
+
+        Returns:
+            :class:`InbetweenPipelineOutput` or `(frames,)`.
+        """
+        # 0. Default size and frame count from the keyframe and the UNet
+        default_height, default_width = self.default_size(first_image)
+        height, width = height or default_height, width or default_width
+        num_frames = num_frames or self.unet.config.num_frames
+        decode_chunk_size = decode_chunk_size or num_frames
+
+        # 1. Check inputs
+        self.check_inputs(first_image, last_image, height, width, num_frames, num_inference_steps, fusion,
+                          noise_injection_steps, noise_injection_ratio, decode_chunk_size, output_type)
+        if not self.has_backward_adapter:
+            logger.warning("no backward adapter loaded: the backward pass uses the base weights with rotated "
+                           "attention; load one with `pipe.load_backward_adapter(...)` for the paper's quality")
+        device = self._execution_device
+        guidance = needs_guidance(min_guidance_scale, max_guidance_scale)
+
+        # 2. Encode keyframes (draws the noise augmentation from `generator`)
+        first = self.preprocess_keyframes(first_image, height, width)
+        last = self.preprocess_keyframes(last_image, height, width)
+        cond = self.encode_keyframes(first, last, fps, motion_bucket_id, noise_aug_strength, guidance, generator)
+
+        # 3. Sigmas from the scheduler (Karras, sigma_max 700 -> sigma_min 0.002, then 0)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        sigmas = self.scheduler.sigmas.to(device, torch.float32)
+
+        # 4. Initial noise
+        batch_size = first.shape[0]
+        shape = (batch_size, num_frames, self.vae.config.latent_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        x = latents.to(device, torch.float32) * sigmas[0]
+
+        # 5. Guidance ramp and fusion weights, per frame
+        guidance_scale = guidance_scales(min_guidance_scale, max_guidance_scale, num_frames, fusion).to(device)
+        weights = fusion_weights(fusion, num_frames).to(device)
+        denoise = self.make_denoiser(cond, num_frames, guidance_scale, weights, split_guidance_batch)
+
+        # 6. Dual-directional Euler sampling with noise re-injection
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+
+            def on_step_end(step: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+                progress_bar.update()
+                if callback_on_step_end is None:
+                    return None
+                tensors = {name: x for name in callback_on_step_end_tensor_inputs if name == "latents"}
+                return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
+
+            x = sample_euler_with_reinjection(
+                denoise, x, sigmas, generator=generator, noise_injection_steps=noise_injection_steps,
+                noise_injection_ratio=noise_injection_ratio, callback=on_step_end,
+            )
+
+        # 7. Decode
+        if output_type == "latent":
+            frames = x
+        else:
+            video = self.decode_latents(x, decode_chunk_size)
+            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+@contextmanager
+def _vae_upcast(vae: AutoencoderKLTemporalDecoder):
+    """Encode in float32 when a float16 VAE asks for it (``force_upcast``), then restore its dtype."""
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(dtype)
+
+
+def _check_scheduler(scheduler: EulerDiscreteScheduler) -> None:
+    config = scheduler.config
+    if config.get("prediction_type") != "v_prediction" or not hasattr(scheduler, "sigmas"):
+        raise ValueError(
+            f"the scheduler must be SVD's EulerDiscreteScheduler with v-prediction (EDM sigmas), got "
+            f"{type(scheduler).__name__} with prediction_type={config.get('prediction_type')!r}"
+        )
+
+
+def _batch_size(image: KeyframeInput) -> int:
+    if isinstance(image, list):
+        return len(image)
+    if isinstance(image, torch.Tensor):
+        return image.shape[0] if image.ndim == 4 else 1
+    return 1
+
+
+def _image_size(image: KeyframeInput) -> tuple[int, int]:
+    """``(width, height)`` of the first keyframe of ``image``."""
+    if isinstance(image, list):
+        image = image[0]
+    if isinstance(image, torch.Tensor):
+        return image.shape[-1], image.shape[-2]
+    return image.size
+
+
+def _aspect(image: KeyframeInput) -> float:
+    width, height = _image_size(image)
+    return width / height
+
+
+def _round_to_multiple(size: float) -> int:
+    return max(SIZE_MULTIPLE, int(round(size / SIZE_MULTIPLE)) * SIZE_MULTIPLE)

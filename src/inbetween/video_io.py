@@ -1,0 +1,284 @@
+"""Reading keyframes and writing/reading frame sequences as mp4, gif, webp or a folder of PNG frames.
+
+Outputs are written atomically: into a hidden temporary sibling of the target, then renamed onto it, so a
+crash or a bad frame never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, ImageSequence
+
+OUTPUT_KINDS = ("mp4", "gif", "webp", "png")
+_FILE_KINDS = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}
+_PILLOW_ANIMATIONS = (".gif", ".webp")
+_FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+Frames = Sequence[Image.Image] | np.ndarray
+
+
+def _one_line(exc: BaseException) -> str:
+    # FFmpeg errors carry a numeric errno in str(); strerror alone reads better on one CLI line.
+    text = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _open_rgb(path: Path, role: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now so truncated/corrupt files fail here, not at first use
+            # Phone photos store rotation in EXIF; honour it so the keyframe looks as it does in viewers.
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(
+            f"cannot read {role} `{path}` as an image ({_one_line(exc)}); pass a valid PNG, JPEG or WebP file"
+        ) from exc
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Load a keyframe as a fully decoded RGB image (alpha is dropped, palettes and greyscale expanded)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"keyframe `{path}` not found; check the path and spelling")
+    return _open_rgb(path, "keyframe")  # a folder fails here too, as "Is a directory"
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """Return the output kind for `path`: "mp4", "gif" or "webp" by extension, "png" for a frame folder.
+
+    A folder is a path ending in a separator, a path without extension, or an existing directory with an
+    unknown extension. A known extension wins over an existing directory so a misplaced folder is reported.
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        return "png"
+    suffix = Path(text).suffix.lower()
+    if suffix in _FILE_KINDS:
+        return _FILE_KINDS[suffix]
+    if not suffix or Path(text).is_dir():
+        return "png"
+    raise ValueError(
+        f"unknown output extension `{suffix}` for `{text}`; use .mp4, .gif, .webp or a folder name for PNG frames"
+    )
+
+
+def _check_parent(target: Path, shown: str) -> None:
+    parent = target.parent
+    if not parent.exists():
+        raise ValueError(f"folder `{parent}` for output `{shown}` does not exist; create it first")
+    if not parent.is_dir():
+        raise ValueError(f"`{parent}` for output `{shown}` is a file, not a folder; choose an output inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"folder `{parent}` for output `{shown}` is not writable; fix its permissions or use another")
+
+
+def _check_existing(target: Path, kind: str, shown: str, overwrite: bool) -> None:
+    if not os.path.lexists(target):
+        return
+    if kind == "png" and not target.is_dir():
+        raise ValueError(f"output `{shown}` is a file but PNG frames need a folder; remove it or name another folder")
+    if kind != "png" and target.is_dir():
+        raise ValueError(f"output `{shown}` is a folder but .{kind} output is a file; remove it or pick another name")
+    if not overwrite:
+        raise FileExistsError(f"output `{shown}` already exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Validate an output path before any expensive work and return its kind (one of `OUTPUT_KINDS`).
+
+    Raises FileExistsError if it exists and `overwrite` is false, ValueError for an unknown extension, a
+    missing, non-folder or unwritable parent, or an existing path of the wrong type (file vs. folder).
+    """
+    shown = os.fspath(path)
+    kind = output_kind(path)
+    target = Path(path)
+    if target.name in ("", ".", ".."):
+        raise ValueError(f"output `{shown}` does not name a file or folder; pass e.g. `out.mp4` or `frames/`")
+    _check_parent(target, shown)
+    _check_existing(target, kind, shown, overwrite)
+    return kind
+
+
+def _as_uint8_array(frames: np.ndarray) -> np.ndarray:
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frame array has shape {frames.shape}; expected (N, H, W, 3) RGB")
+    if frames.dtype == np.uint8:
+        return frames
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise ValueError(f"frame array has dtype {frames.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+    low, high = float(frames.min()), float(frames.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"float frames span [{low:.3g}, {high:.3g}]; rescale them to [0, 1] (e.g. (x + 1) / 2)")
+    return np.rint(frames * 255.0).astype(np.uint8)
+
+
+def _as_rgb_images(frames: Frames) -> list[Image.Image]:
+    if isinstance(frames, np.ndarray):
+        frames = [Image.fromarray(frame) for frame in _as_uint8_array(frames)]
+    images: list[Image.Image] = []
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, Image.Image):
+            raise ValueError(f"frame {index} is a {type(frame).__name__}; pass PIL images or one (N, H, W, 3) array")
+        if images and frame.size != images[0].size:
+            first = images[0]
+            raise ValueError(
+                f"frame {index} is {frame.width}x{frame.height} but frame 0 is {first.width}x{first.height}; "
+                "resize all frames to one size"
+            )
+        images.append(frame if frame.mode == "RGB" else frame.convert("RGB"))
+    if not images:
+        raise ValueError("no frames to write; pass at least one frame")
+    return images
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+    # 4:2:0 chroma needs even sides; replicating the edge keeps every input pixel (output may grow by 1 px).
+    height, width = frame.shape[:2]
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def _write_mp4(images: list[Image.Image], path: Path, fps: Fraction) -> None:
+    # "libx264" names only the encoder, so this tests for it; FFmpeg builds without GPL parts still have mpeg4.
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    first = _pad_to_even(np.asarray(images[0]))
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18"}  # visually lossless; the default 23 smears fine motion
+        else:
+            stream.bit_rate = 8_000_000
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(_pad_to_even(np.asarray(image)), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush frames the encoder still buffers
+
+
+def _write_pillow_animation(images: list[Image.Image], path: Path, fps: Fraction, **options: object) -> None:
+    # Both formats store one duration per frame in milliseconds (GIF rounds further to 10 ms).
+    duration = round(1000 / fps)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, **options)
+
+
+def _write_png_folder(images: list[Image.Image], folder: Path) -> None:
+    digits = max(4, len(str(len(images) - 1)))  # zero-padded so plain name order is frame order
+    for index, image in enumerate(images):
+        image.save(folder / f"frame_{index:0{digits}d}.png")
+
+
+def _temporary_sibling(target: Path, tag: str = "tmp") -> Path:
+    # Same folder so the final rename stays on one filesystem; real name last so encoders see the extension.
+    return target.with_name(f".{tag}-{secrets.token_hex(6)}.{target.name}")
+
+
+def _replace_file_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    temporary = _temporary_sibling(target)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _replace_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    temporary = _temporary_sibling(target)
+    os.mkdir(temporary)
+    try:
+        write(temporary)
+        if not target.exists():
+            os.replace(temporary, target)
+            return
+        # rename() cannot replace a non-empty folder, so swap: old aside, new in, then drop the old one.
+        old = _temporary_sibling(target, "old")
+        os.replace(target, old)
+        try:
+            os.replace(temporary, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+_FILE_WRITERS: dict[str, Callable[[list[Image.Image], Path, Fraction], None]] = {
+    "mp4": _write_mp4,
+    "gif": partial(_write_pillow_animation, format="GIF"),
+    "webp": partial(_write_pillow_animation, format="WEBP", lossless=False, quality=90),
+}
+
+
+def write_video(frames: Frames, path: str | os.PathLike, fps: int = 7, overwrite: bool = False) -> Path:
+    """Write frames atomically as mp4, gif, webp or a folder of `frame_0000.png`, ... chosen by `path`.
+
+    `frames` are PIL images or an (N, H, W, 3) array, uint8 or float in [0, 1]. Odd-sized mp4 frames are
+    padded by one replicated row/column (H.264 4:2:0 needs even sides). GIF and WebP merge identical
+    consecutive frames into one longer frame; use mp4 or PNG to keep every frame. Returns the output path.
+    """
+    if not fps > 0:  # also rejects NaN
+        raise ValueError(f"fps must be positive, got {fps}; pass e.g. fps=7")
+    kind = check_output_path(path, overwrite)
+    rate = Fraction(fps).limit_denominator(1001)
+    images = _as_rgb_images(frames)
+    target = Path(path)
+    if kind == "png":
+        _replace_folder_atomically(target, lambda folder: _write_png_folder(images, folder))
+    else:
+        _replace_file_atomically(target, lambda file: _FILE_WRITERS[kind](images, file, rate))
+    return target
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    # "frame_10" after "frame_9": folders from other tools are often not zero-padded.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name.lower())]
+
+
+def _read_frame_folder(folder: Path) -> list[Image.Image]:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=_natural_key)
+    if not files:
+        raise ValueError(f"folder `{folder}` holds no .png or .jpg frames; point to a folder of frame images")
+    return [_open_rgb(file, "frame") for file in files]
+
+
+def _decode_with_pillow(path: Path) -> list[Image.Image]:
+    with Image.open(path) as animation:
+        return [frame.convert("RGB") for frame in ImageSequence.Iterator(animation)]
+
+
+def _decode_with_pyav(path: Path) -> list[Image.Image]:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        return [frame.to_image() for frame in container.decode(video=0)]
+
+
+def read_video(path: str | os.PathLike) -> list[Image.Image]:
+    """Decode every frame of a video file, animated GIF/WebP, or folder of PNG/JPEG frames as RGB images."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video `{path}` not found; check the path and spelling")
+    if path.is_dir():
+        return _read_frame_folder(path)
+    # Pillow composites GIF/WebP delta frames onto full frames; PyAV handles real video containers.
+    decode = _decode_with_pillow if path.suffix.lower() in _PILLOW_ANIMATIONS else _decode_with_pyav
+    try:
+        frames = decode(path)
+    except (av.FFmpegError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        reason = _one_line(exc)
+        raise ValueError(f"cannot read video `{path}` ({reason}); pass a valid mp4, webm, mov, gif or webp") from exc
+    if not frames:
+        raise ValueError(f"video `{path}` holds no frames; pass a video with at least one frame")
+    return frames
