@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_components  # noqa: E402
+
+from inbetween import BackwardAdapter, InbetweenPipeline  # noqa: E402
+
+
+def random_keyframe(seed: int, size: tuple[int, int] = (64, 64)) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def random_adapter(unet: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> BackwardAdapter:
+    """A non-zero adapter for ``unet`` (W_v, W_o and b_o deltas)."""
+    generator = torch.Generator().manual_seed(seed)
+    zeros = BackwardAdapter.zeros_like(unet, include_bias=True)
+    return BackwardAdapter({k: torch.randn(v.shape, generator=generator) * scale for k, v in zeros.deltas.items()})
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe() -> InbetweenPipeline:
+    pipe = InbetweenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def keyframes() -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    return random_keyframe(0), random_keyframe(1)

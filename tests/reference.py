@@ -1,0 +1,162 @@
+"""A deliberately naive implementation of Generative Inbetweening, for tests and benchmarks only.
+
+It follows the paper (and DESIGN.md section 2) literally, the way the published code does:
+two UNet copies (the backward one with W_v + dW_v / W_o + dW_o written into its weights),
+attention probabilities materialised with an explicit softmax and stored per layer during the
+forward call, read back rotated by 180 degrees during a second, backward call. Two UNet calls
+per step; classifier-free guidance by separate conditional/unconditional rows inside each call.
+The fast pipeline must match it numerically.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from inbetween import BackwardAdapter, InbetweenPipeline
+
+
+class StoringAttnProcessor:
+    """Plain self-attention that materialises softmax(QK^T/sqrt(d)) and stores it under the layer name."""
+
+    def __init__(self, name: str, store: dict[str, torch.Tensor]):
+        self.name, self.store = name, store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        probs = _attention_probs(attn, q, k)
+        self.store[self.name] = probs
+        return _attend(attn, probs, v)
+
+
+class FlippedMapAttnProcessor:
+    """Backward-model self-attention that ignores its own Q/K and uses the stored forward map, rotated."""
+
+    def __init__(self, name: str, store: dict[str, torch.Tensor]):
+        self.name, self.store = name, store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        forward_probs = self.store[self.name]  # (rows, heads, N, N)
+        rotated = torch.flip(forward_probs, dims=[-2, -1])  # A'[i, k] = A[N-1-i, N-1-k]
+        return _attend(attn, rotated, attn.to_v(hidden_states))
+
+
+def _split_heads(attn, x):
+    rows, frames, _ = x.shape
+    return x.view(rows, frames, attn.heads, -1).transpose(1, 2)
+
+
+def _attention_probs(attn, q, k):
+    q, k = _split_heads(attn, q), _split_heads(attn, k)
+    scores = q @ k.transpose(-1, -2) * attn.scale
+    return scores.softmax(dim=-1)
+
+
+def _attend(attn, probs, v):
+    v = _split_heads(attn, v)
+    out = (probs @ v).transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out / attn.rescale_output_factor
+
+
+def temporal_attention_names(unet) -> list[str]:
+    return [name for name, _ in unet.named_modules() if name.endswith("temporal_transformer_blocks.0.attn1")]
+
+
+class NaiveInbetween:
+    """The paper's sampler with two UNets and stored attention maps.
+
+    ``pipe`` supplies the components and the keyframe encoders (the conditioning is not what
+    is under test); the UNet copies, attention processors, guidance, fusion, Euler steps and
+    re-injection are written out here independently of ``inbetween.sampling``.
+    """
+
+    def __init__(self, pipe: InbetweenPipeline, adapter: BackwardAdapter | None = None):
+        self.pipe = pipe
+        self.store: dict[str, torch.Tensor] = {}
+        self.forward_unet = copy.deepcopy(pipe.unet)
+        self.backward_unet = copy.deepcopy(pipe.unet)
+        if adapter is not None:
+            with torch.no_grad():
+                params = dict(self.backward_unet.named_parameters())
+                for key, delta in adapter.deltas.items():
+                    params[key].add_(delta.to(params[key].dtype))
+        for name in temporal_attention_names(self.forward_unet):
+            self.forward_unet.get_submodule(name).set_processor(StoringAttnProcessor(name, self.store))
+            self.backward_unet.get_submodule(name).set_processor(FlippedMapAttnProcessor(name, self.store))
+
+    def unet_v(self, unet, x, sigma, image_emb, image_lat, time_ids):
+        """v-prediction of one branch; x (B, N, 4, h, w); rows [uncond, cond] when guided."""
+        c_in = 1 / (sigma**2 + 1) ** 0.5
+        frames = x.shape[1]
+        guided = image_emb.shape[0] == 2 * x.shape[0]
+        x_rows = torch.cat([x, x]) if guided else x
+        lat = image_lat.unsqueeze(1).repeat(1, frames, 1, 1, 1)
+        model_in = torch.cat([x_rows * c_in, lat], dim=2)
+        return unet(model_in, 0.25 * torch.log(sigma), encoder_hidden_states=image_emb,
+                    added_time_ids=time_ids, return_dict=False)[0]
+
+    def denoised(self, v, x, sigma, scale):
+        c_skip, c_out = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
+        if v.shape[0] == 2 * x.shape[0]:
+            v_uncond, v_cond = v.chunk(2)
+            v = v_uncond + scale.view(1, -1, 1, 1, 1) * (v_cond - v_uncond)
+        return c_skip * x + c_out * v
+
+    @torch.no_grad()
+    def __call__(self, first_image, last_image, *, height, width, num_frames, num_inference_steps=50,
+                 min_guidance_scale=1.0, max_guidance_scale=3.0, fps=7, motion_bucket_id=127,
+                 noise_aug_strength=0.02, fusion="average", noise_injection_steps=5, noise_injection_ratio=0.5,
+                 generator=None, step_timer=None):
+        pipe = self.pipe
+        guided = max_guidance_scale > 1
+        first = pipe.preprocess_keyframes(first_image, height, width)
+        last = pipe.preprocess_keyframes(last_image, height, width)
+        batch = first.shape[0]
+        images = torch.cat([first, last])
+        emb = pipe._encode_clip(images)
+        noise = randn_tensor(images.shape, generator=generator, dtype=images.dtype)
+        lat = pipe._encode_vae(images + noise_aug_strength * noise)
+        emb_f, emb_l = emb[:batch], emb[batch:]
+        lat_f, lat_l = lat[:batch], lat[batch:]
+        if guided:
+            emb_f, emb_l = torch.cat([torch.zeros_like(emb_f), emb_f]), torch.cat([torch.zeros_like(emb_l), emb_l])
+            lat_f, lat_l = torch.cat([torch.zeros_like(lat_f), lat_f]), torch.cat([torch.zeros_like(lat_l), lat_l])
+        time_ids = torch.tensor([[fps - 1, motion_bucket_id, noise_aug_strength]]).repeat(emb_f.shape[0], 1)
+
+        pipe.scheduler.set_timesteps(num_inference_steps)
+        sigmas = pipe.scheduler.sigmas.float()
+        shape = (batch, num_frames, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        x = randn_tensor(shape, generator=generator, dtype=torch.float32) * sigmas[0]
+
+        scale = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)
+        if fusion == "average":
+            w = torch.full((num_frames,), 0.5)
+            scale = (scale + torch.flip(scale, [0])) / 2
+        else:
+            w = torch.linspace(1.0, 0.0, num_frames)
+        w = w.view(1, -1, 1, 1, 1)
+
+        def fused_step(x, sigma, sigma_next):
+            self.store.clear()
+            v_f = self.unet_v(self.forward_unet, x, sigma, emb_f, lat_f, time_ids)  # stores the maps
+            x_b = torch.flip(x, [1])
+            v_b = self.unet_v(self.backward_unet, x_b, sigma, emb_l, lat_l, time_ids)  # reads them rotated
+            d_f = self.denoised(v_f, x, sigma, scale)
+            d_b = torch.flip(self.denoised(v_b, x_b, sigma, scale), [1])
+            denoised = w * d_f + (1 - w) * d_b
+            return x + (x - denoised) / sigma * (sigma_next - sigma)
+
+        for i in range(num_inference_steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            x_next = fused_step(x, sigma, sigma_next)
+            if i < int(noise_injection_ratio * num_inference_steps):
+                for _ in range(noise_injection_steps):
+                    noise = randn_tensor(x.shape, generator=generator, dtype=x.dtype)
+                    x_next = fused_step(x_next + noise * (sigma**2 - sigma_next**2) ** 0.5, sigma, sigma_next)
+            x = x_next
+            if step_timer is not None:
+                step_timer(i)
+        return x

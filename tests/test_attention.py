@@ -1,0 +1,184 @@
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from reference import _attend, _attention_probs
+from tiny import tiny_unet
+
+from inbetween.attention import (
+    RotatedTemporalAttnProcessor,
+    dual_mode,
+    install_rotation,
+    remove_rotation,
+    rotation_processors,
+    temporal_self_attention_names,
+)
+
+
+def naive_dual_attention(attn, x, delta_v=None, delta_o=None, delta_b=None):
+    """Forward half: plain attention. Backward half: materialised forward map rotated 180 degrees."""
+    x_fwd, x_bwd = x.chunk(2)
+    probs = _attention_probs(attn, attn.to_q(x_fwd), attn.to_k(x_fwd))
+    out_fwd = _attend(attn, probs, attn.to_v(x_fwd))
+    w_v = attn.to_v.weight + (0 if delta_v is None else delta_v)
+    w_o = attn.to_out[0].weight + (0 if delta_o is None else delta_o)
+    b_o = attn.to_out[0].bias + (0 if delta_b is None else delta_b)
+    rotated = torch.flip(probs, dims=[-2, -1])
+    v_bwd = (x_bwd @ w_v.T).view(*x_bwd.shape[:2], attn.heads, -1).transpose(1, 2)
+    out_bwd = (rotated @ v_bwd).transpose(1, 2).reshape(*x_bwd.shape[:2], -1) @ w_o.T + b_o
+    return torch.cat([out_fwd, out_bwd])
+
+
+def make_attention(dim=16, heads=2):
+    torch.manual_seed(0)
+    return Attention(query_dim=dim, heads=heads, dim_head=dim // heads, out_bias=True)
+
+
+@pytest.mark.parametrize("frames", [3, 8, 25])
+def test_rotation_identity_single_layer(frames):
+    attn = make_attention()
+    processor = RotatedTemporalAttnProcessor()
+    deltas = [torch.randn(16, 16) * 0.1, torch.randn(16, 16) * 0.1, torch.randn(16) * 0.1]
+    processor.set_deltas(*deltas)
+    processor.dual = True
+    x = torch.randn(2 * 6, frames, 16)
+    fused = processor(attn, x)
+    torch.testing.assert_close(fused, naive_dual_attention(attn, x, *deltas), rtol=1e-5, atol=1e-5)
+
+
+def test_without_deltas_backward_uses_base_weights():
+    attn = make_attention()
+    processor = RotatedTemporalAttnProcessor()
+    processor.dual = True
+    x = torch.randn(4, 5, 16)
+    torch.testing.assert_close(processor(attn, x), naive_dual_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+def test_dual_off_equals_diffusers_default_processor():
+    attn = make_attention()
+    x = torch.randn(6, 7, 16)
+    processor = RotatedTemporalAttnProcessor()
+    processor.set_deltas(torch.randn(16, 16), torch.randn(16, 16))  # ignored when dual is off
+    assert torch.equal(processor(attn, x), AttnProcessor2_0()(attn, x))
+
+
+def unet_inputs(batch=4, frames=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        sample=torch.randn(batch, frames, 8, 8, 8, generator=g),
+        timestep=torch.tensor(0.3),
+        encoder_hidden_states=torch.randn(batch, 1, 32, generator=g),
+        added_time_ids=torch.randn(batch, 3, generator=g),
+        return_dict=False,
+    )
+
+
+def test_installed_unet_with_dual_off_equals_plain_unet():
+    plain, patched = tiny_unet(), tiny_unet()
+    install_rotation(patched)
+    inputs = unet_inputs()
+    with torch.no_grad():
+        assert torch.equal(plain(**inputs)[0], patched(**inputs)[0])
+
+
+def test_rotation_identity_holds_in_every_unet_layer():
+    unet = tiny_unet()
+    processors = install_rotation(unet)
+    for processor in processors.values():
+        c = processor_dim(unet, processor)
+        processor.set_deltas(torch.randn(c, c) * 0.05, torch.randn(c, c) * 0.05)
+    captured = {}
+
+    def capture(name):
+        def hook(module, args, kwargs, output):
+            captured[name] = (args[0].detach(), output.detach())
+        return hook
+
+    for name in processors:
+        unet.get_submodule(name).register_forward_hook(capture(name), with_kwargs=True)
+    with torch.no_grad(), dual_mode(unet):
+        unet(**unet_inputs())
+    assert set(captured) == set(processors) and len(captured) == 6
+    for name, (x, out) in captured.items():
+        attn, processor = unet.get_submodule(name), processors[name]
+        with torch.no_grad():
+            expected = naive_dual_attention(attn, x, processor.delta_v, processor.delta_o)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def processor_dim(unet, processor):
+    for name, p in rotation_processors(unet).items():
+        if p is processor:
+            return unet.get_submodule(name).to_v.weight.shape[0]
+
+
+def test_forward_half_does_not_depend_on_the_adapter_and_grads_reach_only_deltas():
+    unet = tiny_unet()
+    unet.requires_grad_(False)
+    processors = install_rotation(unet)
+    deltas = []
+    for name, processor in processors.items():
+        c = unet.get_submodule(name).to_v.weight.shape[0]
+        processor.set_deltas(torch.nn.Parameter(torch.zeros(c, c)), torch.nn.Parameter(torch.zeros(c, c)))
+        deltas += [processor.delta_v, processor.delta_o]
+    inputs = unet_inputs()
+    with dual_mode(unet):
+        out = unet(**inputs)[0]
+    fwd, bwd = out.chunk(2)
+    grads_fwd = torch.autograd.grad(fwd.square().sum(), deltas, retain_graph=True, allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads_fwd)
+    bwd.square().sum().backward()
+    assert all(d.grad is not None and d.grad.abs().sum() > 0 for d in deltas)
+    assert all(p.grad is None for p in unet.parameters() if not any(p is d for d in deltas))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def grads(checkpointing):
+        unet = tiny_unet()
+        unet.requires_grad_(False)
+        processors = install_rotation(unet)
+        params = []
+        for name, processor in processors.items():
+            c = unet.get_submodule(name).to_v.weight.shape[0]
+            g = torch.Generator().manual_seed(len(params))
+            processor.set_deltas(torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
+                                 torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01))
+            params += [processor.delta_v, processor.delta_o]
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        with dual_mode(unet):
+            unet(**unet_inputs())[0].chunk(2)[1].square().mean().backward()
+        return [p.grad for p in params]
+
+    for a, b in zip(grads(False), grads(True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_install_checks_the_structure():
+    unet = tiny_unet()
+    assert len(temporal_self_attention_names(unet)) == 6
+    with pytest.raises(ValueError, match="temporal self-attention layers"):
+        install_rotation(torch.nn.Linear(2, 2))
+    del unet.mid_block.attentions[0].temporal_transformer_blocks[0].attn1
+    with pytest.raises(ValueError, match="expected 6 temporal self-attention layers.*found 5"):
+        install_rotation(unet)
+
+
+def test_dual_mode_is_switched_off_after_errors_and_remove_restores_default():
+    unet = tiny_unet()
+    with pytest.raises(ValueError, match="install_rotation"):
+        with dual_mode(unet):
+            pass
+    processors = install_rotation(unet)
+    with pytest.raises(RuntimeError):
+        with dual_mode(unet):
+            assert all(p.dual for p in processors.values())
+            raise RuntimeError("boom")
+    assert not any(p.dual for p in processors.values())
+    name = temporal_self_attention_names(unet)[0]
+    with pytest.raises(ValueError, match="forward . backward"):
+        with dual_mode(unet):
+            processors[name](unet.get_submodule(name), torch.randn(3, 4, 32))
+    remove_rotation(unet)
+    assert not rotation_processors(unet)
+    assert isinstance(unet.get_submodule(temporal_self_attention_names(unet)[0]).processor, AttnProcessor2_0)
