@@ -28,7 +28,8 @@ def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | N
     if path.is_dir():
         return path
     if path.suffix or path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") != 1:
-        raise FileNotFoundError(f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}`")
+        raise FileNotFoundError(f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}` "
+                                "(to make a folder from a Hub model: `hf download <id> --local-dir <folder>`)")
     from huggingface_hub import snapshot_download
 
     try:

@@ -355,9 +355,10 @@ class InbetweenPipeline(DiffusionPipeline):
         """
         # 0. Default size and frame count from the keyframe and the UNet
         default_height, default_width = self.default_size(first_image)
-        height, width = height or default_height, width or default_width
-        num_frames = num_frames or self.unet.config.num_frames
-        decode_chunk_size = decode_chunk_size or num_frames
+        height = default_height if height is None else height
+        width = default_width if width is None else width
+        num_frames = self.unet.config.num_frames if num_frames is None else num_frames
+        decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
 
         # 1. Check inputs
         self.check_inputs(first_image, last_image, height, width, num_frames, num_inference_steps, fusion,

@@ -1,0 +1,315 @@
+"""The ``inbetween`` command: parse arguments, call the library, print one line.
+
+``inbetween interpolate FIRST LAST -o OUT`` generates the video between two keyframes;
+``inbetween convert-checkpoint FINETUNED -o adapter.safetensors`` turns a full fine-tuned UNet into
+a backward adapter. Mistakes are reported as one line ``inbetween: error: ...`` with exit code 2,
+before any model is loaded where possible; ``INBETWEEN_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from safetensors import SafetensorError
+from transformers.utils import logging as transformers_logging
+
+from . import __version__
+from .adapter import BackwardAdapter, convert_full_unet_checkpoint
+from .hub import SVD, SVD_XT, resolve_model_folder
+from .pipeline import ASPECT_TOLERANCE, DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline
+from .sampling import FUSIONS
+from .video_io import check_output_path, load_image, write_video
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
+USER_ERROR_EXIT = 2
+DEBUG_VARIABLE = "INBETWEEN_DEBUG"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Sampling defaults come from the pipeline's signature, so the CLI cannot drift from the library (paper §4).
+DEFAULTS = {name: p.default for name, p in inspect.signature(InbetweenPipeline.__call__).parameters.items()}
+# The CLI names of the pipeline arguments, so the pipeline's own error messages name the flag the user typed.
+FLAGS = {"num_inference_steps": "--steps", "min_guidance_scale": "--min-guidance",
+         "max_guidance_scale": "--max-guidance"}
+# Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
+# variant and the Hub repo's single-file checkpoints (several GB each).
+PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
+
+
+# interpolate ----------------------------------------------------------------------------------
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    first, last = load_image(args.first), load_image(args.last)
+    _check_same_aspect(args.first, first, args.last, last)
+    height, width = _output_size(first, args.height, args.width)
+    call_kwargs = dict(
+        height=height, width=width, num_frames=args.num_frames, num_inference_steps=args.steps,
+        min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance, fps=args.fps,
+        motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength, fusion=args.fusion,
+        noise_injection_steps=args.noise_injection_steps, noise_injection_ratio=args.noise_injection_ratio,
+        decode_chunk_size=args.decode_chunk_size, split_guidance_batch=args.split_guidance_batch,
+    )
+    _check_sampling_options(first, last, call_kwargs, output_fps=args.output_fps)
+    check_output_path(args.output, overwrite=args.overwrite)
+    adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
+    device = _pick_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device == "cuda" else torch.float32)
+    if args.cpu_offload and device != "cuda":
+        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+
+    with _library_output(quiet=args.quiet):
+        pipe = _load_pipeline(args.model, dtype=dtype, variant=args.variant)
+        if adapter is not None:
+            pipe.load_backward_adapter(adapter)
+        if args.cpu_offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=args.quiet)
+        # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
+        generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        frames = pipe(first, last, generator=generator, **call_kwargs).frames[0]
+    output_fps = args.output_fps or args.fps
+    path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
+    print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
+    return 0
+
+
+def _check_same_aspect(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
+    if abs(math.log((first.width / first.height) / (last.width / last.height))) > ASPECT_TOLERANCE:
+        raise ValueError(f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
+                         f"({last.width}x{last.height}) have different aspect ratios; crop them to the same aspect")
+
+
+def _output_size(first: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
+    """``(height, width)``: a missing side keeps the keyframe's aspect; with neither, the long side is 1024."""
+    aspect = first.width / first.height
+    if height is None and width is None:
+        scale = DEFAULT_LONG_SIDE / max(first.width, first.height)
+        return _nearest_multiple(first.height * scale), _nearest_multiple(first.width * scale)
+    if height is None:
+        return _nearest_multiple(width / aspect), width
+    if width is None:
+        return height, _nearest_multiple(height * aspect)
+    return height, width
+
+
+def _nearest_multiple(size: float) -> int:
+    return max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def _check_sampling_options(
+    first: Image.Image, last: Image.Image, call_kwargs: dict, output_fps: float | None
+) -> None:
+    """The pipeline's own ``check_inputs``, run before the model loads, plus what only the CLI takes."""
+    if call_kwargs["fps"] < 1:
+        raise ValueError(f"`--fps` must be at least 1, got {call_kwargs['fps']}")
+    if output_fps is not None and not output_fps > 0:
+        raise ValueError(f"`--output-fps` must be positive, got {output_fps}")
+    if call_kwargs["noise_aug_strength"] < 0:
+        raise ValueError(f"`--noise-aug-strength` must be 0 or more, got {call_kwargs['noise_aug_strength']}")
+    # The model supplies these two defaults when it loads; any valid stand-in lets the rest be checked now.
+    num_frames = 3 if call_kwargs["num_frames"] is None else call_kwargs["num_frames"]
+    chunk = 1 if call_kwargs["decode_chunk_size"] is None else call_kwargs["decode_chunk_size"]
+    try:
+        # check_inputs does not use `self` (see the report on making it a static method).
+        InbetweenPipeline.check_inputs(
+            None, first, last, call_kwargs["height"], call_kwargs["width"], num_frames,
+            call_kwargs["num_inference_steps"], call_kwargs["fusion"], call_kwargs["noise_injection_steps"],
+            call_kwargs["noise_injection_ratio"], chunk, output_type="pil",
+        )
+    except ValueError as exc:
+        raise ValueError(_with_flag_names(str(exc))) from exc
+
+
+def _with_flag_names(message: str) -> str:
+    """Rename backticked pipeline arguments (`num_frames`) to the flags that set them (`--num-frames`)."""
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{FLAGS.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
+
+
+def _pick_device(name: str) -> str:
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ValueError(f"`--device {name}` is not available in this torch build or machine; use `--device cpu`")
+    return name
+
+
+def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> InbetweenPipeline:
+    folder = resolve_model_folder(model, allow_patterns=[*PIPELINE_CONFIGS, *_weight_files(variant)])
+    try:
+        with warnings.catch_warnings():
+            # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name still works on every supported version.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return InbetweenPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=variant)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({_one_line(exc)}); pass a Stable Video "
+                         f"Diffusion folder or Hub id like `{SVD_XT}`" + (f" that has the `{variant}` variant"
+                                                                          if variant else "")) from exc
+
+
+def _weight_files(variant: str | None) -> list[str]:
+    if variant:
+        return [f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
+    names = ("model", "diffusion_pytorch_model")
+    return [pattern for name in names for pattern in (f"*/{name}.safetensors", f"*/{name}-*.safetensors")]
+
+
+@contextmanager
+def _library_output(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, silence warnings and loading bars of inbetween, diffusers and transformers; restore after."""
+    libraries = (diffusers_logging, transformers_logging)
+    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    own_logger = logging.getLogger(__package__)
+    own_level = own_logger.level
+    if quiet:
+        own_logger.setLevel(logging.ERROR)
+        for lib in libraries:
+            lib.set_verbosity_error()
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        own_logger.setLevel(own_level)
+        for lib, (verbosity, bar) in zip(libraries, saved, strict=True):
+            lib.set_verbosity(verbosity)
+            if bar:
+                lib.enable_progress_bar()
+
+
+# convert-checkpoint ---------------------------------------------------------------------------
+
+
+def _convert(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"adapter output `{output}` must end in .safetensors")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"output `{output}` already exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise ValueError(f"folder `{output.parent}` for output `{output}` does not exist; create it first")
+    try:
+        adapter = convert_full_unet_checkpoint(args.finetuned, args.base, variant=args.base_variant)
+    except SafetensorError as exc:
+        raise ValueError(f"cannot read the UNet weights of `{args.finetuned}` or `{args.base}` "
+                         f"({_one_line(exc)}); re-download or re-save them") from exc
+    path = adapter.save(output, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
+    print(f"wrote {path}: {len(adapter.layers)} layers, {adapter.num_parameters:,} parameters, "
+          f"{path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+# parser and entry point -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inbetween", description="Keyframe interpolation with Stable Video "
+                                     "Diffusion (Generative Inbetweening, ICLR 2025).")
+    parser.add_argument("--version", action="version", version=f"inbetween {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    interpolate = commands.add_parser("interpolate", help="generate the video between two keyframes",
+                                      description="Generate the video from FIRST to LAST (both included).")
+    interpolate.set_defaults(run=_interpolate)
+    _add_interpolate_arguments(interpolate)
+    convert = commands.add_parser("convert-checkpoint", help="turn a fine-tuned UNet into a backward adapter",
+                                  description="Store the W_v / W_o differences between FINETUNED and BASE as a "
+                                  "backward adapter file.")
+    convert.set_defaults(run=_convert)
+    _add_convert_arguments(convert)
+    return parser
+
+
+def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("first", metavar="FIRST", help="first keyframe (PNG, JPEG, WebP)")
+    p.add_argument("last", metavar="LAST", help="last keyframe, same aspect ratio as FIRST")
+    p.add_argument("-o", "--output", required=True, help="out.mp4, out.gif, out.webp or a folder for PNG frames")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
+    s = p.add_argument_group("sampling (defaults: the paper's)")
+    s.add_argument("--num-frames", type=int, metavar="N", help="frames incl. both keyframes (default: the model's, "
+                   "14 for SVD, 25 for SVD-XT)")
+    s.add_argument("--height", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
+    s.add_argument("--width", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
+    s.add_argument("--steps", type=int, metavar="N", default=DEFAULTS["num_inference_steps"],
+                   help="denoising steps (default: %(default)s)")
+    s.add_argument("--min-guidance", type=float, metavar="X", default=DEFAULTS["min_guidance_scale"],
+                   help="guidance scale at the first frame, ramping to --max-guidance (default: %(default)s)")
+    s.add_argument("--max-guidance", type=float, metavar="X", default=DEFAULTS["max_guidance_scale"],
+                   help="guidance scale at the last frame; <= 1 turns guidance off (default: %(default)s)")
+    s.add_argument("--fusion", choices=FUSIONS, default=DEFAULTS["fusion"], help="forward weight per frame: 0.5 "
+                   "(average) or from 1 to 0 (linear) (default: %(default)s)")
+    s.add_argument("--noise-injection-steps", type=int, metavar="N", default=DEFAULTS["noise_injection_steps"],
+                   help="noise re-injections per step, 0 turns them off (default: %(default)s)")
+    s.add_argument("--noise-injection-ratio", type=float, metavar="X", default=DEFAULTS["noise_injection_ratio"],
+                   help="fraction of the steps with re-injection, in [0, 1] (default: %(default)s)")
+    c = p.add_argument_group("SVD conditioning")
+    c.add_argument("--fps", type=int, metavar="N", default=DEFAULTS["fps"], help="conditioning fps, also the "
+                   "playback fps unless --output-fps (default: %(default)s)")
+    c.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
+    c.add_argument("--motion-bucket-id", type=int, metavar="N", default=DEFAULTS["motion_bucket_id"],
+                   help="amount of motion, higher moves more (default: %(default)s)")
+    c.add_argument("--noise-aug-strength", type=float, metavar="X", default=DEFAULTS["noise_aug_strength"],
+                   help="noise added to the keyframes before encoding (default: %(default)s)")
+    m = p.add_argument_group("model and hardware")
+    m.add_argument("--model", default=SVD_XT, help="Hub id or folder of an SVD model (default: %(default)s)")
+    m.add_argument("--variant", help="weights variant, e.g. fp16")
+    m.add_argument("--adapter", metavar="PATH", help="backward adapter .safetensors (see convert-checkpoint)")
+    m.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="auto: cuda, else mps, else cpu (default: %(default)s)")
+    m.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)")
+    m.add_argument("--cpu-offload", action="store_true", help="keep models in CPU memory until used (cuda only)")
+    m.add_argument("--split-guidance-batch", action="store_true", help="two UNet calls per step instead of one: "
+                   "lower peak memory, same video")
+    m.add_argument("--decode-chunk-size", type=int, metavar="N", help="frames decoded at a time (default: all)")
+
+
+def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("finetuned", metavar="FINETUNED", help="fine-tuned UNet or pipeline folder, or Hub id")
+    p.add_argument("--base", default=SVD, help="the model it was fine-tuned from (default: %(default)s)")
+    p.add_argument("--base-variant", help="weights variant of BASE, e.g. fp16")
+    p.add_argument("-o", "--output", required=True, help="adapter file, e.g. backward_adapter.safetensors")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="(default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``inbetween`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        return args.run(args)
+    except USER_ERRORS as exc:
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        print(f"inbetween: error: {_one_line(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except torch.cuda.OutOfMemoryError as exc:
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        print(f"inbetween: error: out of memory ({_one_line(exc)[:120]}); try --split-guidance-batch, "
+              "--decode-chunk-size 2, --cpu-offload or a smaller --height/--width", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("inbetween: interrupted; no output written", file=sys.stderr)
+        return 130
