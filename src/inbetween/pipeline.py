@@ -142,10 +142,22 @@ class InbetweenPipeline(DiffusionPipeline):
         scale = DEFAULT_LONG_SIDE / max(width, height)
         return _round_to_multiple(height * scale), _round_to_multiple(width * scale)
 
+    @staticmethod
+    def check_keyframes(first_image: KeyframeInput, last_image: KeyframeInput) -> None:
+        """Raise ``ValueError`` for keyframes of the wrong type, count or aspect (needs no model: the CLI calls it
+        before loading one)."""
+        for name, image in (("first_image", first_image), ("last_image", last_image)):
+            if not isinstance(image, PIL.Image.Image | list | torch.Tensor):
+                raise ValueError(f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
+        if _batch_size(first_image) != _batch_size(last_image):
+            raise ValueError(f"got {_batch_size(first_image)} first keyframes but {_batch_size(last_image)} last ones")
+        first_aspect, last_aspect = _aspect(first_image), _aspect(last_image)
+        if abs(math.log(first_aspect / last_aspect)) > ASPECT_TOLERANCE:
+            raise ValueError(f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
+                             "crop them to the same aspect first")
+
+    @staticmethod
     def check_inputs(
-        self,
-        first_image: KeyframeInput,
-        last_image: KeyframeInput,
         height: int,
         width: int,
         num_frames: int,
@@ -156,15 +168,7 @@ class InbetweenPipeline(DiffusionPipeline):
         decode_chunk_size: int,
         output_type: str,
     ) -> None:
-        for name, image in (("first_image", first_image), ("last_image", last_image)):
-            if not isinstance(image, PIL.Image.Image | list | torch.Tensor):
-                raise ValueError(f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
-        if _batch_size(first_image) != _batch_size(last_image):
-            raise ValueError(f"got {_batch_size(first_image)} first keyframes but {_batch_size(last_image)} last ones")
-        first_aspect, last_aspect = _aspect(first_image), _aspect(last_image)
-        if abs(math.log(first_aspect / last_aspect)) > ASPECT_TOLERANCE:
-            raise ValueError(f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
-                             "crop them to the same aspect first")
+        """Raise ``ValueError`` naming the argument, the value and the fix (needs no model)."""
         for name, size in (("height", height), ("width", width)):
             if size <= 0 or size % SIZE_MULTIPLE:
                 hint = max(SIZE_MULTIPLE, _round_to_multiple(size))
@@ -354,6 +358,7 @@ class InbetweenPipeline(DiffusionPipeline):
             :class:`InbetweenPipelineOutput` or `(frames,)`.
         """
         # 0. Default size and frame count from the keyframe and the UNet
+        self.check_keyframes(first_image, last_image)
         default_height, default_width = self.default_size(first_image)
         height = default_height if height is None else height
         width = default_width if width is None else width
@@ -361,7 +366,7 @@ class InbetweenPipeline(DiffusionPipeline):
         decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
 
         # 1. Check inputs
-        self.check_inputs(first_image, last_image, height, width, num_frames, num_inference_steps, fusion,
+        self.check_inputs(height, width, num_frames, num_inference_steps, fusion,
                           noise_injection_steps, noise_injection_ratio, decode_chunk_size, output_type)
         if not self.has_backward_adapter:
             logger.warning("no backward adapter loaded: the backward pass uses the base weights with rotated "
