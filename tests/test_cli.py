@@ -150,7 +150,7 @@ def bad(*extra: str, expect: tuple[str, ...], first: str = "{inputs}/first.png",
 BAD_INPUTS = {
     "missing keyframe": bad(first="{inputs}/missing.png", expect=("not found",)),
     "unreadable keyframe": bad(first="{inputs}/text.png", expect=("cannot read keyframe",)),
-    "different aspect": bad(first="{inputs}/wide_first.png", expect=("96x64", "64x64", "crop them to the same")),
+    "different aspect": bad(first="{inputs}/wide_first.png", expect=("(96x64)", "(64x64)", "crop them")),
     "unknown extension": bad(output="{out}/video.avi", expect=("unknown output extension",)),
     "missing parent": bad(output="{out}/nowhere/video.mp4", expect=("does not exist",)),
     "parent is a file": bad(output="{out}/a_file/video.mp4", expect=("is a file, not a folder",)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
-import math
 import os
 import re
 import sys
@@ -29,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 from . import __version__
 from .adapter import BackwardAdapter, convert_full_unet_checkpoint
 from .hub import SVD, SVD_XT, resolve_model_folder
-from .pipeline import ASPECT_TOLERANCE, DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline
+from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline
 from .sampling import FUSIONS
 from .video_io import check_output_path, load_image, write_video
 
@@ -52,7 +51,7 @@ PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
 
 def _interpolate(args: argparse.Namespace) -> int:
     first, last = load_image(args.first), load_image(args.last)
-    _check_same_aspect(args.first, first, args.last, last)
+    _check_keyframes(args.first, first, args.last, last)
     height, width = _output_size(first, args.height, args.width)
     call_kwargs = dict(
         height=height, width=width, num_frames=args.num_frames, num_inference_steps=args.steps,
@@ -61,7 +60,7 @@ def _interpolate(args: argparse.Namespace) -> int:
         noise_injection_steps=args.noise_injection_steps, noise_injection_ratio=args.noise_injection_ratio,
         decode_chunk_size=args.decode_chunk_size, split_guidance_batch=args.split_guidance_batch,
     )
-    _check_sampling_options(first, last, call_kwargs, output_fps=args.output_fps)
+    _check_sampling_options(call_kwargs, output_fps=args.output_fps)
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = _pick_device(args.device)
@@ -87,10 +86,12 @@ def _interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_same_aspect(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
-    if abs(math.log((first.width / first.height) / (last.width / last.height))) > ASPECT_TOLERANCE:
+def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
+    try:
+        InbetweenPipeline.check_keyframes(first, last)
+    except ValueError as exc:  # the pipeline cannot know the file names; the user needs them to fix the files
         raise ValueError(f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
-                         f"({last.width}x{last.height}) have different aspect ratios; crop them to the same aspect")
+                         f"({last.width}x{last.height}): {exc}") from exc
 
 
 def _output_size(first: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
@@ -110,9 +111,7 @@ def _nearest_multiple(size: float) -> int:
     return max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def _check_sampling_options(
-    first: Image.Image, last: Image.Image, call_kwargs: dict, output_fps: float | None
-) -> None:
+def _check_sampling_options(call_kwargs: dict, output_fps: float | None) -> None:
     """The pipeline's own ``check_inputs``, run before the model loads, plus what only the CLI takes."""
     if call_kwargs["fps"] < 1:
         raise ValueError(f"`--fps` must be at least 1, got {call_kwargs['fps']}")
@@ -124,9 +123,8 @@ def _check_sampling_options(
     num_frames = 3 if call_kwargs["num_frames"] is None else call_kwargs["num_frames"]
     chunk = 1 if call_kwargs["decode_chunk_size"] is None else call_kwargs["decode_chunk_size"]
     try:
-        # check_inputs does not use `self` (see the report on making it a static method).
         InbetweenPipeline.check_inputs(
-            None, first, last, call_kwargs["height"], call_kwargs["width"], num_frames,
+            call_kwargs["height"], call_kwargs["width"], num_frames,
             call_kwargs["num_inference_steps"], call_kwargs["fusion"], call_kwargs["noise_injection_steps"],
             call_kwargs["noise_injection_ratio"], chunk, output_type="pil",
         )

@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import torch
+from conftest import random_adapter
+from diffusers import UNetSpatioTemporalConditionModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tiny import tiny_unet
+
+from inbetween import BackwardAdapter, convert_full_unet_checkpoint
+from inbetween.attention import rotation_processors, temporal_self_attention_names
+
+
+def finetuned_copy(unet, seed=0):
+    """A copy of ``unet`` whose temporal attn1 W_v / W_o / b_o were changed, as fine-tuning would."""
+    tuned = tiny_unet()
+    tuned.load_state_dict(unet.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in temporal_self_attention_names(tuned):
+            attn = tuned.get_submodule(name)
+            for p in (attn.to_v.weight, attn.to_out[0].weight, attn.to_out[0].bias):
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return tuned
+
+
+def test_from_unets_extracts_only_value_and_output_deltas():
+    base = tiny_unet()
+    tuned = finetuned_copy(base)
+    adapter = BackwardAdapter.from_unets(base, tuned)
+    layers = temporal_self_attention_names(base)
+    assert adapter.layers == sorted(layers)
+    assert len(adapter.deltas) == 3 * len(layers)
+    tuned_state, base_state = tuned.state_dict(), base.state_dict()
+    for key, delta in adapter.deltas.items():
+        torch.testing.assert_close(delta, tuned_state[key] - base_state[key])
+    without_bias = BackwardAdapter.from_unets(base, tuned, include_bias=False)
+    assert len(without_bias.deltas) == 2 * len(layers)
+
+
+def test_save_load_round_trip_with_metadata(tmp_path):
+    unet = tiny_unet()
+    adapter = random_adapter(unet)
+    adapter.base_model = "tiny/svd"
+    path = adapter.save(tmp_path / "a.safetensors")
+    loaded = BackwardAdapter.load(path)
+    assert loaded.base_model == "tiny/svd"
+    assert set(loaded.deltas) == set(adapter.deltas)
+    assert all(torch.equal(loaded.deltas[k], adapter.deltas[k]) for k in adapter.deltas)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == "1" and meta["dtype"] == "float32"
+    assert json.loads(meta["layers"]) == adapter.layers
+
+    half = BackwardAdapter.load(adapter.save(tmp_path / "h.safetensors", dtype=torch.float16))
+    assert half.dtype == torch.float16
+    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * path.stat().st_size
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        adapter.save(path)
+    adapter.save(path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_load_refuses_files_that_are_not_adapters(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter `.*missing.safetensors` not found"):
+        BackwardAdapter.load(tmp_path / "missing.safetensors")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an inbetween backward adapter"):
+        BackwardAdapter.load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot read adapter"):
+        BackwardAdapter.load(tmp_path / "junk.safetensors")
+    save_file({"x.attn1.to_v.weight": torch.zeros(2, 2)}, str(tmp_path / "v9.safetensors"),
+              metadata={"format": "inbetween.backward_adapter", "format_version": "9"})
+    with pytest.raises(ValueError, match="format version 9"):
+        BackwardAdapter.load(tmp_path / "v9.safetensors")
+    with pytest.raises(ValueError, match="is not a temporal attention"):
+        BackwardAdapter({"down_blocks.0.attn1.to_q.weight": torch.zeros(2, 2)})
+
+
+def test_adapter_that_does_not_fit_is_refused():
+    unet = tiny_unet()
+    adapter = random_adapter(unet)
+    other = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 32), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32, num_attention_heads=(2, 4), projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+    )
+    with pytest.raises(ValueError, match=r"does not fit this UNet: `.*` is \(64, 64\) in the adapter but \(32, 32\)"):
+        adapter.apply_to(other)
+    partial = BackwardAdapter({k: v for k, v in adapter.deltas.items() if "mid_block" not in k})
+    with pytest.raises(ValueError, match="1 missing layers; layer `mid_block.*` is missing from the adapter"):
+        partial.check_fits(unet)
+
+
+def test_apply_leaves_base_weights_untouched():
+    unet = tiny_unet()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    adapter = random_adapter(unet)
+    adapter.apply_to(unet)
+    params = dict(unet.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in before.items() if k in params)
+    for layer, processor in rotation_processors(unet).items():
+        assert torch.equal(processor.delta_v, adapter.deltas[f"{layer}.to_v.weight"])
+        assert torch.equal(processor.delta_o_bias, adapter.deltas[f"{layer}.to_out.0.bias"])
+    round_trip = BackwardAdapter.from_rotation_processors(unet)
+    assert all(torch.equal(round_trip.deltas[k], adapter.deltas[k]) for k in adapter.deltas)
+
+
+def test_convert_full_checkpoint_folders(tmp_path):
+    base = tiny_unet()
+    tuned = finetuned_copy(base, seed=3)
+    base.save_pretrained(tmp_path / "base" / "unet")  # a pipeline-style folder
+    tuned.save_pretrained(tmp_path / "tuned")  # a bare UNet folder
+    converted = convert_full_unet_checkpoint(tmp_path / "tuned", tmp_path / "base")
+    expected = BackwardAdapter.from_unets(base, tuned)
+    assert set(converted.deltas) == set(expected.deltas)
+    for key in expected.deltas:
+        torch.testing.assert_close(converted.deltas[key], expected.deltas[key])
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "diffusion_pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(ValueError, match="reads only safetensors"):
+        convert_full_unet_checkpoint(tmp_path / "pickled", tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match="not in the local cache.*hf download"):
+        convert_full_unet_checkpoint("nobody/no-such-unet", tmp_path / "base")
+
+
+def test_svd_adapter_is_w_v_w_o_only_and_small():
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel()  # SVD's default config, no memory
+    layers = temporal_self_attention_names(unet)
+    assert len(layers) == 16
+    params = dict(unet.named_parameters())
+    adapter_params = sum(params[f"{layer}.{p}"].numel() for layer in layers for p in ("to_v.weight", "to_out.0.weight"))
+    unet_params = sum(p.numel() for p in unet.parameters())
+    assert adapter_params / unet_params < 0.02  # the paper's "< 2 % of the parameters"
+    assert adapter_params * 2 < 60e6  # tens of MB in float16
