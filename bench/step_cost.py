@@ -25,14 +25,16 @@ Quick check while developing:
 
     python bench/step_cost.py --size 64 --frames 4 --steps 1
 
-On a GPU, native SVD-XT shapes (also reports torch.cuda.max_memory_allocated):
+On a GPU at SVD-XT's native shapes (adds torch.cuda.max_memory_allocated per case and a
+24 GB check; the naive reference is CPU/float32 only and reports so):
 
-    python bench/step_cost.py --size 1024x576 --frames 25 --dtype float16 --device cuda --cases plain-svd,ours,ours-split,unet-4way,unet-2x2way
+    python bench/step_cost.py --size 1024x576 --frames 25 --dtype float16 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -61,21 +63,34 @@ CASES = {
 # SVD's VAE (vae/config.json of stabilityai/stable-video-diffusion-img2vid[-xt]); the class's
 # default config is a one-block toy with no spatial downsampling.
 SVD_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
-    scaling_factor=0.18215, force_upcast=True,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,
+    force_upcast=True,
 )
 # Stands in for SVD's ViT-H/14 (632 M parameters): it runs once per video, the same for every
 # case, so only its output width (the UNet's cross_attention_dim) matters here.
 SMALL_CLIP_CONFIG = dict(
-    hidden_size=64, projection_dim=1024, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-    image_size=224, patch_size=14,
+    hidden_size=64,
+    projection_dim=1024,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    image_size=224,
+    patch_size=14,
 )
 WEIGHT_STD = 0.02
 ADAPTER_STD = 1e-3
 MAX_GUIDANCE = 3.0
 GPU_BUDGET_GB = 24.0
 GB = 1024**3
+# Run order: the floor next to ours (a shared machine's load drifts), the memory-hungry naive last.
+DEFAULT_ORDER = ("unet-4way", "ours", "ours-split", "unet-2x2way", "plain-svd", "naive")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +144,9 @@ def build_components(device: torch.device, dtype: torch.dtype, seed: int) -> dic
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SMALL_CLIP_CONFIG))
     image_encoder = image_encoder.to(device, dtype).eval().requires_grad_(False)
     scheduler = EulerDiscreteScheduler.from_config(tests_module("tiny").SVD_SCHEDULER_CONFIG)
-    return dict(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
-                feature_extractor=CLIPImageProcessor())
+    return dict(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=CLIPImageProcessor()
+    )
 
 
 def random_adapter(unet: torch.nn.Module, seed: int):
@@ -158,23 +174,27 @@ def keyframes(width: int, height: int, seed: int):
 
 
 class StepClock:
-    """Timestamps at the end of steps; the first ``tick`` closes the warm-up step."""
+    """Wall and process-CPU timestamps at the end of steps; the first ``tick`` closes the warm-up step.
+
+    Process CPU time (all threads) goes to the JSON next to wall time, as a hint of how much
+    of a step was spent waiting for the CPU on a shared machine.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []
         self.denoise_peak_bytes = 0
 
     def tick(self, *_args) -> dict:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.denoise_peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        self.stamps.append(time.perf_counter())
+        self.stamps.append((time.perf_counter(), time.process_time()))
         return {}  # diffusers' callback_on_step_end contract: tensors to replace (none)
 
-    @property
-    def step_times(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+    def step_times(self, clock: int = 0) -> list[float]:
+        """Seconds per measured step, wall (``clock=0``) or process CPU (``clock=1``)."""
+        return [b[clock] - a[clock] for a, b in itertools.pairwise(self.stamps)]
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
@@ -187,8 +207,15 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 def pipeline_kwargs(args) -> dict:
-    return dict(height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps + 1,
-                min_guidance_scale=1.0, max_guidance_scale=MAX_GUIDANCE, generator=torch.Generator().manual_seed(0))
+    return dict(
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        num_inference_steps=args.steps + 1,
+        min_guidance_scale=1.0,
+        max_guidance_scale=MAX_GUIDANCE,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def run_plain_svd(components: dict, args, clock: StepClock) -> None:
@@ -197,8 +224,13 @@ def run_plain_svd(components: dict, args, clock: StepClock) -> None:
     pipe = StableVideoDiffusionPipeline(**components).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     first, _ = keyframes(args.width, args.height, args.seed)
-    frames = pipe(first, decode_chunk_size=args.decode_chunk, output_type="pt", callback_on_step_end=clock.tick,
-                  **pipeline_kwargs(args)).frames
+    frames = pipe(
+        first,
+        decode_chunk_size=args.decode_chunk,
+        output_type="pt",
+        callback_on_step_end=clock.tick,
+        **pipeline_kwargs(args),
+    ).frames
     check_finite("plain-svd frames", frames)
 
 
@@ -209,9 +241,16 @@ def run_ours(components: dict, args, clock: StepClock, split: bool = False) -> N
     pipe.set_progress_bar_config(disable=True)
     pipe.load_backward_adapter(random_adapter(pipe.unet, args.seed))
     first, last = keyframes(args.width, args.height, args.seed)
-    frames = pipe(first, last, noise_injection_steps=0, split_guidance_batch=split,
-                  decode_chunk_size=args.decode_chunk, output_type="pt", callback_on_step_end=clock.tick,
-                  **pipeline_kwargs(args)).frames
+    frames = pipe(
+        first,
+        last,
+        noise_injection_steps=0,
+        split_guidance_batch=split,
+        decode_chunk_size=args.decode_chunk,
+        output_type="pt",
+        callback_on_step_end=clock.tick,
+        **pipeline_kwargs(args),
+    ).frames
     check_finite("ours frames", frames)
 
 
@@ -244,7 +283,8 @@ def plain_unet_inputs(unet, batch: int, args, seed: int) -> dict:
         sample=torch.randn(shape, generator=generator).to(device, dtype),
         timestep=torch.tensor(1.0, device=device, dtype=dtype),
         encoder_hidden_states=torch.randn(batch, 1, unet.config.cross_attention_dim, generator=generator).to(
-            device, dtype),
+            device, dtype
+        ),
         added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * batch, device=device, dtype=dtype),
         return_dict=False,
     )
@@ -280,6 +320,11 @@ RUNNERS: dict[str, Callable] = {
 }
 
 
+def check_supported(args) -> None:
+    if args.child == "naive" and (args.device != "cpu" or args.dtype != "float32"):
+        raise NotImplementedError("tests/reference.py NaiveInbetween runs on the CPU in float32 only")
+
+
 def ensure_free_memory(nbytes: int, why: str) -> None:
     """Refuse (instead of invoking the OOM killer on a shared machine) when RAM is short."""
     import psutil
@@ -292,7 +337,12 @@ def ensure_free_memory(nbytes: int, why: str) -> None:
 def run_case(args) -> dict:
     """Child process: build, warm up, measure; returns the JSON-able result."""
     import psutil
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    check_supported(args)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     ensure_free_memory(int(1.6e9 * dtype.itemsize) if device.type == "cpu" else 0, "the SVD UNet")
@@ -306,11 +356,13 @@ def run_case(args) -> dict:
     RUNNERS[args.child](components, args, clock)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times = clock.step_times
+    times, cpu_times = clock.step_times(0), clock.step_times(1)
     result = dict(
         case=args.child,
         step_times_s=times,
         median_step_s=statistics.median(times),
+        step_cpu_s=cpu_times,
+        median_step_cpu_s=statistics.median(cpu_times),
         build_s=build_s,
         run_s=time.perf_counter() - start - build_s,
         peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
@@ -320,8 +372,10 @@ def run_case(args) -> dict:
         ram_available_gb=psutil.virtual_memory().available / GB,
     )
     if device.type == "cuda":
-        result.update(cuda_peak_gb=torch.cuda.max_memory_allocated(device) / GB,
-                      cuda_denoise_peak_gb=clock.denoise_peak_bytes / GB)
+        result.update(
+            cuda_peak_gb=torch.cuda.max_memory_allocated(device) / GB,
+            cuda_denoise_peak_gb=clock.denoise_peak_bytes / GB,
+        )
     return result
 
 
@@ -330,19 +384,37 @@ def run_case(args) -> dict:
 
 
 def child_command(case: str, args) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", case, "--steps", str(args.steps),
-            "--frames", str(args.frames), "--size", f"{args.width}x{args.height}", "--dtype", args.dtype,
-            "--device", args.device, "--seed", str(args.seed), "--decode-chunk", str(args.decode_chunk)]
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        case,
+        "--steps",
+        str(args.steps),
+        "--frames",
+        str(args.frames),
+        "--size",
+        f"{args.width}x{args.height}",
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        "--decode-chunk",
+        str(args.decode_chunk),
+    ]
 
 
 def run_child(case: str, args) -> dict:
     print(f"[step_cost] {case}: {CASES[case]}", file=sys.stderr, flush=True)
     proc = subprocess.run(child_command(case, args), stdout=subprocess.PIPE, text=True, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if proc.returncode != 0 or not lines:
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
         reason = "killed (out of memory?)" if proc.returncode == -9 else f"exit code {proc.returncode}"
-        return dict(case=case, error=reason)
-    result = json.loads(lines[-1])
+        result = dict(case=case, error=reason)
     print(f"[step_cost] {case}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
@@ -359,19 +431,33 @@ def format_table(results: dict[str, dict], cuda: bool) -> str:
     def get(case: str, key: str) -> float | None:
         return results.get(case, {}).get(key)
 
-    header = ["case", "median step s", "ratio vs unet-4way", "ratio vs plain-svd step", "peak RSS GB",
-              "RSS ratio vs plain-svd", "build s (excluded)"]
+    header = [
+        "case",
+        "median step s",
+        "ratio vs unet-4way",
+        "ratio vs plain-svd step",
+        "peak RSS GB",
+        "RSS ratio vs plain-svd",
+        "build s (excluded)",
+    ]
     if cuda:
         header += ["peak CUDA GB (denoise)", "peak CUDA GB (all)"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for case, result in results.items():
+    for case in [case for case in CASES if case in results]:
+        result = results[case]
         if "error" in result:
             rows.append(f"| {case} | {result['error']} |" + " |" * (len(header) - 2))
             continue
         step, rss = result["median_step_s"], result["peak_rss_gb"]
-        cells = [case, fmt(step, 2), fmt(ratio(step, get("unet-4way", "median_step_s")), 3, "x"),
-                 fmt(ratio(step, get("plain-svd", "median_step_s")), 2, "x"), fmt(rss, 2),
-                 fmt(ratio(rss, get("plain-svd", "peak_rss_gb")), 2, "x"), fmt(result["build_s"], 0)]
+        cells = [
+            case,
+            fmt(step, 2),
+            fmt(ratio(step, get("unet-4way", "median_step_s")), 3, "x"),
+            fmt(ratio(step, get("plain-svd", "median_step_s")), 2, "x"),
+            fmt(rss, 2),
+            fmt(ratio(rss, get("plain-svd", "peak_rss_gb")), 2, "x"),
+            fmt(result["build_s"], 0),
+        ]
         if cuda:
             cells += [fmt(result.get("cuda_denoise_peak_gb"), 2), fmt(result.get("cuda_peak_gb"), 2)]
         rows.append("| " + " | ".join(cells) + " |")
@@ -391,17 +477,27 @@ def target_checks(results: dict[str, dict], cuda: bool) -> list[str]:
     step_ratio = ratio(ours, floor)
     rss_ratio = ratio(get("ours", "peak_rss_gb"), get("plain-svd", "peak_rss_gb"))
     lines = [
-        check_line("ours step <= 1.05x unet-4way", None if step_ratio is None else step_ratio <= 1.05,
-                   fmt(step_ratio, 2)),
-        check_line("ours faster than naive", None if ours is None or naive is None else ours < naive,
-                   f"{fmt(ours)} s vs {fmt(naive)} s"),
-        check_line("ours peak RSS <= 1.15x plain-svd", None if rss_ratio is None else rss_ratio <= 1.15,
-                   fmt(rss_ratio, 2)),
+        check_line(
+            "ours step <= 1.05x unet-4way", None if step_ratio is None else step_ratio <= 1.05, fmt(step_ratio, 2)
+        ),
+        check_line(
+            "ours faster than naive",
+            None if ours is None or naive is None else ours < naive,
+            f"{fmt(ours)} s vs {fmt(naive)} s",
+        ),
+        check_line(
+            "ours peak RSS <= 1.15x plain-svd", None if rss_ratio is None else rss_ratio <= 1.15, fmt(rss_ratio, 2)
+        ),
     ]
     if cuda:
         peak = get("ours", "cuda_peak_gb")
-        lines.append(check_line(f"ours peak CUDA memory <= {GPU_BUDGET_GB:.0f} GB",
-                                None if peak is None else peak <= GPU_BUDGET_GB, f"{fmt(peak)} GB"))
+        lines.append(
+            check_line(
+                f"ours peak CUDA memory <= {GPU_BUDGET_GB:.0f} GB",
+                None if peak is None else peak <= GPU_BUDGET_GB,
+                f"{fmt(peak)} GB",
+            )
+        )
     return lines
 
 
@@ -409,13 +505,18 @@ def report(results: dict[str, dict], args, command: str) -> str:
     cuda = args.device.startswith("cuda")
     import diffusers
 
-    setup = (f"{args.width}x{args.height} px, {args.frames} frames, {args.dtype}, {args.device}, guidance max "
-             f"{MAX_GUIDANCE:g}, 1 warm-up + {args.steps} measured steps (median), decode chunk {args.decode_chunk}; "
-             f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-             f"diffusers {diffusers.__version__}, python {platform.python_version()}")
+    setup = (
+        f"{args.width}x{args.height} px, {args.frames} frames, {args.dtype}, {args.device}, guidance max "
+        f"{MAX_GUIDANCE:g}, 1 warm-up + {args.steps} measured steps (median), decode chunk {args.decode_chunk}; "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"diffusers {diffusers.__version__}, python {platform.python_version()}"
+    )
     lines = [f"`{command}`", "", setup, "", format_table(results, cuda), "", *target_checks(results, cuda)]
-    loads = [f"{case} {r['loadavg_before']:.1f}->{r['loadavg_after']:.1f}" for case, r in results.items()
-             if "loadavg_before" in r]
+    loads = [
+        f"{case} {r['loadavg_before']:.1f}->{r['loadavg_after']:.1f}"
+        for case, r in results.items()
+        if "loadavg_before" in r
+    ]  # in run order
     if loads:
         lines += ["", "1-min load average before->after each case: " + ", ".join(loads)]
     return "\n".join(lines) + "\n"
@@ -433,7 +534,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    parser.add_argument(
+        "--cases", default=",".join(DEFAULT_ORDER), help=f"comma list, run in this order, of {', '.join(CASES)}"
+    )
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case, after 1 warm-up step")
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--size", default="64", help="WIDTHxHEIGHT in pixels, or one number for a square")
@@ -457,7 +560,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(run_case(args)), flush=True)
+        try:
+            result = run_case(args)
+        except (MemoryError, NotImplementedError, FloatingPointError) as exc:
+            print(json.dumps(dict(case=args.child, error=f"{type(exc).__name__}: {exc}")), flush=True)
+            sys.exit(1)
+        print(json.dumps(result), flush=True)
         return
     command = "python bench/step_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {case: run_child(case, args) for case in args.cases.split(",")}

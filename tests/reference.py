@@ -95,8 +95,13 @@ class NaiveInbetween:
         x_rows = torch.cat([x, x]) if guided else x
         lat = image_lat.unsqueeze(1).repeat(1, frames, 1, 1, 1)
         model_in = torch.cat([x_rows * c_in, lat], dim=2)
-        return unet(model_in, 0.25 * torch.log(sigma), encoder_hidden_states=image_emb,
-                    added_time_ids=time_ids, return_dict=False)[0]
+        return unet(
+            model_in,
+            0.25 * torch.log(sigma),
+            encoder_hidden_states=image_emb,
+            added_time_ids=time_ids,
+            return_dict=False,
+        )[0]
 
     def denoised(self, v, x, sigma, scale):
         c_skip, c_out = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
@@ -106,10 +111,26 @@ class NaiveInbetween:
         return c_skip * x + c_out * v
 
     @torch.no_grad()
-    def __call__(self, first_image, last_image, *, height, width, num_frames, num_inference_steps=50,
-                 min_guidance_scale=1.0, max_guidance_scale=3.0, fps=7, motion_bucket_id=127,
-                 noise_aug_strength=0.02, fusion="average", noise_injection_steps=5, noise_injection_ratio=0.5,
-                 generator=None, step_timer=None):
+    def __call__(
+        self,
+        first_image,
+        last_image,
+        *,
+        height,
+        width,
+        num_frames,
+        num_inference_steps=50,
+        min_guidance_scale=1.0,
+        max_guidance_scale=3.0,
+        fps=7,
+        motion_bucket_id=127,
+        noise_aug_strength=0.02,
+        fusion="average",
+        noise_injection_steps=5,
+        noise_injection_ratio=0.5,
+        generator=None,
+        step_timer=None,
+    ):
         pipe = self.pipe
         guided = max_guidance_scale > 1
         first = pipe.preprocess_keyframes(first_image, height, width)

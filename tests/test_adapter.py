@@ -71,8 +71,11 @@ def test_load_refuses_files_that_are_not_adapters(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot read adapter"):
         BackwardAdapter.load(tmp_path / "junk.safetensors")
-    save_file({"x.attn1.to_v.weight": torch.zeros(2, 2)}, str(tmp_path / "v9.safetensors"),
-              metadata={"format": "inbetween.backward_adapter", "format_version": "9"})
+    save_file(
+        {"x.attn1.to_v.weight": torch.zeros(2, 2)},
+        str(tmp_path / "v9.safetensors"),
+        metadata={"format": "inbetween.backward_adapter", "format_version": "9"},
+    )
     with pytest.raises(ValueError, match="format version 9"):
         BackwardAdapter.load(tmp_path / "v9.safetensors")
     with pytest.raises(ValueError, match="is not a temporal attention"):
@@ -83,10 +86,16 @@ def test_adapter_that_does_not_fit_is_refused():
     unet = tiny_unet()
     adapter = random_adapter(unet)
     other = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 32), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32, num_attention_heads=(2, 4), projection_class_embeddings_input_dim=96,
+        cross_attention_dim=32,
+        num_attention_heads=(2, 4),
+        projection_class_embeddings_input_dim=96,
         addition_time_embed_dim=32,
     )
     with pytest.raises(ValueError, match=r"does not fit this UNet: `.*` is \(64, 64\) in the adapter but \(32, 32\)"):
@@ -134,7 +143,9 @@ def test_svd_adapter_is_w_v_w_o_only_and_small():
     layers = temporal_self_attention_names(unet)
     assert len(layers) == 16
     params = dict(unet.named_parameters())
-    adapter_params = sum(params[f"{layer}.{p}"].numel() for layer in layers for p in ("to_v.weight", "to_out.0.weight"))
+    adapter_params = sum(
+        params[f"{layer}.{p}"].numel() for layer in layers for p in ("to_v.weight", "to_out.0.weight")
+    )
     unet_params = sum(p.numel() for p in unet.parameters())
     assert adapter_params / unet_params < 0.02  # the paper's "< 2 % of the parameters"
     assert adapter_params * 2 < 60e6  # tens of MB in float16

@@ -91,6 +91,7 @@ def test_rotation_identity_holds_in_every_unet_layer():
     def capture(name):
         def hook(module, args, kwargs, output):
             captured[name] = (args[0].detach(), output.detach())
+
         return hook
 
     for name in processors:
@@ -140,8 +141,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         for name, processor in processors.items():
             c = unet.get_submodule(name).to_v.weight.shape[0]
             g = torch.Generator().manual_seed(len(params))
-            processor.set_deltas(torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
-                                 torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01))
+            processor.set_deltas(
+                torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
+                torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
+            )
             params += [processor.delta_v, processor.delta_o]
         if checkpointing:
             unet.enable_gradient_checkpointing()
@@ -150,7 +153,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             unet(**unet_inputs())[0].chunk(2)[1].square().mean().backward()
         return [p.grad for p in params]
 
-    for a, b in zip(grads(False), grads(True)):
+    for a, b in zip(grads(False), grads(True), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

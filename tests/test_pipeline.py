@@ -74,8 +74,14 @@ def test_adapter_changes_the_result(adapted_pipe, tiny_pipe, keyframes):
 def test_split_guidance_batch_gives_the_same_video(adapted_pipe, keyframes):
     pipe, _ = adapted_pipe
     one = pipe(*keyframes, generator=torch.manual_seed(3), output_type="latent", num_frames=8, **FAST).frames
-    two = pipe(*keyframes, generator=torch.manual_seed(3), output_type="latent", num_frames=8,
-               split_guidance_batch=True, **FAST).frames
+    two = pipe(
+        *keyframes,
+        generator=torch.manual_seed(3),
+        output_type="latent",
+        num_frames=8,
+        split_guidance_batch=True,
+        **FAST,
+    ).frames
     torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
 
 
@@ -99,7 +105,9 @@ def test_output_types(tiny_pipe, keyframes):
     pt = tiny_pipe(*keyframes, output_type="pt", generator=torch.manual_seed(0), **common).frames
     assert pt.shape == (1, 4, 3, 64, 64)
     np.testing.assert_allclose(pt.permute(0, 1, 3, 4, 2).numpy(), np_frames, atol=1e-6)
-    (latent,) = tiny_pipe(*keyframes, output_type="latent", return_dict=False, generator=torch.manual_seed(0), **common)
+    (latent,) = tiny_pipe(
+        *keyframes, output_type="latent", return_dict=False, generator=torch.manual_seed(0), **common
+    )
     assert latent.shape == (1, 4, 4, 8, 8)
 
 
@@ -125,8 +133,14 @@ def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe, keyframes):
         steps.append(step)
         return {"latents": torch.zeros_like(tensors["latents"])}
 
-    out = tiny_pipe(*keyframes, num_frames=4, output_type="latent", callback_on_step_end=callback,
-                    generator=torch.manual_seed(0), **FAST).frames
+    out = tiny_pipe(
+        *keyframes,
+        num_frames=4,
+        output_type="latent",
+        callback_on_step_end=callback,
+        generator=torch.manual_seed(0),
+        **FAST,
+    ).frames
     assert steps == [0, 1, 2]
     assert torch.count_nonzero(out) == 0
 

@@ -35,8 +35,9 @@ def test_euler_edm_matches_diffusers_scheduler():
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
         return c_skip * x + c_out * fake_v_model(x * c_in, c_noise)
 
-    ours = sample_euler_with_reinjection(denoise, x0 * scheduler.sigmas[0], scheduler.sigmas.float(),
-                                         noise_injection_steps=0)
+    ours = sample_euler_with_reinjection(
+        denoise, x0 * scheduler.sigmas[0], scheduler.sigmas.float(), noise_injection_steps=0
+    )
     torch.testing.assert_close(ours, x_ref, rtol=1e-4, atol=1e-4)
 
 
@@ -72,8 +73,14 @@ def test_sampler_redoes_each_injection_step():
         return torch.zeros_like(x)
 
     sigmas = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.0])
-    sample_euler_with_reinjection(denoise, torch.ones(3), sigmas, generator=torch.Generator().manual_seed(0),
-                                  noise_injection_steps=3, noise_injection_ratio=0.5)
+    sample_euler_with_reinjection(
+        denoise,
+        torch.ones(3),
+        sigmas,
+        generator=torch.Generator().manual_seed(0),
+        noise_injection_steps=3,
+        noise_injection_ratio=0.5,
+    )
     # Steps 0 and 1 are injection steps: 1 + 3 evaluations each at their sigma; then 1 each.
     assert calls == [8.0] * 4 + [4.0] * 4 + [2.0, 1.0]
 
@@ -86,8 +93,9 @@ def test_sampler_callback_can_replace_the_sample():
         seen.append(step)
         return torch.full_like(x, 7.0)
 
-    out = sample_euler_with_reinjection(lambda x, s: x, torch.ones(2), sigmas, noise_injection_steps=0,
-                                        callback=callback)
+    out = sample_euler_with_reinjection(
+        lambda x, s: x, torch.ones(2), sigmas, noise_injection_steps=0, callback=callback
+    )
     assert seen == [0, 1]
     assert torch.equal(out, torch.full((2,), 7.0))
 

@@ -5,27 +5,52 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
-from diffusers import UNetSpatioTemporalConditionModel
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+)
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from inbetween.pipeline import CLIPImageProcessor
 
 # SVD's scheduler config (model card of stabilityai/stable-video-diffusion-img2vid-xt).
 SVD_SCHEDULER_CONFIG = dict(
-    beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, interpolation_type="linear",
-    num_train_timesteps=1000, prediction_type="v_prediction", set_alpha_to_one=False, sigma_max=700.0,
-    sigma_min=0.002, skip_prk_steps=True, steps_offset=1, timestep_spacing="leading", timestep_type="continuous",
-    trained_betas=None, use_karras_sigmas=True,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    clip_sample=False,
+    interpolation_type="linear",
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    set_alpha_to_one=False,
+    sigma_max=700.0,
+    sigma_min=0.002,
+    skip_prk_steps=True,
+    steps_offset=1,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    trained_betas=None,
+    use_karras_sigmas=True,
 )
 
 
 def tiny_unet(num_frames: int = 8) -> UNetSpatioTemporalConditionModel:
     torch.manual_seed(0)
     return UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32, num_attention_heads=(2, 4), projection_class_embeddings_input_dim=96,
-        addition_time_embed_dim=32, num_frames=num_frames,
+        cross_attention_dim=32,
+        num_attention_heads=(2, 4),
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+        num_frames=num_frames,
     )
 
 
@@ -34,17 +59,33 @@ def tiny_components(num_frames: int = 8) -> dict:
     torch.manual_seed(0)
     # Four blocks give SVD's 8x downsampling, so 64x64 keyframes make 8x8 latents.
     vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 32, 32, 32), in_channels=3, out_channels=3, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
+        block_out_channels=(32, 32, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        latent_channels=4,
     )
     torch.manual_seed(0)
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-        intermediate_size=37, patch_size=4,
-    ))
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            intermediate_size=37,
+            patch_size=4,
+        )
+    )
     feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
-    return dict(vae=vae, image_encoder=image_encoder, unet=unet,
-                scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG), feature_extractor=feature_extractor)
+    return dict(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG),
+        feature_extractor=feature_extractor,
+    )
 
 
 def save_tiny_svd(folder: Path, num_frames: int = 8) -> Path:

@@ -72,17 +72,23 @@ class BackwardAdapter:
 
     @classmethod
     def from_unets(cls, base_unet: nn.Module, finetuned_unet: nn.Module, include_bias: bool = True) -> BackwardAdapter:
-        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of every temporal self-attention layer."""
+        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of the temporal self-attention."""
         base_state, tuned_state = base_unet.state_dict(), finetuned_unet.state_dict()
-        return cls._from_states(base_state, tuned_state, temporal_self_attention_names(base_unet), include_bias,
-                                base_model=_model_id(base_unet))
+        return cls._from_states(
+            base_state,
+            tuned_state,
+            temporal_self_attention_names(base_unet),
+            include_bias,
+            base_model=_model_id(base_unet),
+        )
 
     @classmethod
     def from_rotation_processors(cls, unet: nn.Module, base_model: str = "") -> BackwardAdapter:
         """The deltas currently installed on ``unet``'s rotation processors (e.g. after training)."""
         deltas = {}
         for layer, processor in rotation_processors(unet).items():
-            for param, delta in zip(ADAPTED_PARAMETERS, (processor.delta_v, processor.delta_o, processor.delta_o_bias)):
+            layer_deltas = (processor.delta_v, processor.delta_o, processor.delta_o_bias)
+            for param, delta in zip(ADAPTED_PARAMETERS, layer_deltas, strict=True):
                 if delta is not None:
                     deltas[f"{layer}.{param}"] = delta.detach().clone()
         if not deltas:
@@ -90,7 +96,9 @@ class BackwardAdapter:
         return cls(deltas, base_model=base_model or _model_id(unet))
 
     @classmethod
-    def zeros_like(cls, unet: nn.Module, include_bias: bool = False, dtype: torch.dtype = torch.float32) -> BackwardAdapter:
+    def zeros_like(
+        cls, unet: nn.Module, include_bias: bool = False, dtype: torch.dtype = torch.float32
+    ) -> BackwardAdapter:
         """An adapter that leaves the backward branch equal to the base weights (the start of training)."""
         state = unet.state_dict()
         params = ADAPTED_PARAMETERS if include_bias else ADAPTED_PARAMETERS[:2]
@@ -122,8 +130,10 @@ class BackwardAdapter:
                 if key not in tuned:
                     raise ValueError(f"the fine-tuned UNet has no `{key}`; is it the same architecture as the base?")
                 if base[key].shape != tuned[key].shape:
-                    raise ValueError(f"`{key}` is {tuple(tuned[key].shape)} in the fine-tuned UNet but "
-                                     f"{tuple(base[key].shape)} in the base; they are different architectures")
+                    raise ValueError(
+                        f"`{key}` is {tuple(tuned[key].shape)} in the fine-tuned UNet but "
+                        f"{tuple(base[key].shape)} in the base; they are different architectures"
+                    )
                 delta = tuned[key].float() - base[key].float()
                 if param == OUTPUT_BIAS and (not include_bias or not delta.any()):
                     continue
@@ -153,8 +163,10 @@ class BackwardAdapter:
         """Read an adapter written by :meth:`save` (safetensors only; nothing is unpickled)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"adapter `{path}` not found; pass the .safetensors file written by "
-                                    "`inbetween convert-checkpoint` or `inbetween train`")
+            raise FileNotFoundError(
+                f"adapter `{path}` not found; pass the .safetensors file written by "
+                "`inbetween convert-checkpoint` or `inbetween train`"
+            )
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -162,12 +174,18 @@ class BackwardAdapter:
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read adapter `{path}` as safetensors ({exc})") from exc
         if metadata.get("format") != FORMAT_NAME:
-            raise ValueError(f"`{path}` is not an inbetween backward adapter; convert a fine-tuned UNet with "
-                             "`inbetween convert-checkpoint`")
+            raise ValueError(
+                f"`{path}` is not an inbetween backward adapter; convert a fine-tuned UNet with "
+                "`inbetween convert-checkpoint`"
+            )
         if metadata.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"adapter `{path}` has format version {metadata.get('format_version')}, this "
-                             f"inbetween reads version {FORMAT_VERSION}; upgrade inbetween")
-        extra = {k: v for k, v in metadata.items() if k not in {"format", "format_version", "base_model", "layers", "dtype"}}
+            raise ValueError(
+                f"adapter `{path}` has format version {metadata.get('format_version')}, this "
+                f"inbetween reads version {FORMAT_VERSION}; upgrade inbetween"
+            )
+        extra = {
+            k: v for k, v in metadata.items() if k not in {"format", "format_version", "base_model", "layers", "dtype"}
+        }
         return cls(deltas, base_model=metadata.get("base_model", ""), extra_metadata=extra)
 
     # applying ---------------------------------------------------------------------------------
@@ -179,23 +197,29 @@ class BackwardAdapter:
         missing = sorted(unet_layers - set(self.layers))
         unknown = sorted(set(self.layers) - unet_layers)
         if missing or unknown:
-            detail = f"layer `{(unknown or missing)[0]}` is {'not in the model' if unknown else 'missing from the adapter'}"
-            raise ValueError(f"the backward adapter does not fit this UNet ({len(unknown)} unknown, {len(missing)} "
-                             f"missing layers; {detail}); use an adapter made for {self.base_model or 'this model'}")
+            detail = (
+                f"layer `{(unknown or missing)[0]}` is {'not in the model' if unknown else 'missing from the adapter'}"
+            )
+            raise ValueError(
+                f"the backward adapter does not fit this UNet ({len(unknown)} unknown, {len(missing)} "
+                f"missing layers; {detail}); use an adapter made for {self.base_model or 'this model'}"
+            )
         state_shapes = {name: p.shape for name, p in unet.named_parameters()}
         for key, delta in self.deltas.items():
             if state_shapes.get(key) != delta.shape:
-                raise ValueError(f"the backward adapter does not fit this UNet: `{key}` is {tuple(delta.shape)} in "
-                                 f"the adapter but {tuple(state_shapes.get(key, ()))} in the model")
+                raise ValueError(
+                    f"the backward adapter does not fit this UNet: `{key}` is {tuple(delta.shape)} in "
+                    f"the adapter but {tuple(state_shapes.get(key, ()))} in the model"
+                )
 
     def apply_to(self, unet: nn.Module) -> None:
         """Install rotation on ``unet`` and load these deltas into its processors (base weights untouched)."""
         self.check_fits(unet)
         reference = next(unet.parameters())
         for layer, processor in install_rotation(unet).items():
-            processor.set_deltas(*(
-                None if d is None else d.to(reference.device, reference.dtype) for d in self.layer_deltas(layer)
-            ))
+            processor.set_deltas(
+                *(None if d is None else d.to(reference.device, reference.dtype) for d in self.layer_deltas(layer))
+            )
 
 
 def convert_full_unet_checkpoint(
@@ -208,8 +232,13 @@ def convert_full_unet_checkpoint(
     """
     tuned_files = find_unet_weight_files(finetuned, variant=None)
     base_files = find_unet_weight_files(base, variant=variant)
-    layers = sorted({key.rsplit(".", 2)[0] for key in _keys(base_files) if key.endswith("attn1." + VALUE_WEIGHT)
-                     and ".temporal_transformer_blocks." in key})
+    layers = sorted(
+        {
+            key.rsplit(".", 2)[0]
+            for key in _keys(base_files)
+            if key.endswith("attn1." + VALUE_WEIGHT) and ".temporal_transformer_blocks." in key
+        }
+    )
     wanted = [f"{layer}.{param}" for layer in layers for param in ADAPTED_PARAMETERS]
     base_state = _read_tensors(base_files, wanted)
     tuned_state = _read_tensors(tuned_files, wanted)

@@ -124,7 +124,7 @@ def rotated_attention(
 
 
 def temporal_self_attention_names(unet: nn.Module) -> list[str]:
-    """Module paths of the temporal self-attention layers, e.g. ``mid_block.attentions.0.temporal_transformer_blocks.0.attn1``."""
+    """Module paths of the temporal self-attention layers (``*.temporal_transformer_blocks.0.attn1``)."""
     return [name for name, _ in unet.named_modules() if _TEMPORAL_SELF_ATTENTION.search(name)]
 
 

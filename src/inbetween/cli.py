@@ -28,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 from . import __version__
 from .adapter import BackwardAdapter, convert_full_unet_checkpoint
 from .hub import SVD, SVD_XT, resolve_model_folder
-from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline
+from .pipeline import InbetweenPipeline
 from .sampling import FUSIONS
 from .video_io import check_output_path, load_image, write_video
 
@@ -36,11 +36,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Sampling defaults come from the pipeline's signature, so the CLI cannot drift from the library (paper §4).
+# Sampling defaults (the paper's) come from the pipeline's signature, so the CLI cannot drift from it.
 DEFAULTS = {name: p.default for name, p in inspect.signature(InbetweenPipeline.__call__).parameters.items()}
 # The CLI names of the pipeline arguments, so the pipeline's own error messages name the flag the user typed.
-FLAGS = {"num_inference_steps": "--steps", "min_guidance_scale": "--min-guidance",
-         "max_guidance_scale": "--max-guidance"}
+FLAGS = {
+    "num_inference_steps": "--steps",
+    "min_guidance_scale": "--min-guidance",
+    "max_guidance_scale": "--max-guidance",
+}
 # Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
 # variant and the Hub repo's single-file checkpoints (several GB each).
 PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
@@ -52,13 +55,22 @@ PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
 def _interpolate(args: argparse.Namespace) -> int:
     first, last = load_image(args.first), load_image(args.last)
     _check_keyframes(args.first, first, args.last, last)
-    height, width = _output_size(first, args.height, args.width)
+    height, width = InbetweenPipeline.default_size(first, args.height, args.width)
     call_kwargs = dict(
-        height=height, width=width, num_frames=args.num_frames, num_inference_steps=args.steps,
-        min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance, fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength, fusion=args.fusion,
-        noise_injection_steps=args.noise_injection_steps, noise_injection_ratio=args.noise_injection_ratio,
-        decode_chunk_size=args.decode_chunk_size, split_guidance_batch=args.split_guidance_batch,
+        height=height,
+        width=width,
+        num_frames=args.num_frames,
+        num_inference_steps=args.steps,
+        min_guidance_scale=args.min_guidance,
+        max_guidance_scale=args.max_guidance,
+        fps=args.fps,
+        motion_bucket_id=args.motion_bucket_id,
+        noise_aug_strength=args.noise_aug_strength,
+        fusion=args.fusion,
+        noise_injection_steps=args.noise_injection_steps,
+        noise_injection_ratio=args.noise_injection_ratio,
+        decode_chunk_size=args.decode_chunk_size,
+        split_guidance_batch=args.split_guidance_batch,
     )
     _check_sampling_options(call_kwargs, output_fps=args.output_fps)
     check_output_path(args.output, overwrite=args.overwrite)
@@ -90,25 +102,10 @@ def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: 
     try:
         InbetweenPipeline.check_keyframes(first, last)
     except ValueError as exc:  # the pipeline cannot know the file names; the user needs them to fix the files
-        raise ValueError(f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
-                         f"({last.width}x{last.height}): {exc}") from exc
-
-
-def _output_size(first: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
-    """``(height, width)``: a missing side keeps the keyframe's aspect; with neither, the long side is 1024."""
-    aspect = first.width / first.height
-    if height is None and width is None:
-        scale = DEFAULT_LONG_SIDE / max(first.width, first.height)
-        return _nearest_multiple(first.height * scale), _nearest_multiple(first.width * scale)
-    if height is None:
-        return _nearest_multiple(width / aspect), width
-    if width is None:
-        return height, _nearest_multiple(height * aspect)
-    return height, width
-
-
-def _nearest_multiple(size: float) -> int:
-    return max(SIZE_MULTIPLE, round(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        raise ValueError(
+            f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
+            f"({last.width}x{last.height}): {exc}"
+        ) from exc
 
 
 def _check_sampling_options(call_kwargs: dict, output_fps: float | None) -> None:
@@ -124,9 +121,15 @@ def _check_sampling_options(call_kwargs: dict, output_fps: float | None) -> None
     chunk = 1 if call_kwargs["decode_chunk_size"] is None else call_kwargs["decode_chunk_size"]
     try:
         InbetweenPipeline.check_inputs(
-            call_kwargs["height"], call_kwargs["width"], num_frames,
-            call_kwargs["num_inference_steps"], call_kwargs["fusion"], call_kwargs["noise_injection_steps"],
-            call_kwargs["noise_injection_ratio"], chunk, output_type="pil",
+            call_kwargs["height"],
+            call_kwargs["width"],
+            num_frames,
+            call_kwargs["num_inference_steps"],
+            call_kwargs["fusion"],
+            call_kwargs["noise_injection_steps"],
+            call_kwargs["noise_injection_ratio"],
+            chunk,
+            output_type="pil",
         )
     except ValueError as exc:
         raise ValueError(_with_flag_names(str(exc))) from exc
@@ -154,9 +157,10 @@ def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> Inbet
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             return InbetweenPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=variant)
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({_one_line(exc)}); pass a Stable Video "
-                         f"Diffusion folder or Hub id like `{SVD_XT}`" + (f" that has the `{variant}` variant"
-                                                                          if variant else "")) from exc
+        wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
+        if variant:
+            wanted += f" that has the `{variant}` variant"
+        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({_one_line(exc)}); pass {wanted}") from exc
 
 
 def _weight_files(variant: str | None) -> list[str]:
@@ -202,11 +206,16 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         adapter = convert_full_unet_checkpoint(args.finetuned, args.base, variant=args.base_variant)
     except SafetensorError as exc:
-        raise ValueError(f"cannot read the UNet weights of `{args.finetuned}` or `{args.base}` "
-                         f"({_one_line(exc)}); re-download or re-save them") from exc
+        raise ValueError(
+            f"cannot read the UNet weights of `{args.finetuned}` or `{args.base}` "
+            f"({_one_line(exc)}); re-download or re-save them"
+        ) from exc
     path = adapter.save(output, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
-    print(f"wrote {path}: {len(adapter.layers)} layers, {adapter.num_parameters:,} parameters, "
-          f"{path.stat().st_size / 1e6:.1f} MB")
+    size = path.stat().st_size
+    print(
+        f"wrote {path}: {len(adapter.layers)} layers, {adapter.num_parameters:,} parameters, "
+        + (f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB")
+    )
     return 0
 
 
@@ -214,17 +223,24 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inbetween", description="Keyframe interpolation with Stable Video "
-                                     "Diffusion (Generative Inbetweening, ICLR 2025).")
+    parser = argparse.ArgumentParser(
+        prog="inbetween",
+        description="Keyframe interpolation with Stable Video Diffusion (Generative Inbetweening, ICLR 2025).",
+    )
     parser.add_argument("--version", action="version", version=f"inbetween {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    interpolate = commands.add_parser("interpolate", help="generate the video between two keyframes",
-                                      description="Generate the video from FIRST to LAST (both included).")
+    interpolate = commands.add_parser(
+        "interpolate",
+        help="generate the video between two keyframes",
+        description="Generate the video from FIRST to LAST (both included).",
+    )
     interpolate.set_defaults(run=_interpolate)
     _add_interpolate_arguments(interpolate)
-    convert = commands.add_parser("convert-checkpoint", help="turn a fine-tuned UNet into a backward adapter",
-                                  description="Store the W_v / W_o differences between FINETUNED and BASE as a "
-                                  "backward adapter file.")
+    convert = commands.add_parser(
+        "convert-checkpoint",
+        help="turn a fine-tuned UNet into a backward adapter",
+        description="Store the W_v / W_o differences between FINETUNED and BASE as a backward adapter file.",
+    )
     convert.set_defaults(run=_convert)
     _add_convert_arguments(convert)
     return parser
@@ -238,41 +254,100 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
     p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
     s = p.add_argument_group("sampling (defaults: the paper's)")
-    s.add_argument("--num-frames", type=int, metavar="N", help="frames incl. both keyframes (default: the model's, "
-                   "14 for SVD, 25 for SVD-XT)")
+    s.add_argument(
+        "--num-frames",
+        type=int,
+        metavar="N",
+        help="frames incl. both keyframes (default: the model's, 14 for SVD, 25 for SVD-XT)",
+    )
     s.add_argument("--height", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
     s.add_argument("--width", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
-    s.add_argument("--steps", type=int, metavar="N", default=DEFAULTS["num_inference_steps"],
-                   help="denoising steps (default: %(default)s)")
-    s.add_argument("--min-guidance", type=float, metavar="X", default=DEFAULTS["min_guidance_scale"],
-                   help="guidance scale at the first frame, ramping to --max-guidance (default: %(default)s)")
-    s.add_argument("--max-guidance", type=float, metavar="X", default=DEFAULTS["max_guidance_scale"],
-                   help="guidance scale at the last frame; <= 1 turns guidance off (default: %(default)s)")
-    s.add_argument("--fusion", choices=FUSIONS, default=DEFAULTS["fusion"], help="forward weight per frame: 0.5 "
-                   "(average) or from 1 to 0 (linear) (default: %(default)s)")
-    s.add_argument("--noise-injection-steps", type=int, metavar="N", default=DEFAULTS["noise_injection_steps"],
-                   help="noise re-injections per step, 0 turns them off (default: %(default)s)")
-    s.add_argument("--noise-injection-ratio", type=float, metavar="X", default=DEFAULTS["noise_injection_ratio"],
-                   help="fraction of the steps with re-injection, in [0, 1] (default: %(default)s)")
+    s.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        default=DEFAULTS["num_inference_steps"],
+        help="denoising steps (default: %(default)s)",
+    )
+    s.add_argument(
+        "--min-guidance",
+        type=float,
+        metavar="X",
+        default=DEFAULTS["min_guidance_scale"],
+        help="guidance scale at the first frame, ramping to --max-guidance (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-guidance",
+        type=float,
+        metavar="X",
+        default=DEFAULTS["max_guidance_scale"],
+        help="guidance scale at the last frame; <= 1 turns guidance off (default: %(default)s)",
+    )
+    s.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default=DEFAULTS["fusion"],
+        help="forward weight per frame: 0.5 (average) or from 1 to 0 (linear) (default: %(default)s)",
+    )
+    s.add_argument(
+        "--noise-injection-steps",
+        type=int,
+        metavar="N",
+        default=DEFAULTS["noise_injection_steps"],
+        help="noise re-injections per step, 0 turns them off (default: %(default)s)",
+    )
+    s.add_argument(
+        "--noise-injection-ratio",
+        type=float,
+        metavar="X",
+        default=DEFAULTS["noise_injection_ratio"],
+        help="fraction of the steps with re-injection, in [0, 1] (default: %(default)s)",
+    )
     c = p.add_argument_group("SVD conditioning")
-    c.add_argument("--fps", type=int, metavar="N", default=DEFAULTS["fps"], help="conditioning fps, also the "
-                   "playback fps unless --output-fps (default: %(default)s)")
+    c.add_argument(
+        "--fps",
+        type=int,
+        metavar="N",
+        default=DEFAULTS["fps"],
+        help="conditioning fps, also the playback fps unless --output-fps (default: %(default)s)",
+    )
     c.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
-    c.add_argument("--motion-bucket-id", type=int, metavar="N", default=DEFAULTS["motion_bucket_id"],
-                   help="amount of motion, higher moves more (default: %(default)s)")
-    c.add_argument("--noise-aug-strength", type=float, metavar="X", default=DEFAULTS["noise_aug_strength"],
-                   help="noise added to the keyframes before encoding (default: %(default)s)")
+    c.add_argument(
+        "--motion-bucket-id",
+        type=int,
+        metavar="N",
+        default=DEFAULTS["motion_bucket_id"],
+        help="amount of motion, higher moves more (default: %(default)s)",
+    )
+    c.add_argument(
+        "--noise-aug-strength",
+        type=float,
+        metavar="X",
+        default=DEFAULTS["noise_aug_strength"],
+        help="noise added to the keyframes before encoding (default: %(default)s)",
+    )
     m = p.add_argument_group("model and hardware")
     m.add_argument("--model", default=SVD_XT, help="Hub id or folder of an SVD model (default: %(default)s)")
     m.add_argument("--variant", help="weights variant, e.g. fp16")
     m.add_argument("--adapter", metavar="PATH", help="backward adapter .safetensors (see convert-checkpoint)")
-    m.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
-                   help="auto: cuda, else mps, else cpu (default: %(default)s)")
-    m.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                   help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)")
+    m.add_argument(
+        "--device",
+        choices=("auto", "cuda", "mps", "cpu"),
+        default="auto",
+        help="auto: cuda, else mps, else cpu (default: %(default)s)",
+    )
+    m.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)",
+    )
     m.add_argument("--cpu-offload", action="store_true", help="keep models in CPU memory until used (cuda only)")
-    m.add_argument("--split-guidance-batch", action="store_true", help="two UNet calls per step instead of one: "
-                   "lower peak memory, same video")
+    m.add_argument(
+        "--split-guidance-batch",
+        action="store_true",
+        help="two UNet calls per step instead of one: lower peak memory, same video",
+    )
     m.add_argument("--decode-chunk-size", type=int, metavar="N", help="frames decoded at a time (default: all)")
 
 
@@ -281,7 +356,12 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=SVD, help="the model it was fine-tuned from (default: %(default)s)")
     p.add_argument("--base-variant", help="weights variant of BASE, e.g. fp16")
     p.add_argument("-o", "--output", required=True, help="adapter file, e.g. backward_adapter.safetensors")
-    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="(default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="precision of the stored deltas (default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
@@ -305,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError as exc:
         if os.environ.get(DEBUG_VARIABLE) == "1":
             raise
-        print(f"inbetween: error: out of memory ({_one_line(exc)[:120]}); try --split-guidance-batch, "
-              "--decode-chunk-size 2, --cpu-offload or a smaller --height/--width", file=sys.stderr)
+        print(
+            f"inbetween: error: out of memory ({_one_line(exc)[:120]}); try --split-guidance-batch, "
+            "--decode-chunk-size 2, --cpu-offload or a smaller --height/--width",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("inbetween: interrupted; no output written", file=sys.stderr)

@@ -28,8 +28,10 @@ def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | N
     if path.is_dir():
         return path
     if path.suffix or path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") != 1:
-        raise FileNotFoundError(f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}` "
-                                "(to make a folder from a Hub model: `hf download <id> --local-dir <folder>`)")
+        raise FileNotFoundError(
+            f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}` "
+            "(to make a folder from a Hub model: `hf download <id> --local-dir <folder>`)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -56,7 +58,11 @@ def find_unet_weight_files(source: str | os.PathLike, variant: str | None = None
     if single.is_file():
         return [single]
     if (folder / f"{UNET_WEIGHTS}.bin").is_file():
-        raise ValueError(f"UNet weights in `{folder}` are a pickle (.bin); inbetween reads only safetensors. "
-                         "Re-save the UNet with `save_pretrained(..., safe_serialization=True)` in a trusted session")
-    raise FileNotFoundError(f"no `{UNET_WEIGHTS}{suffix}` in `{folder}`; pass a diffusers UNet or pipeline folder"
-                            + (f" (or check the variant `{variant}`)" if variant else ""))
+        raise ValueError(
+            f"UNet weights in `{folder}` are a pickle (.bin); inbetween reads only safetensors. "
+            "Re-save the UNet with `save_pretrained(..., safe_serialization=True)` in a trusted session"
+        )
+    raise FileNotFoundError(
+        f"no `{UNET_WEIGHTS}{suffix}` in `{folder}`; pass a diffusers UNet or pipeline folder"
+        + (f" (or check the variant `{variant}`)" if variant else "")
+    )

@@ -19,12 +19,21 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
-from diffusers import UNetSpatioTemporalConditionModel
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    UNetSpatioTemporalConditionModel,
+)
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
+
+try:  # transformers >= 5 names its torchvision-free processor; the plain name warns without torchvision
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:
+    from transformers import CLIPImageProcessor
 
 from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, rotation_processors
@@ -88,14 +97,17 @@ class KeyframeConditioning:
 
 
 class InbetweenPipeline(DiffusionPipeline):
-    r"""Keyframe interpolation with an image-to-video SVD model and dual-directional sampling.
+    (
+        r"""Keyframe interpolation with an image-to-video SVD model and dual-directional sampling.
 
     Components are those of diffusers' ``StableVideoDiffusionPipeline``, so any SVD / SVD-XT folder
     or Hub id loads with ``from_pretrained``. Load the backward-motion adapter with
     :meth:`load_backward_adapter` for the paper's quality.
 
     Example:
-    """ + EXAMPLE
+    """
+        + EXAMPLE
+    )
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
@@ -136,11 +148,20 @@ class InbetweenPipeline(DiffusionPipeline):
 
     # stages -------------------------------------------------------------------------------------
 
-    def default_size(self, image: KeyframeInput) -> tuple[int, int]:
-        """``(height, width)`` keeping ``image``'s aspect, multiples of 64, long side 1024."""
-        width, height = _image_size(image)
-        scale = DEFAULT_LONG_SIDE / max(width, height)
-        return _round_to_multiple(height * scale), _round_to_multiple(width * scale)
+    @staticmethod
+    def default_size(image: KeyframeInput, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """``(height, width)`` for ``image``: a missing side keeps its aspect (multiple of 64); with neither
+        given, the long side is 1024."""
+        image_width, image_height = _image_size(image)
+        aspect = image_width / image_height
+        if height is None and width is None:
+            scale = DEFAULT_LONG_SIDE / max(image_width, image_height)
+            return _round_to_multiple(image_height * scale), _round_to_multiple(image_width * scale)
+        if height is None:
+            return _round_to_multiple(width / aspect), width
+        if width is None:
+            return height, _round_to_multiple(height * aspect)
+        return height, width
 
     @staticmethod
     def check_keyframes(first_image: KeyframeInput, last_image: KeyframeInput) -> None:
@@ -148,13 +169,17 @@ class InbetweenPipeline(DiffusionPipeline):
         before loading one)."""
         for name, image in (("first_image", first_image), ("last_image", last_image)):
             if not isinstance(image, PIL.Image.Image | list | torch.Tensor):
-                raise ValueError(f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
+                raise ValueError(
+                    f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}"
+                )
         if _batch_size(first_image) != _batch_size(last_image):
             raise ValueError(f"got {_batch_size(first_image)} first keyframes but {_batch_size(last_image)} last ones")
         first_aspect, last_aspect = _aspect(first_image), _aspect(last_image)
         if abs(math.log(first_aspect / last_aspect)) > ASPECT_TOLERANCE:
-            raise ValueError(f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
-                             "crop them to the same aspect first")
+            raise ValueError(
+                f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
+                "crop them to the same aspect first"
+            )
 
     @staticmethod
     def check_inputs(
@@ -348,7 +373,7 @@ class InbetweenPipeline(DiffusionPipeline):
                 `[forward, backward]` rows (one per guidance half) to lower peak memory; same result.
             generator (`torch.Generator`, *optional*): source of ALL noise (augmentation, initial latents,
                 re-injection): the same seed gives the same video.
-            latents (`torch.Tensor`, *optional*): unit-variance initial noise `(B, N, 4, H/8, W/8)`, scaled by sigma_max.
+            latents (`torch.Tensor`, *optional*): unit-variance noise `(B, N, 4, H/8, W/8)`, scaled by sigma_max.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, sigma, {"latents": ...})`
                 after every step; may return `{"latents": new_latents}`.
@@ -359,18 +384,27 @@ class InbetweenPipeline(DiffusionPipeline):
         """
         # 0. Default size and frame count from the keyframe and the UNet
         self.check_keyframes(first_image, last_image)
-        default_height, default_width = self.default_size(first_image)
-        height = default_height if height is None else height
-        width = default_width if width is None else width
+        height, width = self.default_size(first_image, height, width)
         num_frames = self.unet.config.num_frames if num_frames is None else num_frames
         decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
 
         # 1. Check inputs
-        self.check_inputs(height, width, num_frames, num_inference_steps, fusion,
-                          noise_injection_steps, noise_injection_ratio, decode_chunk_size, output_type)
+        self.check_inputs(
+            height,
+            width,
+            num_frames,
+            num_inference_steps,
+            fusion,
+            noise_injection_steps,
+            noise_injection_ratio,
+            decode_chunk_size,
+            output_type,
+        )
         if not self.has_backward_adapter:
-            logger.warning("no backward adapter loaded: the backward pass uses the base weights with rotated "
-                           "attention; load one with `pipe.load_backward_adapter(...)` for the paper's quality")
+            logger.warning(
+                "no backward adapter loaded: the backward pass uses the base weights with rotated "
+                "attention; load one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
+            )
         device = self._execution_device
         guidance = needs_guidance(min_guidance_scale, max_guidance_scale)
 
@@ -385,8 +419,13 @@ class InbetweenPipeline(DiffusionPipeline):
 
         # 4. Initial noise
         batch_size = first.shape[0]
-        shape = (batch_size, num_frames, self.vae.config.latent_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
+        shape = (
+            batch_size,
+            num_frames,
+            self.vae.config.latent_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
@@ -409,8 +448,13 @@ class InbetweenPipeline(DiffusionPipeline):
                 return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
 
             x = sample_euler_with_reinjection(
-                denoise, x, sigmas, generator=generator, noise_injection_steps=noise_injection_steps,
-                noise_injection_ratio=noise_injection_ratio, callback=on_step_end,
+                denoise,
+                x,
+                sigmas,
+                generator=generator,
+                noise_injection_steps=noise_injection_steps,
+                noise_injection_ratio=noise_injection_ratio,
+                callback=on_step_end,
             )
 
         # 7. Decode

@@ -37,7 +37,7 @@ def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sig
 def reinject_noise(
     x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Add Gaussian noise of std ``sqrt(sigma_to^2 - sigma_from^2)``, taking ``x`` from ``sigma_from`` back to ``sigma_to``."""
+    """Add noise of std ``sqrt(sigma_to^2 - sigma_from^2)``: ``x`` goes from ``sigma_from`` back to ``sigma_to``."""
     noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x + noise * (sigma_to**2 - sigma_from**2).clamp(min=0) ** 0.5
 
