@@ -137,9 +137,9 @@ class NaiveInbetween:
         last = pipe.preprocess_keyframes(last_image, height, width)
         batch = first.shape[0]
         images = torch.cat([first, last])
-        emb = pipe._encode_clip(images)
+        emb = pipe.encode_image_embeddings(images)
         noise = randn_tensor(images.shape, generator=generator, dtype=images.dtype)
-        lat = pipe._encode_vae(images + noise_aug_strength * noise)
+        lat = pipe.encode_image_latents(images + noise_aug_strength * noise)
         emb_f, emb_l = emb[:batch], emb[batch:]
         lat_f, lat_l = lat[:batch], lat[batch:]
         if guided:

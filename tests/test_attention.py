@@ -8,7 +8,9 @@ from inbetween.attention import (
     RotatedTemporalAttnProcessor,
     dual_mode,
     install_rotation,
+    recording_forward,
     remove_rotation,
+    replaying_backward,
     rotation_processors,
     temporal_self_attention_names,
 )
@@ -39,7 +41,7 @@ def test_rotation_identity_single_layer(frames):
     processor = RotatedTemporalAttnProcessor()
     deltas = [torch.randn(16, 16) * 0.1, torch.randn(16, 16) * 0.1, torch.randn(16) * 0.1]
     processor.set_deltas(*deltas)
-    processor.dual = True
+    processor.mode = "dual"
     x = torch.randn(2 * 6, frames, 16)
     fused = processor(attn, x)
     torch.testing.assert_close(fused, naive_dual_attention(attn, x, *deltas), rtol=1e-5, atol=1e-5)
@@ -48,7 +50,7 @@ def test_rotation_identity_single_layer(frames):
 def test_without_deltas_backward_uses_base_weights():
     attn = make_attention()
     processor = RotatedTemporalAttnProcessor()
-    processor.dual = True
+    processor.mode = "dual"
     x = torch.randn(4, 5, 16)
     torch.testing.assert_close(processor(attn, x), naive_dual_attention(attn, x), rtol=1e-5, atol=1e-5)
 
@@ -175,9 +177,9 @@ def test_dual_mode_is_switched_off_after_errors_and_remove_restores_default():
     processors = install_rotation(unet)
     with pytest.raises(RuntimeError):
         with dual_mode(unet):
-            assert all(p.dual for p in processors.values())
+            assert all(p.mode == "dual" for p in processors.values())
             raise RuntimeError("boom")
-    assert not any(p.dual for p in processors.values())
+    assert all(p.mode == "off" for p in processors.values())
     name = temporal_self_attention_names(unet)[0]
     with pytest.raises(ValueError, match="forward . backward"):
         with dual_mode(unet):
@@ -185,3 +187,24 @@ def test_dual_mode_is_switched_off_after_errors_and_remove_restores_default():
     remove_rotation(unet)
     assert not rotation_processors(unet)
     assert isinstance(unet.get_submodule(temporal_self_attention_names(unet)[0]).processor, AttnProcessor2_0)
+
+
+def test_record_then_replay_equals_the_dual_call():
+    unet = tiny_unet()
+    for name, processor in install_rotation(unet).items():
+        c = unet.get_submodule(name).to_v.weight.shape[0]
+        processor.set_deltas(torch.randn(c, c) * 0.05, torch.randn(c, c) * 0.05)
+    inputs = unet_inputs(batch=4)
+    halves = {k: v.chunk(2) if isinstance(v, torch.Tensor) and v.ndim else (v, v) for k, v in inputs.items()}
+    with torch.no_grad():
+        with dual_mode(unet):
+            joint = unet(**inputs)[0]
+        with recording_forward(unet):
+            forward = unet(**{k: v[0] for k, v in halves.items()})[0]
+        with replaying_backward(unet):
+            backward = unet(**{k: v[1] for k, v in halves.items()})[0]
+    torch.testing.assert_close(forward, joint.chunk(2)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(backward, joint.chunk(2)[1], rtol=1e-4, atol=1e-5)
+    assert all(p._recorded_qk is None for p in rotation_processors(unet).values())
+    with pytest.raises(ValueError, match="recorded forward call"), replaying_backward(unet), torch.no_grad():
+        unet(**{k: v[1] for k, v in halves.items()})

@@ -38,11 +38,17 @@ class RotatedTemporalAttnProcessor(nn.Module):
 
     The deltas are parameters so that training can optimise exactly them; they live on this
     processor, which the ``Attention`` module registers as a submodule.
+
+    Training can also run the two halves as two calls (see :func:`recording_forward`): a
+    ``"record"`` call over forward rows keeps this layer's forward queries and keys, and the
+    following ``"replay"`` call over backward rows attends with them. Each processor keeps only
+    its own layer's tensors, so re-running a layer (gradient checkpointing) reads the same ones.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.dual = False
+        self.mode = "off"  # "off" | "dual" | "record" | "replay"
+        self._recorded_qk: tuple[torch.Tensor, torch.Tensor] | None = None
         self.delta_v: nn.Parameter | None = None
         self.delta_o: nn.Parameter | None = None
         self.delta_o_bias: nn.Parameter | None = None
@@ -74,10 +80,19 @@ class RotatedTemporalAttnProcessor(nn.Module):
         temb: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        if not self.dual:
+        if self.mode == "off":
             return self._default(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("rotated attention is self-attention over frames; it takes no context and no mask")
+        if self.mode == "record":
+            q, k = forward_queries_keys(attn, hidden_states)
+            self._recorded_qk = (q.detach(), k.detach())
+            return self._default(attn, hidden_states)
+        if self.mode == "replay":
+            if self._recorded_qk is None or self._recorded_qk[0].shape[0] != hidden_states.shape[0]:
+                raise ValueError("replay needs a recorded forward call over the same rows first")
+            out = rotated_values(attn, *self._recorded_qk, hidden_states, self.backward_value_weight(attn))
+            return _project_out(attn, out, *self.backward_output_weight(attn))
         if hidden_states.shape[0] % 2:
             raise ValueError(
                 f"dual mode needs a batch of [forward | backward] halves, got {hidden_states.shape[0]} rows"
@@ -85,6 +100,9 @@ class RotatedTemporalAttnProcessor(nn.Module):
         return rotated_attention(
             attn, hidden_states, self.backward_value_weight(attn), *self.backward_output_weight(attn)
         )
+
+    def clear_recording(self) -> None:
+        self._recorded_qk = None
 
 
 def rotated_attention(
@@ -96,31 +114,44 @@ def rotated_attention(
 ) -> torch.Tensor:
     """Dual-mode temporal attention: ``(2R, N, C) -> (2R, N, C_out)``, rows ``[forward | backward]``."""
     x_fwd, x_bwd = hidden_states.chunk(2)  # (R, N, C) each
-    rows, frames, _ = x_fwd.shape
-    heads = attn.heads
-
-    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (R, N, H*D) -> (R, H, N, D)
-        return x.view(rows, frames, heads, -1).transpose(1, 2)
-
-    q = split_heads(attn.to_q(x_fwd))
-    k = split_heads(attn.to_k(x_fwd))
-    v_fwd = split_heads(attn.to_v(x_fwd))
-    v_bwd = split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias))
+    q, k = forward_queries_keys(attn, x_fwd)
+    v_fwd = _split_heads(attn.to_v(x_fwd), attn.heads)
+    v_bwd = _split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias), attn.heads)
     head_dim = v_fwd.shape[-1]
     # One softmax(QK^T) serves both halves: stack the forward values and the time-flipped
     # backward values along the feature axis.
     values = torch.cat([v_fwd, v_bwd.flip(2)], dim=-1)  # (R, H, N, 2D)
     out = F.scaled_dot_product_attention(q, k, values, scale=attn.scale)
     out_fwd, out_bwd = out.split(head_dim, dim=-1)
-    out_bwd = out_bwd.flip(2)
+    y_fwd = attn.to_out[0](_merge_heads(out_fwd, hidden_states.dtype))
+    y_bwd = _project_out(attn, _merge_heads(out_bwd.flip(2), hidden_states.dtype), output_weight_bwd, output_bias_bwd)
+    return torch.cat([attn.to_out[1](y_fwd) / attn.rescale_output_factor, y_bwd])
 
-    def merge_heads(x: torch.Tensor) -> torch.Tensor:  # (R, H, N, D) -> (R, N, H*D)
-        return x.transpose(1, 2).reshape(rows, frames, -1).to(hidden_states.dtype)
 
-    y_fwd = attn.to_out[0](merge_heads(out_fwd))
-    y_bwd = F.linear(merge_heads(out_bwd), output_weight_bwd, output_bias_bwd)
-    y = attn.to_out[1](torch.cat([y_fwd, y_bwd]))
-    return y / attn.rescale_output_factor
+def forward_queries_keys(attn: Attention, x_fwd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys of the forward rows, ``(R, N, C) -> 2 x (R, H, N, D)``."""
+    return _split_heads(attn.to_q(x_fwd), attn.heads), _split_heads(attn.to_k(x_fwd), attn.heads)
+
+
+def rotated_values(
+    attn: Attention, q_fwd: torch.Tensor, k_fwd: torch.Tensor, x_bwd: torch.Tensor, value_weight_bwd: torch.Tensor
+) -> torch.Tensor:
+    """``flip_time(softmax(Q_fwd K_fwd^T / sqrt(d)) @ flip_time(V_bwd))`` merged to ``(R, N, H*D)``."""
+    v_bwd = _split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias), attn.heads)
+    out = F.scaled_dot_product_attention(q_fwd, k_fwd, v_bwd.flip(2), scale=attn.scale)
+    return _merge_heads(out.flip(2), x_bwd.dtype)
+
+
+def _project_out(attn: Attention, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return attn.to_out[1](F.linear(x, weight, bias)) / attn.rescale_output_factor
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:  # (R, N, H*D) -> (R, H, N, D)
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (R, H, N, D) -> (R, N, H*D)
+    return x.transpose(1, 2).flatten(2).to(dtype)
 
 
 def temporal_self_attention_names(unet: nn.Module) -> list[str]:
@@ -190,16 +221,44 @@ def dual_mode(unet: nn.Module) -> Iterator[None]:
     Needs :func:`install_rotation` first. Dual mode is switched off again on exit, also on error,
     so the same UNet keeps serving plain image-to-video calls.
     """
+    with _processor_mode(unet, "dual"):
+        yield
+
+
+@contextmanager
+def recording_forward(unet: nn.Module) -> Iterator[None]:
+    """Run the forward rows alone (typically under ``torch.no_grad``), keeping each layer's queries and keys."""
+    with _processor_mode(unet, "record"):
+        yield
+
+
+@contextmanager
+def replaying_backward(unet: nn.Module) -> Iterator[None]:
+    """Run the backward rows alone with the rotated attention of the preceding :func:`recording_forward` call.
+
+    The recorded tensors are dropped on exit; run ``loss.backward()`` inside the block when gradient
+    checkpointing re-runs the layers.
+    """
+    try:
+        with _processor_mode(unet, "replay"):
+            yield
+    finally:
+        for processor in rotation_processors(unet).values():
+            processor.clear_recording()
+
+
+@contextmanager
+def _processor_mode(unet: nn.Module, mode: str) -> Iterator[None]:
     processors = list(rotation_processors(unet).values())
     if not processors:
         raise ValueError("no rotated attention processors installed; call install_rotation(unet) first")
     for processor in processors:
-        processor.dual = True
+        processor.mode = mode
     try:
         yield
     finally:
         for processor in processors:
-            processor.dual = False
+            processor.mode = "off"
 
 
 def _check_plain_self_attention(name: str, attn: nn.Module) -> None:

@@ -235,9 +235,9 @@ class InbetweenPipeline(DiffusionPipeline):
         """
         device, dtype = self._execution_device, self.unet.dtype
         images = torch.cat([first, last]).to(device)
-        embeddings = self._encode_clip(images).to(dtype)  # (2B, 1, D)
+        embeddings = self.encode_image_embeddings(images).to(dtype)  # (2B, 1, D)
         noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
-        latents = self._encode_vae(images + noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
+        latents = self.encode_image_latents(images + noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
         # SVD was trained with fps - 1 as the micro-conditioning (sgm's simple_video_sample.py).
         time_ids = torch.tensor([fps - 1, motion_bucket_id, noise_aug_strength], device=device, dtype=dtype)
         emb_first, emb_last = embeddings.chunk(2)
@@ -249,7 +249,7 @@ class InbetweenPipeline(DiffusionPipeline):
             emb, lat = torch.stack([emb_first, emb_last]), torch.stack([lat_first, lat_last])
         return KeyframeConditioning(emb, lat, time_ids.expand(*emb.shape[:2], 3))
 
-    def _encode_clip(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [-1, 1] -> CLIP image embeddings ``(B, 1, D)``."""
         size = self.image_encoder.config.image_size  # 224 for SVD's ViT-H/14
         pixels = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
@@ -259,7 +259,7 @@ class InbetweenPipeline(DiffusionPipeline):
         encoder_dtype = next(self.image_encoder.parameters()).dtype
         return self.image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
 
-    def _encode_vae(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image_latents(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
         with _vae_upcast(self.vae):
             return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()

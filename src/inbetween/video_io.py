@@ -6,6 +6,7 @@ crash or a bad frame never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -246,8 +247,13 @@ def _natural_key(path: Path) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name.lower())]
 
 
+def list_frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The .png/.jpg/.jpeg files directly in `folder`, in frame order (natural name order, case-insensitive)."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=_natural_key)
+
+
 def _read_frame_folder(folder: Path) -> list[Image.Image]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES), key=_natural_key)
+    files = list_frame_files(folder)
     if not files:
         raise ValueError(f"folder `{folder}` holds no .png or .jpg frames; point to a folder of frame images")
     return [_open_rgb(file, "frame") for file in files]
@@ -282,3 +288,87 @@ def read_video(path: str | os.PathLike) -> list[Image.Image]:
     if not frames:
         raise ValueError(f"video `{path}` holds no frames; pass a video with at least one frame")
     return frames
+
+
+def _cannot_read(path: Path, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"cannot read video `{path}` ({_one_line(exc)}); pass a valid mp4, webm, mov, mkv or frame folder"
+    )
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of frames in a video file or frame folder, without decoding any frame.
+
+    Uses the container's frame count when it stores one (mp4, mov) and otherwise counts the stream's packets
+    (mkv, webm), which reads the file but decodes nothing. Raises ValueError for a file PyAV cannot open.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return len(list_frame_files(path))
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            if stream.frames > 0:
+                return stream.frames
+            return sum(1 for packet in container.demux(stream) if packet.size > 0)  # size 0: end-of-stream flush
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise _cannot_read(path, exc) from exc
+
+
+def _decode_at(container: av.container.InputContainer, targets: range, seek: bool) -> list[Image.Image] | None:
+    """Decode the frames at indices `targets`; None when a seek left the decoder past `targets[0]`."""
+    stream = container.streams.video[0]
+    origin, rate = stream.start_time or 0, stream.average_rate or stream.guessed_rate
+    if seek:  # lands on the keyframe at or before the first target; timestamps then tell where we are
+        container.seek(origin + math.floor(targets[0] / rate / stream.time_base), stream=stream, backward=True)
+    images: list[Image.Image] = []
+    for counter, frame in enumerate(container.decode(stream)):
+        if frame.pts is None:  # untimed stream: only decode order from the start says which frame this is
+            if seek:
+                return None
+            position = counter
+        else:
+            # Timestamp -> index, so a variable frame rate video picks frames by time, the way players show them.
+            position = round((frame.pts - origin) * stream.time_base * rate)
+        if seek and counter == 0 and position > targets[0]:
+            return None
+        if position >= targets[len(images)]:
+            images.append(frame.to_image())
+            if len(images) == len(targets):
+                break
+    return images
+
+
+def read_frames(path: str | os.PathLike, start: int, count: int, step: int = 1) -> list[Image.Image]:
+    """Decode only frames `start, start + step, ...` (`count` of them) of a video file or frame folder as RGB.
+
+    Video files seek to the nearest keyframe before `start` and decode from there, so the cost does not grow
+    with `start`. Raises ValueError if the source cannot be read or ends before the last requested frame.
+    """
+    if start < 0 or count < 1 or step < 1:
+        raise ValueError(f"need start >= 0, count >= 1 and step >= 1, got start={start}, count={count}, step={step}")
+    path = Path(path)
+    targets = range(start, start + count * step, step)
+    if path.is_dir():
+        images = [_open_rgb(file, "frame") for file in list_frame_files(path)[targets.start : targets.stop : step]]
+    else:
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise ValueError("no video stream")
+                stream = container.streams.video[0]
+                can_seek = start > 0 and bool(stream.average_rate or stream.guessed_rate) and stream.time_base
+                images = _decode_at(container, targets, seek=True) if can_seek else None
+                if images is None:  # no seek possible, or it overshot: decode from the first frame instead
+                    if can_seek:
+                        container.seek(0)
+                    images = _decode_at(container, targets, seek=False)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise _cannot_read(path, exc) from exc
+    if len(images) < count:
+        raise ValueError(
+            f"`{path}` ends before frame {targets[-1]}; it holds fewer frames than its header or listing said"
+        )
+    return images
