@@ -87,8 +87,7 @@ class BackwardAdapter:
         """The deltas currently installed on ``unet``'s rotation processors (e.g. after training)."""
         deltas = {}
         for layer, processor in rotation_processors(unet).items():
-            layer_deltas = (processor.delta_v, processor.delta_o, processor.delta_o_bias)
-            for param, delta in zip(ADAPTED_PARAMETERS, layer_deltas, strict=True):
+            for param, delta in zip(ADAPTED_PARAMETERS, processor.deltas(), strict=True):
                 if delta is not None:
                     deltas[f"{layer}.{param}"] = delta.detach().clone()
         if not deltas:

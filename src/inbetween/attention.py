@@ -62,6 +62,10 @@ class RotatedTemporalAttnProcessor(nn.Module):
         self.delta_o = _as_parameter(delta_o)
         self.delta_o_bias = _as_parameter(delta_o_bias)
 
+    def deltas(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(delta W_v, delta W_o, delta b_o)``, ``None`` where absent."""
+        return self.delta_v, self.delta_o, self.delta_o_bias
+
     def backward_value_weight(self, attn: Attention) -> torch.Tensor:
         """``W_v`` of the backward branch, shape ``(inner_dim, C)``."""
         return _plus(attn.to_v.weight, self.delta_v)

@@ -9,11 +9,13 @@ before any model is loaded where possible; ``INBETWEEN_DEBUG=1`` shows the trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import logging
 import os
 import re
 import sys
+import typing
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from .adapter import BackwardAdapter, convert_full_unet_checkpoint
 from .hub import SVD, SVD_XT, resolve_model_folder
 from .pipeline import InbetweenPipeline
 from .sampling import FUSIONS
+from .training import TrainConfig, train_backward
 from .video_io import check_output_path, load_image, write_video
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
@@ -243,7 +246,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(run=_convert)
     _add_convert_arguments(convert)
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a backward adapter on a folder of videos",
+        description="Backward-motion fine-tuning of W_v / W_o (paper section 3.2). Several GPUs: "
+        "`accelerate launch --num_processes N -m inbetween.training ...` with the same options.",
+    )
+    train.set_defaults(run=_train)
+    _add_dataclass_arguments(train, TrainConfig)
     return parser
+
+
+def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--flag`` per field of ``config_class``, typed and defaulted from the dataclass itself."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else field.default
+        help_text = "required" if required else "default: %(default)s"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
+            p.add_argument(
+                flag.removesuffix("s"),
+                dest=field.name,
+                nargs=2,
+                action="append",
+                default=[],
+                metavar=("FIRST", "LAST"),
+                help="repeatable",
+            )
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            p.add_argument(flag, type=base, default=default, required=required, help=help_text)
+
+
+def _train(args: argparse.Namespace) -> int:
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    values["validation_pairs"] = tuple(tuple(pair) for pair in values["validation_pairs"])
+    config = TrainConfig(**values)
+    final = train_backward(config)
+    print(f"wrote {final}")
+    return 0
 
 
 def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,523 @@
+"""Backward-motion fine-tuning (Wang et al., ICLR 2025, section 3.2; DESIGN.md section 2.2).
+
+Only the backward model's W_v / W_o deltas of the temporal self-attention layers are trained;
+the forward model is the same frozen UNet, which supplies the attention maps. A training
+sample is a clip: the backward branch sees the clip's noisy latents reversed in time and is
+conditioned on the clip's LAST frame; the forward branch sees them in order, conditioned on
+the FIRST frame. The loss is SVD's EDM loss on the backward branch only.
+
+Run it:
+
+    inbetween train --data videos/ --output-dir runs/backward                  # one GPU (or CPU)
+    accelerate launch --num_processes 4 -m inbetween.training --data videos/ --output-dir runs/backward
+    inbetween train --data videos/ --output-dir runs/backward --resume latest   # continue a run
+
+Every random draw (clip order, sigma, noise, noise augmentation) is a pure function of the seed
+and the sample's position in the training stream, so a resumed run, or the same global batch on
+any number of processes, gives the same adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .adapter import BackwardAdapter
+from .attention import dual_mode, install_rotation, recording_forward, replaying_backward, rotation_processors
+from .data import ClipDataset, ClipSpec
+from .hub import SVD, resolve_model_folder
+from .pipeline import InbetweenPipeline
+from .sampling import edm_scalings
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("split", "joint")
+PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a fine-tuning run needs; defaults are the paper's (section 4, implementation details)."""
+
+    data: str  # folder of videos and/or frame folders
+    output_dir: str
+    model: str = SVD  # the paper fine-tunes the 14-frame SVD; the adapter transfers to SVD-XT
+    variant: str | None = None
+    num_frames: int = 14
+    stride: int = 2
+    height: int = 576
+    width: int = 1024
+    clips_per_video: int | None = None
+    batch_size: int = 4  # per process and micro-step
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 15_000
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    max_grad_norm: float | None = 1.0
+    p_mean: float = 0.7  # log-normal sigma of SVD's EDM training
+    p_std: float = 1.6
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    train_bias: bool = False  # also train b_o of the output projection
+    layout: str = "split"  # "split": no-grad forward call + backward call; "joint": one call, both halves
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validate_every: int | None = None
+    validation_pairs: tuple[tuple[str, str], ...] = ()
+    validation_inference_steps: int = 25
+    adapter_dtype: str = "float16"  # of the final adapter file; checkpoints keep float32
+    tensorboard: bool = False
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        positive = [
+            "num_frames",
+            "stride",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "validation_inference_steps",
+        ]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"`layout` must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"`mixed_precision` must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
+        if self.adapter_dtype not in ("float16", "float32", "bfloat16"):
+            raise ValueError(f"`adapter_dtype` must be float16, float32 or bfloat16, got {self.adapter_dtype!r}")
+        if self.validate_every is not None and not self.validation_pairs:
+            raise ValueError("`validate_every` needs `validation_pairs` (first/last keyframe image pairs)")
+
+
+# ------------------------------------------------------------------------------------------------
+# randomness: a pure function of (seed, position in the stream of training samples)
+
+
+def stream_indices(dataset_size: int, seed: int, start: int, count: int) -> list[int]:
+    """Dataset indices at stream positions ``start .. start + count``: one seeded permutation per epoch."""
+    indices = []
+    for position in range(start, start + count):
+        epoch, offset = divmod(position, dataset_size)
+        permutation = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(int(permutation[offset]))
+    return indices
+
+
+def sample_draws(
+    seed: int, position: int, latent_shape: tuple[int, ...], image_shape: tuple[int, ...], p_mean: float, p_std: float
+) -> dict[str, torch.Tensor]:
+    """The random numbers of one training sample: sigma, latent noise and keyframe noise augmentation."""
+    generator = torch.Generator().manual_seed((seed << 32) + position)
+    return {
+        "sigma": (p_mean + p_std * torch.randn((), generator=generator)).exp(),
+        "noise": torch.randn(latent_shape, generator=generator),
+        "aug_noise": torch.randn((2, *image_shape), generator=generator),
+    }
+
+
+class StreamBatches(torch.utils.data.Sampler):
+    """Index batches of one process, from optimizer step ``start_step`` on, forever.
+
+    Optimizer step ``s`` consumes stream positions ``[s * G, (s + 1) * G)`` with
+    ``G = batch_size * accumulation * world``; micro-step ``m`` of process ``r`` takes the block
+    ``(m * world + r)``, so the global batch does not depend on how it is split.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        seed: int,
+        batch_size: int,
+        accumulation: int,
+        rank: int,
+        world: int,
+        start_step: int = 0,
+    ):
+        self.dataset_size, self.seed, self.batch_size = dataset_size, seed, batch_size
+        self.accumulation, self.rank, self.world, self.start_step = accumulation, rank, world, start_step
+
+    def positions(self, step: int, micro_step: int) -> range:
+        global_batch = self.batch_size * self.accumulation * self.world
+        start = step * global_batch + (micro_step * self.world + self.rank) * self.batch_size
+        return range(start, start + self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            for micro_step in range(self.accumulation):
+                positions = self.positions(step, micro_step)
+                yield stream_indices(self.dataset_size, self.seed, positions.start, len(positions))
+            step += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the loss
+
+
+def edm_loss(denoised: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """SVD's EDM loss: ``(1 + s^2) / s^2 * mean((D(x) - x0)^2)``, averaged over the batch; ``sigma`` is ``(B,)``."""
+    weight = (1 + sigma**2) / sigma**2
+    per_sample = (denoised.float() - target.float()).square().flatten(1).mean(1)
+    return (weight * per_sample).mean()
+
+
+@torch.no_grad()
+def encode_batch(
+    pipe: InbetweenPipeline, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Clean latents ``(B, N, 4, h, w)`` of the clip and the conditioning of both branches, all without grad."""
+    clip = batch["clip"]  # (B, N, 3, H, W) in [-1, 1], original time order
+    frames = clip.flatten(0, 1).to(pipe.vae.dtype)
+    latents = torch.cat([pipe.vae.encode(chunk).latent_dist.mode() for chunk in frames.split(16)])
+    latents = latents.unflatten(0, clip.shape[:2]).float() * pipe.vae.config.scaling_factor
+    keyframes = torch.cat([batch["first_frame"], batch["last_frame"]])  # (2B, 3, H, W)
+    aug = draws["aug_noise"].transpose(0, 1).flatten(0, 1).to(keyframes)  # (2B, 3, H, W): firsts then lasts
+    embeddings = pipe.encode_image_embeddings(keyframes).to(pipe.unet.dtype)
+    image_latents = pipe.encode_image_latents(keyframes + config.noise_aug_strength * aug).to(pipe.unet.dtype)
+    time_ids = torch.tensor([config.fps - 1, config.motion_bucket_id, config.noise_aug_strength])
+    return {
+        "latents": latents,
+        "embeddings": embeddings,  # (2B, 1, D): [first; last]
+        "image_latents": image_latents,  # (2B, 4, h, w): [first; last]
+        "time_ids": time_ids.to(latents.device, pipe.unet.dtype).expand(len(keyframes), 3),
+    }
+
+
+def unet_inputs(x: torch.Tensor, sigma: torch.Tensor, image_latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """UNet input ``(B, N, 8, h, w)`` and timestep ``(B,)`` for noisy latents ``x`` at per-sample ``sigma``."""
+    _, _, c_in, c_noise = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
+    frames = x.shape[1]
+    conditioning = image_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
+    return torch.cat([(x * c_in).to(image_latents.dtype), conditioning], dim=2), c_noise.flatten()
+
+
+def backward_branch_step(
+    pipe: InbetweenPipeline,
+    encoded: dict[str, torch.Tensor],
+    draws: dict[str, torch.Tensor],
+    config: TrainConfig,
+    accelerator: Accelerator,
+    loss_scale: float,
+) -> float:
+    """Forward both branches, compute the backward branch's EDM loss and back-propagate it. Returns the loss."""
+    unet = pipe.unet
+    sigma = draws["sigma"].to(accelerator.device)  # (B,)
+    x0_fwd = encoded["latents"]
+    x_fwd = x0_fwd + sigma.view(-1, 1, 1, 1, 1) * draws["noise"].to(x0_fwd)
+    x_bwd, x0_bwd = x_fwd.flip(1), x0_fwd.flip(1)  # the backward model sees the reversed clip
+    emb_first, emb_last = encoded["embeddings"].chunk(2)
+    lat_first, lat_last = encoded["image_latents"].chunk(2)
+    time_ids = encoded["time_ids"].chunk(2)[0]
+    c_skip, c_out, _, _ = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
+
+    def run(x, emb, lat, ids):
+        model_input, timestep = unet_inputs(x, sigma.repeat(len(x) // len(sigma)), lat)
+        return unet(model_input, timestep, encoder_hidden_states=emb, added_time_ids=ids, return_dict=False)[0]
+
+    if config.layout == "split":
+        # The forward branch needs no gradient: one no-grad call records its queries/keys, then the
+        # backward rows alone go through the graph, so autograd never touches the forward rows.
+        with torch.no_grad(), accelerator.autocast(), recording_forward(unet):
+            run(x_fwd, emb_first, lat_first, time_ids)
+        context = replaying_backward(unet)
+        rows = (x_bwd, emb_last, lat_last, time_ids)
+    else:
+        context = dual_mode(unet)
+        rows = tuple(
+            torch.cat(pair)
+            for pair in [(x_fwd, x_bwd), (emb_first, emb_last), (lat_first, lat_last), (time_ids, time_ids)]
+        )
+    with context:  # backward() inside: gradient checkpointing re-runs layers in the same mode
+        with accelerator.autocast():
+            v = run(*rows)
+        v_bwd = v.chunk(2)[1] if config.layout == "joint" else v
+        loss = edm_loss(c_skip * x_bwd + c_out * v_bwd.float(), x0_bwd, sigma)
+        accelerator.backward(loss * loss_scale)
+    return loss.item()
+
+
+# ------------------------------------------------------------------------------------------------
+# trainable deltas, checkpoints
+
+
+def trainable_deltas(unet: torch.nn.Module, train_bias: bool) -> list[torch.nn.Parameter]:
+    """Fresh zero deltas (float32, trainable) on every rotated layer; everything else frozen."""
+    unet.requires_grad_(False)
+    parameters = []
+    device = next(unet.parameters()).device
+    for name, processor in install_rotation(unet).items():
+        attn = unet.get_submodule(name)
+        deltas = [torch.zeros_like(attn.to_v.weight), torch.zeros_like(attn.to_out[0].weight)]
+        if train_bias:
+            deltas.append(torch.zeros_like(attn.to_out[0].bias))
+        deltas = [torch.nn.Parameter(d.to(device, torch.float32)) for d in deltas]
+        processor.set_deltas(*deltas)
+        parameters += deltas
+    return parameters
+
+
+def save_checkpoint(
+    folder: Path, step: int, unet: torch.nn.Module, optimizer, accelerator: Accelerator, config: TrainConfig
+) -> Path:
+    """``folder/step-XXXXXXX/`` with the adapter, the optimizer state and the step, written atomically."""
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
+    state = optimizer.state_dict()
+    tensors = {
+        f"{index}.{key}": value.detach().cpu().contiguous()
+        for index, entries in state["state"].items()
+        for key, value in entries.items()
+    }
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    meta = {"step": step, "param_groups": state["param_groups"], "scaler": scaler, "config": asdict(config)}
+    (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("step-*") if p.is_dir())
+
+
+def load_checkpoint(checkpoint: Path, unet: torch.nn.Module, optimizer, accelerator: Accelerator) -> int:
+    """Restore deltas, optimizer and grad-scaler state; return the step to continue from."""
+    meta = json.loads((checkpoint / "trainer_state.json").read_text())
+    adapter = BackwardAdapter.load(checkpoint / "adapter.safetensors")
+    adapter.check_fits(unet)
+    with torch.no_grad():
+        for layer, processor in rotation_processors(unet).items():
+            for current, saved in zip(processor.deltas(), adapter.layer_deltas(layer), strict=True):
+                if current is not None:
+                    current.copy_(saved)
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if meta["scaler"] is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(meta["scaler"])
+    return int(meta["step"])
+
+
+def find_resume_checkpoint(resume: str, checkpoints: Path) -> Path:
+    if resume == "latest":
+        found = list_checkpoints(checkpoints)
+        if not found:
+            raise FileNotFoundError(f"`--resume latest` found no checkpoint in `{checkpoints}`; start without it")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"`{resume}` is not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def load_training_pipeline(config: TrainConfig, accelerator: Accelerator) -> InbetweenPipeline:
+    """The SVD components, frozen, in the mixed-precision dtype, on this process's device."""
+    folder = resolve_model_folder(config.model)
+    pipe = InbetweenPipeline.from_pretrained(
+        str(folder), torch_dtype=PRECISIONS[config.mixed_precision], variant=config.variant
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for model in (pipe.vae, pipe.image_encoder, pipe.unet):
+        model.requires_grad_(False).eval()
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    return pipe.to(accelerator.device)
+
+
+def validate(pipe: InbetweenPipeline, config: TrainConfig, folder: Path) -> None:
+    """Interpolate the validation pairs with the current adapter; videos next to the checkpoint."""
+    from .video_io import load_image, write_video
+
+    for i, (first, last) in enumerate(config.validation_pairs):
+        frames = pipe(
+            load_image(first),
+            load_image(last),
+            height=config.height,
+            width=config.width,
+            num_frames=config.num_frames,
+            num_inference_steps=config.validation_inference_steps,
+            generator=torch.Generator().manual_seed(config.seed),
+        ).frames[0]
+        write_video(frames, folder / f"validation-{i}.mp4", fps=config.fps, overwrite=True)
+
+
+def train_backward(config: TrainConfig) -> Path:
+    """Fine-tune the backward adapter; returns the path of the final adapter file."""
+    output_dir = Path(config.output_dir)
+    checkpoints = output_dir / "checkpoints"
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard" if config.tensorboard else None,
+        project_dir=str(output_dir),
+    )
+    # data first: an empty or unreadable dataset fails before any model is loaded
+    spec = ClipSpec(num_frames=config.num_frames, stride=config.stride, height=config.height, width=config.width)
+    dataset = ClipDataset(config.data, spec, clips_per_video=config.clips_per_video)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("training data: %s", dataset.describe())
+
+    # model: one frozen UNet; the only trainable tensors are the backward W_v / W_o deltas
+    pipe = load_training_pipeline(config, accelerator)
+    parameters = trainable_deltas(pipe.unet, config.train_bias)
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=(config.adam_beta1, config.adam_beta2),
+    )
+    optimizer = accelerator.prepare(optimizer)
+    start_step = 0
+    if config.resume:
+        start_step = load_checkpoint(
+            find_resume_checkpoint(config.resume, checkpoints), pipe.unet, optimizer, accelerator
+        )
+    if config.tensorboard:
+        accelerator.init_trackers("inbetween-backward", config={k: str(v) for k, v in asdict(config).items()})
+
+    # data stream: position-determined, so resuming and re-sharding give the same samples
+    sampler = StreamBatches(
+        len(dataset),
+        config.seed,
+        config.batch_size,
+        config.gradient_accumulation_steps,
+        accelerator.process_index,
+        accelerator.num_processes,
+        start_step,
+    )
+    loader = iter(
+        torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
+        )
+    )
+    latent_shape = (
+        config.num_frames,
+        4,
+        config.height // pipe.vae_scale_factor,
+        config.width // pipe.vae_scale_factor,
+    )
+    image_shape = (3, config.height, config.width)
+
+    # training loop
+    progress = tqdm(
+        range(start_step, config.max_steps),
+        initial=start_step,
+        total=config.max_steps,
+        disable=not accelerator.is_main_process,
+        desc="backward fine-tuning",
+    )
+    for step in progress:
+        step_loss, seen = 0.0, []
+        for micro_step in range(config.gradient_accumulation_steps):
+            batch = {k: v.to(accelerator.device) for k, v in next(loader).items()}
+            positions = sampler.positions(step, micro_step)
+            draws = _stack_draws(
+                [
+                    sample_draws(config.seed, p, latent_shape, image_shape, config.p_mean, config.p_std)
+                    for p in positions
+                ]
+            )
+            encoded = encode_batch(pipe, batch, draws, config)
+            scale = 1.0 / config.gradient_accumulation_steps
+            step_loss += scale * backward_branch_step(pipe, encoded, draws, config, accelerator, scale)
+            seen += batch["index"].tolist()
+        _average_gradients(parameters, accelerator)
+        if config.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # logging, checkpoints, validation (files from the main process only)
+        losses = accelerator.gather(torch.tensor([step_loss], device=accelerator.device))
+        all_seen = accelerator.gather_for_metrics(torch.tensor(seen, device=accelerator.device)).view(
+            accelerator.num_processes, -1
+        )
+        loss = losses.mean().item()
+        progress.set_postfix(loss=f"{loss:.4f}")
+        if accelerator.is_main_process:
+            _append_log(output_dir / "train_log.jsonl", {"step": step + 1, "loss": loss, "samples": all_seen.tolist()})
+        if config.tensorboard:
+            accelerator.log({"loss": loss}, step=step + 1)
+        done = step + 1
+        if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.max_steps):
+            saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config)
+            prune_checkpoints(checkpoints, config.keep_checkpoints)
+            if config.validate_every and done % config.validate_every == 0:
+                validate(pipe, config, saved)
+        accelerator.wait_for_everyone()
+
+    final = output_dir / "backward_adapter.safetensors"
+    if accelerator.is_main_process:
+        adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
+        adapter.save(final, dtype=getattr(torch, config.adapter_dtype), overwrite=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def _stack_draws(draws: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Mean of the gradients over processes, as one collective on a flat buffer (the deltas are small)."""
+    if accelerator.num_processes == 1:
+        return
+    flat = torch.cat([p.grad.flatten() for p in parameters])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for p in parameters:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))
