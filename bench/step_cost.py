@@ -343,6 +343,8 @@ def run_case(args) -> dict:
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     check_supported(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     ensure_free_memory(int(1.6e9 * dtype.itemsize) if device.type == "cpu" else 0, "the SVD UNet")
@@ -403,6 +405,7 @@ def child_command(case: str, args) -> list[str]:
         str(args.seed),
         "--decode-chunk",
         str(args.decode_chunk),
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]
 
 
@@ -427,18 +430,24 @@ def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def format_table(results: dict[str, dict], cuda: bool) -> str:
+STEP_KEYS = {"wall": "median_step_s", "cpu": "median_step_cpu_s"}
+
+
+def format_table(results: dict[str, dict], cuda: bool, clock: str = "wall") -> str:
     def get(case: str, key: str) -> float | None:
         return results.get(case, {}).get(key)
 
+    step_key = STEP_KEYS[clock]
+    other = "cpu" if clock == "wall" else "wall"
     header = [
         "case",
-        "median step s",
+        f"median step s ({clock})",
         "ratio vs unet-4way",
         "ratio vs plain-svd step",
         "peak RSS GB",
         "RSS ratio vs plain-svd",
         "build s (excluded)",
+        f"median step s ({other})",
     ]
     if cuda:
         header += ["peak CUDA GB (denoise)", "peak CUDA GB (all)"]
@@ -448,15 +457,16 @@ def format_table(results: dict[str, dict], cuda: bool) -> str:
         if "error" in result:
             rows.append(f"| {case} | {result['error']} |" + " |" * (len(header) - 2))
             continue
-        step, rss = result["median_step_s"], result["peak_rss_gb"]
+        step, rss = result[step_key], result["peak_rss_gb"]
         cells = [
             case,
             fmt(step, 2),
-            fmt(ratio(step, get("unet-4way", "median_step_s")), 3, "x"),
-            fmt(ratio(step, get("plain-svd", "median_step_s")), 2, "x"),
+            fmt(ratio(step, get("unet-4way", step_key)), 3, "x"),
+            fmt(ratio(step, get("plain-svd", step_key)), 2, "x"),
             fmt(rss, 2),
             fmt(ratio(rss, get("plain-svd", "peak_rss_gb")), 2, "x"),
             fmt(result["build_s"], 0),
+            fmt(result[STEP_KEYS[other]], 2),
         ]
         if cuda:
             cells += [fmt(result.get("cuda_denoise_peak_gb"), 2), fmt(result.get("cuda_peak_gb"), 2)]
@@ -469,11 +479,11 @@ def check_line(label: str, ok: bool | None, detail: str) -> str:
     return f"{label}: {verdict} ({detail})"
 
 
-def target_checks(results: dict[str, dict], cuda: bool) -> list[str]:
+def target_checks(results: dict[str, dict], cuda: bool, clock: str = "wall") -> list[str]:
     def get(case: str, key: str) -> float | None:
         return results.get(case, {}).get(key)
 
-    ours, floor, naive = (get(c, "median_step_s") for c in ("ours", "unet-4way", "naive"))
+    ours, floor, naive = (get(c, STEP_KEYS[clock]) for c in ("ours", "unet-4way", "naive"))
     step_ratio = ratio(ours, floor)
     rss_ratio = ratio(get("ours", "peak_rss_gb"), get("plain-svd", "peak_rss_gb"))
     lines = [
@@ -507,11 +517,13 @@ def report(results: dict[str, dict], args, command: str) -> str:
 
     setup = (
         f"{args.width}x{args.height} px, {args.frames} frames, {args.dtype}, {args.device}, guidance max "
-        f"{MAX_GUIDANCE:g}, 1 warm-up + {args.steps} measured steps (median), decode chunk {args.decode_chunk}; "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{MAX_GUIDANCE:g}, 1 warm-up + {args.steps} measured steps (median, {args.clock} clock), decode chunk "
+        f"{args.decode_chunk}; {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({args.threads or torch.get_num_threads()} threads), "
         f"diffusers {diffusers.__version__}, python {platform.python_version()}"
     )
-    lines = [f"`{command}`", "", setup, "", format_table(results, cuda), "", *target_checks(results, cuda)]
+    table, checks = format_table(results, cuda, args.clock), target_checks(results, cuda, args.clock)
+    lines = [f"`{command}`", "", setup, "", table, "", *checks]
     loads = [
         f"{case} {r['loadavg_before']:.1f}->{r['loadavg_after']:.1f}"
         for case, r in results.items()
@@ -544,6 +556,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at a time (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=list(STEP_KEYS),
+        help="step time for ratios and checks: wall, or process CPU time (robust to other load with --threads 1)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (also .json next to it)")
     parser.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -554,6 +573,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown cases {sorted(unknown)}; choose from {', '.join(CASES)}")
     if args.width % 64 or args.height % 64:
         parser.error("--size must be multiples of 64")
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures host CPU time; use the wall clock on a GPU")
     return args
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from inbetween import video_io
 from inbetween.data import ClipDataset, ClipSpec, find_sources, fit_frame
 from inbetween.video_io import count_frames, read_frames, read_video, write_video
 
@@ -120,7 +122,7 @@ def test_scan_is_recursive_case_insensitive_and_ignores_hidden_files(tmp_path: P
     found = [path.relative_to(tmp_path).as_posix() for path in find_sources(tmp_path)]
     assert found == ["a/deeper/x.MP4", "a/frames", "a/y.Mov", "b.WEBM", "c.mkv"]
     # Overlapping roots and a single file as root list each source once.
-    assert len(find_sources([tmp_path, tmp_path / "a", tmp_path / "c.mkv"])) == 5
+    assert len(find_sources([tmp_path, tmp_path / "a", tmp_path / "a" / ".." / "c.mkv"])) == 5
     assert find_sources(tmp_path / "c.mkv") == [tmp_path / "c.mkv"]
 
 
@@ -162,6 +164,51 @@ def test_read_frames_seeks_to_the_same_frames_as_a_full_decode(
         assert all(np.array_equal(np.asarray(got), want) for got, want in zip(images, expected, strict=True))
     with pytest.raises(ValueError, match="ends before frame 30"):
         read_frames(path, 27, 2, 3)
+
+
+class CountingContainer:
+    """Wraps a PyAV input container and counts the frames it decodes."""
+
+    def __init__(self, inner: av.container.InputContainer, decoded: list[int]) -> None:
+        self.inner, self.decoded = inner, decoded
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def __enter__(self) -> CountingContainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.inner.close()
+
+    def decode(self, *args: object, **kwargs: object) -> Iterator[av.VideoFrame]:
+        for frame in self.inner.decode(*args, **kwargs):
+            self.decoded.append(frame.pts)
+            yield frame
+
+
+def test_read_frames_decodes_from_the_keyframe_before_the_clip_not_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_with_pyav(tmp_path / "gop.mkv", square_clip(40), "matroska", "libx264", gop=4)
+    decoded: list[int] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: CountingContainer(real_open(*args, **kwargs), decoded))
+    images = read_frames(path, 33, 2, 3)  # frames 33 and 36; the keyframe before 33 is 32
+    assert len(images) == 2
+    assert len(decoded) == 5  # frames 32..36, not the 33 frames before the clip
+
+
+def test_read_frames_recovers_when_a_seek_lands_past_the_first_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_with_pyav(tmp_path / "gop.mkv", square_clip(30), "matroska", "libx264", gop=4)
+    expected = [np.asarray(image) for image in read_video(path)][9:19:3]
+    timestamp_of = video_io._timestamp_of
+    # Imprecise container indexes can land after the target; simulate one that lands two keyframes late.
+    monkeypatch.setattr(video_io, "_timestamp_of", lambda stream, index: timestamp_of(stream, index + 8))
+    images = read_frames(path, 9, 4, 3)
+    assert all(np.array_equal(np.asarray(got), want) for got, want in zip(images, expected, strict=True))
 
 
 @pytest.mark.parametrize(("source", "target"), [((64, 32), (32, 32)), ((32, 64), (32, 32)), ((128, 64), (24, 16))])

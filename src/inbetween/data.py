@@ -153,7 +153,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 continue
             count = count if clips_per_video is None else min(count, clips_per_video)
             self.sources.append(source)
-            self.clips.extend((source, i * spec.stride) for i in range(count))
+            self.clips.extend((source, i * spec.span) for i in range(count))
         self.skipped = [path for path, _ in short] + unreadable
         need = f"{spec.span} frames ({spec.num_frames} frames x stride {spec.stride})"
         if short:

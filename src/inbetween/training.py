@@ -353,8 +353,12 @@ def load_training_pipeline(config: TrainConfig, accelerator: Accelerator) -> Inb
     """The SVD components, frozen, in the mixed-precision dtype, on this process's device."""
     folder = resolve_model_folder(config.model)
     pipe = InbetweenPipeline.from_pretrained(
-        str(folder), torch_dtype=PRECISIONS[config.mixed_precision], variant=config.variant
+        str(folder), dtype=PRECISIONS[config.mixed_precision], variant=config.variant
     )
+    return _prepare_frozen(pipe, config, accelerator)
+
+
+def _prepare_frozen(pipe: InbetweenPipeline, config: TrainConfig, accelerator: Accelerator) -> InbetweenPipeline:
     pipe.set_progress_bar_config(disable=True)
     for model in (pipe.vae, pipe.image_encoder, pipe.unet):
         model.requires_grad_(False).eval()
@@ -380,8 +384,12 @@ def validate(pipe: InbetweenPipeline, config: TrainConfig, folder: Path) -> None
         write_video(frames, folder / f"validation-{i}.mp4", fps=config.fps, overwrite=True)
 
 
-def train_backward(config: TrainConfig) -> Path:
-    """Fine-tune the backward adapter; returns the path of the final adapter file."""
+def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -> Path:
+    """Fine-tune the backward adapter; returns the path of the final adapter file.
+
+    ``pipe`` (optional) is an already loaded pipeline to train in place of ``config.model``; its
+    base weights stay untouched, its rotation processors end up holding the trained deltas.
+    """
     output_dir = Path(config.output_dir)
     checkpoints = output_dir / "checkpoints"
     accelerator = Accelerator(
@@ -397,7 +405,7 @@ def train_backward(config: TrainConfig) -> Path:
         logger.info("training data: %s", dataset.describe())
 
     # model: one frozen UNet; the only trainable tensors are the backward W_v / W_o deltas
-    pipe = load_training_pipeline(config, accelerator)
+    pipe = load_training_pipeline(config, accelerator) if pipe is None else _prepare_frozen(pipe, config, accelerator)
     parameters = trainable_deltas(pipe.unet, config.train_bias)
     optimizer = torch.optim.AdamW(
         parameters,

@@ -317,15 +317,21 @@ def count_frames(path: str | os.PathLike) -> int:
         raise _cannot_read(path, exc) from exc
 
 
+def _timestamp_of(stream: av.VideoStream, index: int) -> int:
+    """Timestamp (in `stream.time_base` units) of frame `index`, exact for a constant frame rate."""
+    rate = stream.average_rate or stream.guessed_rate
+    return (stream.start_time or 0) + math.floor(index / rate / stream.time_base)
+
+
 def _decode_at(container: av.container.InputContainer, targets: range, seek: bool) -> list[Image.Image] | None:
     """Decode the frames at indices `targets`; None when a seek left the decoder past `targets[0]`."""
     stream = container.streams.video[0]
     origin, rate = stream.start_time or 0, stream.average_rate or stream.guessed_rate
     if seek:  # lands on the keyframe at or before the first target; timestamps then tell where we are
-        container.seek(origin + math.floor(targets[0] / rate / stream.time_base), stream=stream, backward=True)
+        container.seek(_timestamp_of(stream, targets[0]), stream=stream, backward=True)
     images: list[Image.Image] = []
     for counter, frame in enumerate(container.decode(stream)):
-        if frame.pts is None:  # untimed stream: only decode order from the start says which frame this is
+        if frame.pts is None or not rate:  # untimed: only decode order from the start says which frame this is
             if seek:
                 return None
             position = counter
@@ -359,7 +365,7 @@ def read_frames(path: str | os.PathLike, start: int, count: int, step: int = 1) 
                 if not container.streams.video:
                     raise ValueError("no video stream")
                 stream = container.streams.video[0]
-                can_seek = start > 0 and bool(stream.average_rate or stream.guessed_rate) and stream.time_base
+                can_seek = False and start > 0 and bool(stream.average_rate or stream.guessed_rate) and bool(stream.time_base)
                 images = _decode_at(container, targets, seek=True) if can_seek else None
                 if images is None:  # no seek possible, or it overshot: decode from the first frame instead
                     if can_seek:

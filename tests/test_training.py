@@ -1,0 +1,297 @@
+"""Backward-motion fine-tuning on tiny components: what trains, exact resume, CLI end to end."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import save_tiny_svd
+
+from inbetween import BackwardAdapter, InbetweenPipeline
+from inbetween.attention import rotation_processors
+from inbetween.cli import main
+from inbetween.training import (
+    StreamBatches,
+    TrainConfig,
+    backward_branch_step,
+    edm_loss,
+    encode_batch,
+    load_training_pipeline,
+    sample_draws,
+    stream_indices,
+    train_backward,
+    trainable_deltas,
+)
+from inbetween.video_io import write_video
+
+TESTS = Path(__file__).parent
+
+
+def moving_square_videos(folder: Path, count: int, frames: int = 12, seed: int = 0) -> Path:
+    """Tiny mp4s of a square moving in a straight line (a small synthetic dataset)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for v in range(count):
+        x, y = rng.integers(4, 48, 2)
+        vx, vy = rng.integers(-4, 5, 2)
+        colour = rng.integers(60, 255, 3)
+        video = np.full((frames, 64, 64, 3), 30, np.uint8)
+        for t in range(frames):
+            cx, cy = int(np.clip(x + vx * t, 0, 52)), int(np.clip(y + vy * t, 0, 52))
+            video[t, cy : cy + 12, cx : cx + 12] = colour
+        write_video(video, folder / f"video{v:03d}.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    return {"model": save_tiny_svd(root / "model"), "data": moving_square_videos(root / "videos", 4), "root": root}
+
+
+def tiny_config(workspace, output_dir, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(workspace["data"]),
+        output_dir=str(output_dir),
+        model=str(workspace["model"]),
+        num_frames=4,
+        stride=2,
+        height=64,
+        width=64,
+        batch_size=2,
+        max_steps=4,
+        checkpoint_every=2,
+        num_workers=0,
+        adapter_dtype="float32",
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_stream_is_a_pure_function_of_seed_and_position():
+    assert stream_indices(5, 0, 0, 5) == sorted(stream_indices(5, 0, 0, 5), key=stream_indices(5, 0, 0, 5).index)
+    assert sorted(stream_indices(5, 0, 0, 5)) == list(range(5))  # one epoch is a permutation
+    assert stream_indices(5, 0, 3, 4) == stream_indices(5, 0, 0, 7)[3:]
+    one = StreamBatches(10, 0, batch_size=2, accumulation=2, rank=0, world=1)
+    ranks = [StreamBatches(10, 0, batch_size=2, accumulation=1, rank=r, world=2) for r in range(2)]
+    single = [list(one.positions(3, m)) for m in range(2)]
+    split = [list(r.positions(3, 0)) for r in ranks]
+    assert sorted(sum(single, [])) == sorted(sum(split, []))  # same global batch, any split
+    a = sample_draws(0, 7, (2, 4, 8, 8), (3, 64, 64), 0.7, 1.6)
+    b = sample_draws(0, 7, (2, 4, 8, 8), (3, 64, 64), 0.7, 1.6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_edm_loss_weighting():
+    target = torch.zeros(2, 3)
+    denoised = torch.ones(2, 3)
+    sigma = torch.tensor([1.0, 2.0])
+    expected = ((1 + 1) / 1 + (1 + 4) / 4) / 2
+    assert edm_loss(denoised, target, sigma).item() == pytest.approx(expected)
+
+
+def test_only_the_backward_deltas_change(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "run", max_steps=3, learning_rate=1e-2, train_bias=True)
+    pipe = InbetweenPipeline.from_pretrained(str(workspace["model"]))
+    models = ("unet", "vae", "image_encoder")
+    before = {(m, n): p.detach().clone() for m in models for n, p in getattr(pipe, m).named_parameters()}
+    final = train_backward(config, pipe=pipe)
+    after = {(m, n): p.detach() for m in models for n, p in getattr(pipe, m).named_parameters()}
+    trained = [key for key in after if ".processor.delta" in key[1]]
+    frozen = [key for key in after if key not in trained]
+    assert len(trained) == 3 * len(rotation_processors(pipe.unet))
+    assert set(frozen) == set(before) and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(after[k].abs().max() > 0 for k in trained)  # every delta moved away from zero
+    adapter = BackwardAdapter.load(final)
+    assert len(adapter.deltas) == len(trained)
+    assert all(k.endswith(("to_v.weight", "to_out.0.weight", "to_out.0.bias")) for k in adapter.deltas)
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def _one_training_step(pipe, config, layout):
+    from inbetween.data import ClipDataset, ClipSpec
+
+    dataset = ClipDataset(config.data, ClipSpec(config.num_frames, config.stride, config.height, config.width))
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    draws = {
+        k: torch.stack([sample_draws(0, p, (4, 4, 8, 8), (3, 64, 64), 0.7, 1.6)[k] for p in (0, 1)])
+        for k in ("sigma", "noise", "aug_noise")
+    }
+    encoded = encode_batch(pipe, batch, draws, config)
+    return backward_branch_step(
+        pipe, encoded, draws, config.__class__(**{**config.__dict__, "layout": layout}), _accelerator(), 1.0
+    )
+
+
+def test_split_and_joint_layouts_give_the_same_loss_and_gradients(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "run")
+    results = {}
+    for layout in ("split", "joint"):
+        pipe = load_training_pipeline(config, _accelerator())
+        deltas = trainable_deltas(pipe.unet, train_bias=True)
+        with torch.no_grad():  # non-zero deltas so the backward branch differs from the forward one
+            for i, d in enumerate(deltas):
+                d.copy_(torch.randn(d.shape, generator=torch.Generator().manual_seed(i)) * 0.02)
+        loss = _one_training_step(pipe, config, layout)
+        results[layout] = (loss, [d.grad.clone() for d in deltas])
+    assert results["split"][0] == pytest.approx(results["joint"][0], rel=1e-5)
+    for a, b in zip(results["split"][1], results["joint"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_checkpoints_are_pruned_and_resume_continues(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "run", max_steps=6, checkpoint_every=2, keep_checkpoints=2)
+    train_backward(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000004", "step-0000006"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    more = tiny_config(
+        workspace, tmp_path / "run", max_steps=8, checkpoint_every=2, keep_checkpoints=2, resume="latest"
+    )
+    train_backward(more)
+    assert (tmp_path / "run" / "checkpoints" / "step-0000008").is_dir()
+
+
+def test_killed_run_resumes_to_the_same_adapter(workspace, tmp_path):
+    """SIGKILL after the first checkpoint, resume latest: same adapter as an uninterrupted run."""
+    args = [
+        "--data",
+        str(workspace["data"]),
+        "--model",
+        str(workspace["model"]),
+        "--num-frames",
+        "4",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--num-workers",
+        "0",
+        "--adapter-dtype",
+        "float32",
+        "--learning-rate",
+        "1e-2",
+    ]
+    assert main(["train", *args, "--output-dir", str(tmp_path / "straight")]) == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inbetween", "train", *args, "--output-dir", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-0000002").is_dir():
+        assert process.poll() is None and time.time() < deadline, "training ended or hung before step 2"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "backward_adapter.safetensors").exists()
+    assert main(["train", *args, "--output-dir", str(killed), "--resume", "latest"]) == 0
+
+    straight = BackwardAdapter.load(tmp_path / "straight" / "backward_adapter.safetensors")
+    resumed = BackwardAdapter.load(killed / "backward_adapter.safetensors")
+    for key, value in straight.deltas.items():
+        torch.testing.assert_close(resumed.deltas[key], value, rtol=0, atol=1e-7)
+
+
+def test_cli_trains_from_mp4s_and_the_adapter_interpolates(workspace, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(workspace["data"]),
+            "--output-dir",
+            str(out),
+            "--model",
+            str(workspace["model"]),
+            "--num-frames",
+            "4",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--batch-size",
+            "1",
+            "--max-steps",
+            "2",
+            "--num-workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    adapter = out / "backward_adapter.safetensors"
+    assert BackwardAdapter.load(adapter).dtype == torch.float16
+    from PIL import Image
+
+    first, last = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(first)
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(last)
+    video = tmp_path / "out.mp4"
+    assert (
+        main(
+            [
+                "interpolate",
+                str(first),
+                str(last),
+                "-o",
+                str(video),
+                "--model",
+                str(workspace["model"]),
+                "--adapter",
+                str(adapter),
+                "--steps",
+                "1",
+                "--num-frames",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert video.is_file()
+
+
+def test_empty_dataset_fails_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "empty"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--model",
+            str(tmp_path / "no-such-model"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no training clips" in err and "no-such-model" not in err
+    code = main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--layout", "both"])
+    assert code == 2 and "`layout` must be one of split, joint" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_rotation_processors_hold_trainable_float32_deltas(workspace):
+    pipe = InbetweenPipeline.from_pretrained(str(workspace["model"]))
+    params = trainable_deltas(pipe.unet, train_bias=True)
+    assert len(params) == 3 * len(rotation_processors(pipe.unet))
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in params)
+    assert not any(p.requires_grad for n, p in pipe.unet.named_parameters() if ".processor." not in n)
