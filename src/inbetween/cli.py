@@ -158,7 +158,7 @@ def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> Inbet
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name still works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return InbetweenPipeline.from_pretrained(str(folder), torch_dtype=dtype, variant=variant)
+            return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
     except (OSError, ValueError, KeyError) as exc:
         wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
         if variant:

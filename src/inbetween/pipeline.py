@@ -61,7 +61,7 @@ EXAMPLE = """
     >>> from diffusers.utils import load_image, export_to_video
     >>> from inbetween import InbetweenPipeline
     >>> pipe = InbetweenPipeline.from_pretrained(
-    ...     "stabilityai/stable-video-diffusion-img2vid-xt", torch_dtype=torch.float16, variant="fp16"
+    ...     "stabilityai/stable-video-diffusion-img2vid-xt", dtype=torch.float16, variant="fp16"
     ... ).to("cuda")
     >>> pipe.load_backward_adapter("backward_adapter.safetensors")
     >>> video = pipe(load_image("first.png"), load_image("last.png"), generator=torch.manual_seed(0)).frames[0]
