@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import typing
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,10 +154,7 @@ def _pick_device(name: str) -> str:
 def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> InbetweenPipeline:
     folder = resolve_model_folder(model, allow_patterns=[*PIPELINE_CONFIGS, *_weight_files(variant)])
     try:
-        with warnings.catch_warnings():
-            # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name still works on every supported version.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
+        return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
     except (OSError, ValueError, KeyError) as exc:
         wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
         if variant:

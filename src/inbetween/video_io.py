@@ -365,7 +365,7 @@ def read_frames(path: str | os.PathLike, start: int, count: int, step: int = 1) 
                 if not container.streams.video:
                     raise ValueError("no video stream")
                 stream = container.streams.video[0]
-                can_seek = False and start > 0 and bool(stream.average_rate or stream.guessed_rate) and bool(stream.time_base)
+                can_seek = start > 0 and bool(stream.average_rate or stream.guessed_rate) and bool(stream.time_base)
                 images = _decode_at(container, targets, seek=True) if can_seek else None
                 if images is None:  # no seek possible, or it overshot: decode from the first frame instead
                     if can_seek:
