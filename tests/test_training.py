@@ -1,6 +1,8 @@
 """Backward-motion fine-tuning on tiny components: what trains, exact resume, CLI end to end."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +297,78 @@ def test_rotation_processors_hold_trainable_float32_deltas(workspace):
     assert len(params) == 3 * len(rotation_processors(pipe.unet))
     assert all(p.requires_grad and p.dtype == torch.float32 for p in params)
     assert not any(p.requires_grad for n, p in pipe.unet.named_parameters() if ".processor." not in n)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo) against 1 process accumulating 2 micro-batches."""
+    args = [
+        "--data",
+        str(workspace["data"]),
+        "--model",
+        str(workspace["model"]),
+        "--num-frames",
+        "4",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--num-workers",
+        "0",
+        "--adapter-dtype",
+        "float32",
+        "--learning-rate",
+        "1e-2",
+    ]
+    two = tmp_path / "two"
+    launch = [
+        shutil.which("accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "inbetween.training",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [*launch, *args, "--output-dir", str(two)],
+        check=True,
+        env=env,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    one = tmp_path / "one"
+    assert main(["train", *args, "--gradient-accumulation-steps", "2", "--output-dir", str(one)]) == 0
+
+    log = [json.loads(line) for line in (two / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # one writer: rank 1 appended nothing
+    for record in log:
+        rank0, rank1 = record["samples"]
+        assert set(rank0).isdisjoint(rank1)  # the ranks saw different clips
+    single = [json.loads(line)["samples"][0] for line in (one / "train_log.jsonl").read_text().splitlines()]
+    assert [sorted(sum(r["samples"], [])) for r in log] == [sorted(s) for s in single]
+    files = sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file())
+    assert files == [
+        "backward_adapter.safetensors",
+        "checkpoints/step-0000003/adapter.safetensors",
+        "checkpoints/step-0000003/optimizer.safetensors",
+        "checkpoints/step-0000003/trainer_state.json",
+        "train_log.jsonl",
+    ]
+    distributed = BackwardAdapter.load(two / "backward_adapter.safetensors")
+    single_process = BackwardAdapter.load(one / "backward_adapter.safetensors")
+    for key, value in single_process.deltas.items():
+        torch.testing.assert_close(distributed.deltas[key], value, rtol=0, atol=1e-5)

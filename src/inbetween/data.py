@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from inbetween.video_io import count_frames, list_frame_files, read_frames
+from .video_io import count_frames, list_frame_files, read_frames
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
 
@@ -34,7 +34,7 @@ def _multiple_of_8_error(name: str, value: int) -> ValueError:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """What one training sample is. Defaults follow the paper (§4.1): 14-frame clips, every 2nd frame, 1024x576."""
+    """What one training sample is; defaults are the paper's (DESIGN.md §2.2): 14 frames, every 2nd, 1024x576."""
 
     num_frames: int = 14
     stride: int = 2

@@ -393,6 +393,8 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     output_dir = Path(config.output_dir)
     checkpoints = output_dir / "checkpoints"
     accelerator = Accelerator(
+        # Without a GPU, run on the CPU so that several launched processes join one gloo group.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         mixed_precision=config.mixed_precision,
         log_with="tensorboard" if config.tensorboard else None,
         project_dir=str(output_dir),
