@@ -322,8 +322,6 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, t
         "0",
         "--adapter-dtype",
         "float32",
-        "--learning-rate",
-        "1e-2",
     ]
     two = tmp_path / "two"
     launch = [
