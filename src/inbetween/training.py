@@ -220,7 +220,8 @@ def backward_branch_step(
     draws: dict[str, torch.Tensor],
     config: TrainConfig,
     accelerator: Accelerator,
-    loss_scale: float,
+    loss_scale: float = 1.0,
+    backpropagate: bool = True,
 ) -> float:
     """Forward both branches, compute the backward branch's EDM loss and back-propagate it. Returns the loss."""
     unet = pipe.unet
@@ -255,8 +256,30 @@ def backward_branch_step(
             v = run(*rows)
         v_bwd = v.chunk(2)[1] if config.layout == "joint" else v
         loss = edm_loss(c_skip * x_bwd + c_out * v_bwd.float(), x0_bwd, sigma)
-        accelerator.backward(loss * loss_scale)
+        if backpropagate:
+            accelerator.backward(loss * loss_scale)
     return loss.item()
+
+
+@torch.no_grad()
+def heldout_loss(
+    pipe: InbetweenPipeline, dataset: ClipDataset, config: TrainConfig, accelerator: Accelerator, seed: int = 1234
+) -> float:
+    """Mean backward-branch EDM loss over ``dataset`` with fixed draws (seeded apart from training)."""
+    latent_shape = (
+        config.num_frames,
+        4,
+        config.height // pipe.vae_scale_factor,
+        config.width // pipe.vae_scale_factor,
+    )
+    image_shape = (3, config.height, config.width)
+    losses = []
+    for index in range(len(dataset)):
+        batch = {k: v.unsqueeze(0).to(accelerator.device) for k, v in dataset[index].items()}
+        draws = _stack_draws([sample_draws(seed, index, latent_shape, image_shape, config.p_mean, config.p_std)])
+        encoded = encode_batch(pipe, batch, draws, config)
+        losses.append(backward_branch_step(pipe, encoded, draws, config, accelerator, backpropagate=False))
+    return sum(losses) / len(losses)
 
 
 # ------------------------------------------------------------------------------------------------
