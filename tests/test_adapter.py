@@ -85,19 +85,7 @@ def test_load_refuses_files_that_are_not_adapters(tmp_path):
 def test_adapter_that_does_not_fit_is_refused():
     unet = tiny_unet()
     adapter = random_adapter(unet)
-    other = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 32),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32,
-        num_attention_heads=(2, 4),
-        projection_class_embeddings_input_dim=96,
-        addition_time_embed_dim=32,
-    )
+    other = tiny_unet(block_out_channels=(32, 32))
     with pytest.raises(ValueError, match=r"does not fit this UNet: `.*` is \(64, 64\) in the adapter but \(32, 32\)"):
         adapter.apply_to(other)
     partial = BackwardAdapter({k: v for k, v in adapter.deltas.items() if "mid_block" not in k})

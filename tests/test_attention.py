@@ -84,10 +84,8 @@ def test_installed_unet_with_dual_off_equals_plain_unet():
 
 def test_rotation_identity_holds_in_every_unet_layer():
     unet = tiny_unet()
-    processors = install_rotation(unet)
-    for processor in processors.values():
-        c = processor_dim(unet, processor)
-        processor.set_deltas(torch.randn(c, c) * 0.05, torch.randn(c, c) * 0.05)
+    attach_deltas(unet, scale=0.05)
+    processors = rotation_processors(unet)
     captured = {}
 
     def capture(name):
@@ -108,21 +106,21 @@ def test_rotation_identity_holds_in_every_unet_layer():
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
-def processor_dim(unet, processor):
-    for name, p in rotation_processors(unet).items():
-        if p is processor:
-            return unet.get_submodule(name).to_v.weight.shape[0]
+def attach_deltas(unet, scale: float, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Install rotation with trainable W_v / W_o deltas of ``scale * N(0, 1)`` (zeros for scale 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for name, processor in install_rotation(unet).items():
+        c = unet.get_submodule(name).to_v.weight.shape[0]
+        v, o = (torch.nn.Parameter(torch.randn(c, c, generator=generator) * scale) for _ in range(2))
+        processor.set_deltas(v, o)
+        params += [v, o]
+    return params
 
 
 def test_forward_half_does_not_depend_on_the_adapter_and_grads_reach_only_deltas():
-    unet = tiny_unet()
-    unet.requires_grad_(False)
-    processors = install_rotation(unet)
-    deltas = []
-    for name, processor in processors.items():
-        c = unet.get_submodule(name).to_v.weight.shape[0]
-        processor.set_deltas(torch.nn.Parameter(torch.zeros(c, c)), torch.nn.Parameter(torch.zeros(c, c)))
-        deltas += [processor.delta_v, processor.delta_o]
+    unet = tiny_unet().requires_grad_(False)
+    deltas = attach_deltas(unet, scale=0.0)
     inputs = unet_inputs()
     with dual_mode(unet):
         out = unet(**inputs)[0]
@@ -136,18 +134,8 @@ def test_forward_half_does_not_depend_on_the_adapter_and_grads_reach_only_deltas
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing):
-        unet = tiny_unet()
-        unet.requires_grad_(False)
-        processors = install_rotation(unet)
-        params = []
-        for name, processor in processors.items():
-            c = unet.get_submodule(name).to_v.weight.shape[0]
-            g = torch.Generator().manual_seed(len(params))
-            processor.set_deltas(
-                torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
-                torch.nn.Parameter(torch.randn(c, c, generator=g) * 0.01),
-            )
-            params += [processor.delta_v, processor.delta_o]
+        unet = tiny_unet().requires_grad_(False)
+        params = attach_deltas(unet, scale=0.01)
         if checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -191,9 +179,7 @@ def test_dual_mode_is_switched_off_after_errors_and_remove_restores_default():
 
 def test_record_then_replay_equals_the_dual_call():
     unet = tiny_unet()
-    for name, processor in install_rotation(unet).items():
-        c = unet.get_submodule(name).to_v.weight.shape[0]
-        processor.set_deltas(torch.randn(c, c) * 0.05, torch.randn(c, c) * 0.05)
+    attach_deltas(unet, scale=0.05)
     inputs = unet_inputs(batch=4)
     halves = {k: v.chunk(2) if isinstance(v, torch.Tensor) and v.ndim else (v, v) for k, v in inputs.items()}
     with torch.no_grad():

@@ -74,6 +74,21 @@ def tiny_config(workspace, output_dir, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
+def cli_args(workspace, **flags) -> list[str]:
+    """`inbetween train` arguments for the tiny model and data plus ``flags`` (``max_steps=3``: ``--max-steps 3``)."""
+    values = dict(
+        data=workspace["data"],
+        model=workspace["model"],
+        num_frames=4,
+        height=64,
+        width=64,
+        num_workers=0,
+        adapter_dtype="float32",
+        **flags,
+    )
+    return [item for key, value in values.items() for item in ("--" + key.replace("_", "-"), str(value))]
+
+
 def test_stream_is_a_pure_function_of_seed_and_position():
     assert stream_indices(5, 0, 0, 5) == sorted(stream_indices(5, 0, 0, 5), key=stream_indices(5, 0, 0, 5).index)
     assert sorted(stream_indices(5, 0, 0, 5)) == list(range(5))  # one epoch is a permutation
@@ -166,30 +181,7 @@ def test_checkpoints_are_pruned_and_resume_continues(workspace, tmp_path):
 
 def test_killed_run_resumes_to_the_same_adapter(workspace, tmp_path):
     """SIGKILL after the first checkpoint, resume latest: same adapter as an uninterrupted run."""
-    args = [
-        "--data",
-        str(workspace["data"]),
-        "--model",
-        str(workspace["model"]),
-        "--num-frames",
-        "4",
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "8",
-        "--checkpoint-every",
-        "2",
-        "--num-workers",
-        "0",
-        "--adapter-dtype",
-        "float32",
-        "--learning-rate",
-        "1e-2",
-    ]
+    args = cli_args(workspace, batch_size=2, max_steps=8, checkpoint_every=2, learning_rate=1e-2)
     assert main(["train", *args, "--output-dir", str(tmp_path / "straight")]) == 0
 
     killed = tmp_path / "killed"
@@ -301,28 +293,7 @@ def test_rotation_processors_hold_trainable_float32_deltas(workspace):
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo) against 1 process accumulating 2 micro-batches."""
-    args = [
-        "--data",
-        str(workspace["data"]),
-        "--model",
-        str(workspace["model"]),
-        "--num-frames",
-        "4",
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--batch-size",
-        "1",
-        "--max-steps",
-        "3",
-        "--checkpoint-every",
-        "3",
-        "--num-workers",
-        "0",
-        "--adapter-dtype",
-        "float32",
-    ]
+    args = cli_args(workspace, batch_size=1, max_steps=3, checkpoint_every=3)  # the paper's lr 1e-4
     two = tmp_path / "two"
     launch = [
         shutil.which("accelerate"),
@@ -370,3 +341,28 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, t
     single_process = BackwardAdapter.load(one / "backward_adapter.safetensors")
     for key, value in single_process.deltas.items():
         torch.testing.assert_close(distributed.deltas[key], value, rtol=0, atol=1e-5)
+
+
+def test_validation_videos_are_written_next_to_checkpoints(workspace, tmp_path):
+    from PIL import Image
+
+    first, last = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(first)
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(last)
+    config = tiny_config(
+        workspace,
+        tmp_path / "run",
+        max_steps=2,
+        checkpoint_every=2,
+        validate_every=2,
+        validation_pairs=((str(first), str(last)),),
+        validation_inference_steps=1,
+    )
+    train_backward(config)
+    video = tmp_path / "run" / "checkpoints" / "step-0000002" / "validation-0.mp4"
+    assert video.is_file()
+    from inbetween.video_io import read_video
+
+    assert len(read_video(video)) == 4
+    with pytest.raises(ValueError, match="needs `validation_pairs`"):
+        tiny_config(workspace, tmp_path / "x", validate_every=2)

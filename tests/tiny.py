@@ -36,10 +36,10 @@ SVD_SCHEDULER_CONFIG = dict(
 )
 
 
-def tiny_unet(num_frames: int = 8) -> UNetSpatioTemporalConditionModel:
+def tiny_unet(num_frames: int = 8, block_out_channels: tuple[int, int] = (32, 64)) -> UNetSpatioTemporalConditionModel:
     torch.manual_seed(0)
     return UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64),
+        block_out_channels=block_out_channels,
         layers_per_block=2,
         sample_size=32,
         in_channels=8,

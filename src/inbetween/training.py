@@ -19,6 +19,7 @@ any number of processes, gives the same adapter.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -110,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"`adapter_dtype` must be float16, float32 or bfloat16, got {self.adapter_dtype!r}")
         if self.validate_every is not None and not self.validation_pairs:
             raise ValueError("`validate_every` needs `validation_pairs` (first/last keyframe image pairs)")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("`tensorboard` logging needs the tensorboard package; `pip install tensorboard`")
 
 
 # ------------------------------------------------------------------------------------------------
