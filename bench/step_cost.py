@@ -13,13 +13,20 @@ Cases:
     naive        tests/reference.py NaiveInbetween: two UNet copies, stored maps, two calls
     unet-4way    one plain UNet call (diffusers' processors) on a 4-way batch: the floor
     unet-2x2way  two plain UNet calls on 2-way batches
+    paired       (opt-in) the dual-mode 4-way UNet call of ``ours`` alternated with a plain 4-way
+                 call on the same UNet in one process: the rotation's cost, free of run-to-run drift
 
 Each child builds the components (time reported, excluded), runs one warm-up step, then
 ``--steps`` measured steps (median reported), decodes (pipelines), and prints a JSON line.
 
-The run in bench/README.md (2 CPU cores, ~12 min):
+The runs in bench/README.md (2 shared CPU cores, ~15 min each, ~4 min for paired):
 
     python bench/step_cost.py
+    python bench/step_cost.py --threads 1 --clock cpu --out bench/results/step_cost_1thread.md
+    python bench/step_cost.py --cases paired --steps 6 --threads 1 --clock cpu --out bench/results/step_cost_paired.md
+
+On a shared machine prefer ``--threads 1 --clock cpu`` (a contended 2-thread process slows down
+3-4x) and the ``paired`` case for differences of a few percent.
 
 Quick check while developing:
 
@@ -58,6 +65,7 @@ CASES = {
     "naive": "tests/reference.py NaiveInbetween, 2 UNet copies + stored maps, 2 calls (2-way) per step",
     "unet-4way": "plain UNet call, diffusers processors, 4-way batch",
     "unet-2x2way": "two plain UNet calls, diffusers processors, 2-way batches",
+    "paired": "opt-in: ours' dual 4-way UNet call and a plain 4-way call, alternated in one process",
 }
 
 # SVD's VAE (vae/config.json of stabilityai/stable-video-diffusion-img2vid[-xt]); the class's
@@ -185,9 +193,13 @@ class StepClock:
         self.stamps: list[tuple[float, float]] = []
         self.denoise_peak_bytes = 0
 
-    def tick(self, *_args) -> dict:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def tick(self, *_args) -> dict:
+        self.sync()
+        if self.device.type == "cuda":
             self.denoise_peak_bytes = torch.cuda.max_memory_allocated(self.device)
         self.stamps.append((time.perf_counter(), time.process_time()))
         return {}  # diffusers' callback_on_step_end contract: tensors to replace (none)
@@ -310,6 +322,39 @@ def run_unet_2x2way(components: dict, args, clock: StepClock) -> None:
     run_plain_unet(components, args, clock, batch=2, calls=2)
 
 
+def run_paired(components: dict, args, clock: StepClock) -> dict:
+    """Alternate a plain and a dual-mode (rotation + adapter) 4-way call of the same UNet, same inputs.
+
+    Ticks after every call, so intervals alternate dual, plain, dual, ... after the first plain
+    call (warm-up, with the first dual call). The case's steps are the dual calls; the plain
+    calls and the per-pair ratios (``--clock``) are returned. Outside ``dual_mode`` the rotation
+    processors run diffusers' default SDPA path.
+    """
+    from inbetween.attention import dual_mode
+
+    unet = components["unet"]
+    random_adapter(unet, args.seed).apply_to(unet)
+    inputs = plain_unet_inputs(unet, 4, args, args.seed)
+    with torch.no_grad():
+        for _ in range(args.steps + 1):
+            unet(**inputs)
+            clock.tick()
+            with dual_mode(unet):
+                check_finite("dual UNet output", unet(**inputs)[0])
+            clock.tick()
+    wall, cpu = clock.step_times(0), clock.step_times(1)
+    plain, dual = (wall, cpu)[args.clock == "cpu"][1::2], (wall, cpu)[args.clock == "cpu"][2::2]
+    ratios = [d / p for d, p in zip(dual, plain, strict=True)]
+    return dict(
+        step_times_s=wall[2::2],
+        step_cpu_s=cpu[2::2],
+        paired_plain_s=plain,
+        paired_dual_s=dual,
+        paired_ratios=ratios,
+        paired_median_ratio=statistics.median(ratios),
+    )
+
+
 RUNNERS: dict[str, Callable] = {
     "plain-svd": run_plain_svd,
     "ours": run_ours,
@@ -317,6 +362,7 @@ RUNNERS: dict[str, Callable] = {
     "naive": run_naive,
     "unet-4way": run_unet_4way,
     "unet-2x2way": run_unet_2x2way,
+    "paired": run_paired,
 }
 
 
@@ -355,10 +401,10 @@ def run_case(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     clock = StepClock(device)
-    RUNNERS[args.child](components, args, clock)
+    extra = RUNNERS[args.child](components, args, clock) or {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times, cpu_times = clock.step_times(0), clock.step_times(1)
+    times, cpu_times = extra.pop("step_times_s", clock.step_times(0)), extra.pop("step_cpu_s", clock.step_times(1))
     result = dict(
         case=args.child,
         step_times_s=times,
@@ -372,6 +418,7 @@ def run_case(args) -> dict:
         loadavg_before=load_before[0],
         loadavg_after=os.getloadavg()[0],
         ram_available_gb=psutil.virtual_memory().available / GB,
+        **extra,
     )
     if device.type == "cuda":
         result.update(
@@ -529,6 +576,14 @@ def report(results: dict[str, dict], args, command: str) -> str:
         for case, r in results.items()
         if "loadavg_before" in r
     ]  # in run order
+    paired = results.get("paired", {})
+    if "paired_ratios" in paired:
+        per_pair = ", ".join(f"{r:.3f}" for r in paired["paired_ratios"])
+        lines += [
+            "",
+            f"paired (one process, alternating): dual 4-way UNet call / plain 4-way UNet call = "
+            f"{paired['paired_median_ratio']:.3f} median ({args.clock} clock; per pair: {per_pair})",
+        ]
     if loads:
         lines += ["", "1-min load average before->after each case: " + ", ".join(loads)]
     return "\n".join(lines) + "\n"
