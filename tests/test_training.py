@@ -366,3 +366,33 @@ def test_validation_videos_are_written_next_to_checkpoints(workspace, tmp_path):
     assert len(read_video(video)) == 4
     with pytest.raises(ValueError, match="needs `validation_pairs`"):
         tiny_config(workspace, tmp_path / "x", validate_every=2)
+
+
+def test_fine_tuning_lowers_the_heldout_backward_loss(workspace, tmp_path):
+    """The learning proof: 200 steps on 12 moving-square videos lower the backward branch's EDM loss on 4
+    held-out videos (same fixed sigmas and noise before and after). Measured: 0.483 -> 0.372 (-23 %);
+    the threshold leaves room for other CPUs' arithmetic."""
+    from accelerate import Accelerator
+
+    from inbetween.attention import install_rotation
+    from inbetween.data import ClipDataset, ClipSpec
+    from inbetween.training import heldout_loss
+
+    train = moving_square_videos(tmp_path / "train", 12, frames=16, seed=0)
+    held = ClipDataset(moving_square_videos(tmp_path / "held", 4, frames=16, seed=99), ClipSpec(4, 2, 64, 64))
+    config = tiny_config(
+        workspace,
+        tmp_path / "run",
+        data=str(train),
+        batch_size=4,
+        max_steps=200,
+        learning_rate=5e-3,
+        checkpoint_every=10_000,
+    )
+    pipe = InbetweenPipeline.from_pretrained(str(workspace["model"]))
+    install_rotation(pipe.unet)
+    accelerator = Accelerator(cpu=True)
+    before = heldout_loss(pipe, held, config, accelerator)
+    train_backward(config, pipe=pipe)
+    after = heldout_loss(pipe, held, config, accelerator)
+    assert after <= 0.85 * before, f"held-out loss {before:.4f} -> {after:.4f}"
