@@ -5,7 +5,8 @@ two UNet copies (the backward one with W_v + dW_v / W_o + dW_o written into its 
 attention probabilities materialised with an explicit softmax and stored per layer during the
 forward call, read back rotated by 180 degrees during a second, backward call. Two UNet calls
 per step; classifier-free guidance by separate conditional/unconditional rows inside each call.
-The fast pipeline must match it numerically.
+The fast pipeline must match it numerically. :class:`NaiveBackwardTrainer` is the same for the
+backward-motion fine-tuning (two UNets, stored maps, full-weight W_v / W_o trained in the copy).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from inbetween import BackwardAdapter, InbetweenPipeline
+from inbetween.sampling import edm_scalings
 
 
 class StoringAttnProcessor:
@@ -61,6 +63,24 @@ def _attend(attn, probs, v):
     return out / attn.rescale_output_factor
 
 
+def naive_unet_pair(pipe, adapter, store, reuse_pipe_unet=False):
+    """The published code's two models: a forward UNet that stores its maps, and a backward copy with
+    W_v + dW_v / W_o + dW_o written into its weights that reads them rotated. ``reuse_pipe_unet``
+    makes ``pipe.unet`` the forward model (its temporal processors are replaced), so only two UNets
+    exist, as in the published code; otherwise both are deep copies and ``pipe`` stays untouched."""
+    forward_unet = pipe.unet if reuse_pipe_unet else copy.deepcopy(pipe.unet)
+    backward_unet = copy.deepcopy(pipe.unet)
+    if adapter is not None:
+        with torch.no_grad():
+            params = dict(backward_unet.named_parameters())
+            for key, delta in adapter.deltas.items():
+                params[key].add_(delta.to(params[key].dtype))
+    for name in temporal_attention_names(forward_unet):
+        forward_unet.get_submodule(name).set_processor(StoringAttnProcessor(name, store))
+        backward_unet.get_submodule(name).set_processor(FlippedMapAttnProcessor(name, store))
+    return forward_unet, backward_unet
+
+
 def temporal_attention_names(unet) -> list[str]:
     return [name for name, _ in unet.named_modules() if name.endswith("temporal_transformer_blocks.0.attn1")]
 
@@ -73,19 +93,12 @@ class NaiveInbetween:
     re-injection are written out here independently of ``inbetween.sampling``.
     """
 
-    def __init__(self, pipe: InbetweenPipeline, adapter: BackwardAdapter | None = None):
+    def __init__(
+        self, pipe: InbetweenPipeline, adapter: BackwardAdapter | None = None, *, reuse_pipe_unet: bool = False
+    ):
         self.pipe = pipe
         self.store: dict[str, torch.Tensor] = {}
-        self.forward_unet = copy.deepcopy(pipe.unet)
-        self.backward_unet = copy.deepcopy(pipe.unet)
-        if adapter is not None:
-            with torch.no_grad():
-                params = dict(self.backward_unet.named_parameters())
-                for key, delta in adapter.deltas.items():
-                    params[key].add_(delta.to(params[key].dtype))
-        for name in temporal_attention_names(self.forward_unet):
-            self.forward_unet.get_submodule(name).set_processor(StoringAttnProcessor(name, self.store))
-            self.backward_unet.get_submodule(name).set_processor(FlippedMapAttnProcessor(name, self.store))
+        self.forward_unet, self.backward_unet = naive_unet_pair(pipe, adapter, self.store, reuse_pipe_unet)
 
     def unet_v(self, unet, x, sigma, image_emb, image_lat, time_ids):
         """v-prediction of one branch; x (B, N, 4, h, w); rows [uncond, cond] when guided."""
@@ -181,3 +194,89 @@ class NaiveInbetween:
             if step_timer is not None:
                 step_timer(i)
         return x
+
+
+class NaiveBackwardTrainer:
+    """The paper's backward-motion fine-tuning (DESIGN.md section 2.2) the way the published code does it.
+
+    Two UNets: a frozen forward model whose temporal self-attention layers materialise and store
+    their softmax maps (:class:`StoringAttnProcessor`), and a backward model whose temporal
+    self-attention reads them back rotated (:class:`FlippedMapAttnProcessor`). In the backward
+    model only ``to_v.weight`` and ``to_out.0.weight`` of those layers train (the full weights,
+    not deltas); everything else is frozen. Per sample: one no-grad forward call, one backward
+    call on the time-reversed noisy latents conditioned on the clip's last frame, SVD's EDM loss
+    on the backward branch, AdamW on the trainable weights. Written out independently of
+    ``inbetween.training`` (only ``edm_scalings`` is shared) so the fast trainer can be checked
+    against it.
+
+    ``adapter``: W_v / W_o deltas added into the backward model's weights at the start (to
+    compare with a fast trainer whose deltas start non-zero). ``reuse_pipe_unet``: use
+    ``pipe.unet`` itself as the forward model (its temporal processors are replaced) instead of a
+    deep copy, so only two UNets exist, as in the published code; by default both models are
+    deep copies and ``pipe`` stays untouched. AdamW decays the full weights here (as the
+    published code does), the fast trainer decays the deltas: one optimizer step differs by
+    ``lr * weight_decay * W_base``, so compare losses and gradients, not updated weights.
+    """
+
+    def __init__(
+        self,
+        pipe: InbetweenPipeline,
+        adapter: BackwardAdapter | None = None,
+        *,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        reuse_pipe_unet: bool = False,
+    ):
+        self.pipe = pipe
+        self.store: dict[str, torch.Tensor] = {}
+        self.forward_unet, self.backward_unet = naive_unet_pair(pipe, adapter, self.store, reuse_pipe_unet)
+        self.forward_unet.requires_grad_(False)
+        self.backward_unet.requires_grad_(False)
+        params = dict(self.backward_unet.named_parameters())
+        self.trainable: dict[str, torch.nn.Parameter] = {}
+        for name in temporal_attention_names(self.forward_unet):
+            for param in ("to_v.weight", "to_out.0.weight"):
+                self.trainable[f"{name}.{param}"] = params[f"{name}.{param}"].requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(
+            list(self.trainable.values()), lr=learning_rate, weight_decay=weight_decay, betas=betas
+        )
+
+    def call_unet(self, unet, x, sigma, emb, image_lat, time_ids):
+        """v-prediction of one branch for noisy latents ``x`` (B, N, 4, h, w) at per-sample ``sigma`` (B,)."""
+        _, _, c_in, c_noise = edm_scalings(sigma)
+        frames = x.shape[1]
+        lat = image_lat.unsqueeze(1).repeat(1, frames, 1, 1, 1)
+        model_in = torch.cat([x * c_in.view(-1, 1, 1, 1, 1), lat], dim=2)
+        return unet(model_in, c_noise, encoder_hidden_states=emb, added_time_ids=time_ids, return_dict=False)[0]
+
+    def loss(self, encoded: dict[str, torch.Tensor], draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backward-branch EDM loss of one batch; ``encoded`` as ``inbetween.training.encode_batch`` returns it."""
+        sigma = draws["sigma"]  # (B,)
+        batch = sigma.shape[0]
+        x0 = encoded["latents"]  # (B, N, 4, h, w), original time order
+        x = x0 + sigma.view(-1, 1, 1, 1, 1) * draws["noise"]
+        emb, lat, time_ids = encoded["embeddings"], encoded["image_latents"], encoded["time_ids"]
+        emb_first, emb_last = emb[:batch], emb[batch:]
+        lat_first, lat_last = lat[:batch], lat[batch:]
+        time_ids = time_ids[:batch]
+
+        self.store.clear()
+        with torch.no_grad():  # frozen forward model: only its attention maps are used
+            self.call_unet(self.forward_unet, x, sigma, emb_first, lat_first, time_ids)
+        x_rev, x0_rev = torch.flip(x, [1]), torch.flip(x0, [1])
+        v = self.call_unet(self.backward_unet, x_rev, sigma, emb_last, lat_last, time_ids)
+        self.store.clear()
+        c_skip, c_out, _, _ = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
+        denoised = c_skip * x_rev + c_out * v
+        weight = (1 + sigma**2) / sigma**2
+        per_sample = ((denoised - x0_rev) ** 2).reshape(batch, -1).mean(dim=1)
+        return (weight * per_sample).mean()
+
+    def step(self, encoded: dict[str, torch.Tensor], draws: dict[str, torch.Tensor]) -> float:
+        """Loss, backward, AdamW step; returns the loss. Gradients stay on the weights until the next step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(encoded, draws)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()

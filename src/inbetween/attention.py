@@ -72,8 +72,8 @@ class RotatedTemporalAttnProcessor(nn.Module):
 
     def backward_output_weight(self, attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_o, b_o)`` of the backward branch."""
-        out = attn.to_out[0]
-        return _plus(out.weight, self.delta_o), _plus(out.bias, self.delta_o_bias)
+        weight, bias = attn_output_weight(attn)
+        return _plus(weight, self.delta_o), _plus(bias, self.delta_o_bias)
 
     def forward(
         self,
@@ -91,7 +91,9 @@ class RotatedTemporalAttnProcessor(nn.Module):
         if self.mode == "record":
             q, k = forward_queries_keys(attn, hidden_states)
             self._recorded_qk = (q.detach(), k.detach())
-            return self._default(attn, hidden_states)
+            v = _split_heads(attn.to_v(hidden_states), attn.heads)
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+            return _project_out(attn, _merge_heads(out, hidden_states.dtype), *attn_output_weight(attn))
         if self.mode == "replay":
             if self._recorded_qk is None or self._recorded_qk[0].shape[0] != hidden_states.shape[0]:
                 raise ValueError("replay needs a recorded forward call over the same rows first")
@@ -144,6 +146,11 @@ def rotated_values(
     v_bwd = _split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias), attn.heads)
     out = F.scaled_dot_product_attention(q_fwd, k_fwd, v_bwd.flip(2), scale=attn.scale)
     return _merge_heads(out.flip(2), x_bwd.dtype)
+
+
+def attn_output_weight(attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W_o, b_o)`` of the base output projection."""
+    return attn.to_out[0].weight, attn.to_out[0].bias
 
 
 def _project_out(attn: Attention, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
