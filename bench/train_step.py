@@ -124,13 +124,10 @@ def random_batch(args, step: int) -> dict[str, torch.Tensor]:
 
 def random_draws(config, vae_scale: int, step: int) -> dict[str, torch.Tensor]:
     """The trainer's own per-sample draws (sigma, noise, keyframe noise augmentation), stacked."""
-    from inbetween.training import sample_draws
+    from inbetween.training import batch_draws
 
-    latent_shape = (config.num_frames, 4, config.height // vae_scale, config.width // vae_scale)
-    image_shape = (3, config.height, config.width)
     positions = range(step * config.batch_size, (step + 1) * config.batch_size)
-    draws = [sample_draws(config.seed, p, latent_shape, image_shape, config.p_mean, config.p_std) for p in positions]
-    return {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
+    return batch_draws(config, positions, vae_scale)
 
 
 def ours_trainer(pipe, config):

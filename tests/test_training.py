@@ -21,6 +21,7 @@ from inbetween.training import (
     StreamBatches,
     TrainConfig,
     backward_branch_step,
+    batch_draws,
     edm_loss,
     encode_batch,
     load_training_pipeline,
@@ -139,10 +140,7 @@ def _one_training_step(pipe, config, layout):
 
     dataset = ClipDataset(config.data, ClipSpec(config.num_frames, config.stride, config.height, config.width))
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
-    draws = {
-        k: torch.stack([sample_draws(0, p, (4, 4, 8, 8), (3, 64, 64), 0.7, 1.6)[k] for p in (0, 1)])
-        for k in ("sigma", "noise", "aug_noise")
-    }
+    draws = batch_draws(config, [0, 1], pipe.vae_scale_factor)
     encoded = encode_batch(pipe, batch, draws, config)
     return backward_branch_step(
         pipe, encoded, draws, config.__class__(**{**config.__dict__, "layout": layout}), _accelerator(), 1.0
@@ -187,6 +185,7 @@ def test_killed_run_resumes_to_the_same_adapter(workspace, tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "inbetween", "train", *args, "--output-dir", str(killed)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread like this process: same float sums
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -11,9 +11,9 @@ from inbetween.attention import rotation_processors
 from inbetween.training import (
     TrainConfig,
     backward_branch_step,
+    batch_draws,
     encode_batch,
     load_training_pipeline,
-    sample_draws,
     trainable_deltas,
 )
 
@@ -31,12 +31,7 @@ def random_batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def stacked_draws(config: TrainConfig, vae_scale: int) -> dict[str, torch.Tensor]:
-    latent_shape = (config.num_frames, 4, config.height // vae_scale, config.width // vae_scale)
-    image_shape = (3, config.height, config.width)
-    draws = [
-        sample_draws(config.seed, p, latent_shape, image_shape, config.p_mean, config.p_std) for p in range(BATCH)
-    ]
-    return {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
+    return batch_draws(config, range(BATCH), vae_scale)
 
 
 def test_one_step_matches_the_naive_two_unet_trainer(tmp_path):

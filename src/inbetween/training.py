@@ -22,9 +22,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, recording_forward, replaying_backward, rotation_processors
 from .data import ClipDataset, ClipSpec
+from .files import atomic_folder
 from .hub import SVD, resolve_model_folder
 from .pipeline import InbetweenPipeline
 from .sampling import edm_scalings
@@ -139,6 +139,18 @@ def sample_draws(
         "noise": torch.randn(latent_shape, generator=generator),
         "aug_noise": torch.randn((2, *image_shape), generator=generator),
     }
+
+
+def batch_draws(
+    config: TrainConfig, positions: Iterable[int], vae_scale_factor: int, seed: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Stacked draws of the samples at stream ``positions``: sigma ``(B,)``, noise ``(B, N, 4, h, w)``,
+    keyframe noise augmentation ``(B, 2, 3, H, W)``. ``seed`` defaults to the run's."""
+    latent_shape = (config.num_frames, 4, config.height // vae_scale_factor, config.width // vae_scale_factor)
+    image_shape = (3, config.height, config.width)
+    seed = config.seed if seed is None else seed
+    draws = [sample_draws(seed, p, latent_shape, image_shape, config.p_mean, config.p_std) for p in positions]
+    return {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
 
 
 class StreamBatches(torch.utils.data.Sampler):
@@ -269,17 +281,10 @@ def heldout_loss(
     pipe: InbetweenPipeline, dataset: ClipDataset, config: TrainConfig, accelerator: Accelerator, seed: int = 1234
 ) -> float:
     """Mean backward-branch EDM loss over ``dataset`` with fixed draws (seeded apart from training)."""
-    latent_shape = (
-        config.num_frames,
-        4,
-        config.height // pipe.vae_scale_factor,
-        config.width // pipe.vae_scale_factor,
-    )
-    image_shape = (3, config.height, config.width)
     losses = []
     for index in range(len(dataset)):
         batch = {k: v.unsqueeze(0).to(accelerator.device) for k, v in dataset[index].items()}
-        draws = _stack_draws([sample_draws(seed, index, latent_shape, image_shape, config.p_mean, config.p_std)])
+        draws = batch_draws(config, [index], pipe.vae_scale_factor, seed=seed)
         encoded = encode_batch(pipe, batch, draws, config)
         losses.append(backward_branch_step(pipe, encoded, draws, config, accelerator, backpropagate=False))
     return sum(losses) / len(losses)
@@ -310,22 +315,19 @@ def save_checkpoint(
 ) -> Path:
     """``folder/step-XXXXXXX/`` with the adapter, the optimizer state and the step, written atomically."""
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
+    folder.mkdir(parents=True, exist_ok=True)
     state = optimizer.state_dict()
     tensors = {
         f"{index}.{key}": value.detach().cpu().contiguous()
         for index, entries in state["state"].items()
         for key, value in entries.items()
     }
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     meta = {"step": step, "param_groups": state["param_groups"], "scaler": scaler, "config": asdict(config)}
-    (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_folder(final, overwrite=True) as tmp:
+        BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
     return final
 
 
@@ -465,14 +467,6 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
             dataset, batch_sampler=sampler, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
         )
     )
-    latent_shape = (
-        config.num_frames,
-        4,
-        config.height // pipe.vae_scale_factor,
-        config.width // pipe.vae_scale_factor,
-    )
-    image_shape = (3, config.height, config.width)
-
     # training loop
     progress = tqdm(
         range(start_step, config.max_steps),
@@ -486,12 +480,7 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         for micro_step in range(config.gradient_accumulation_steps):
             batch = {k: v.to(accelerator.device) for k, v in next(loader).items()}
             positions = sampler.positions(step, micro_step)
-            draws = _stack_draws(
-                [
-                    sample_draws(config.seed, p, latent_shape, image_shape, config.p_mean, config.p_std)
-                    for p in positions
-                ]
-            )
+            draws = batch_draws(config, positions, pipe.vae_scale_factor)
             encoded = encode_batch(pipe, batch, draws, config)
             scale = 1.0 / config.gradient_accumulation_steps
             step_loss += scale * backward_branch_step(pipe, encoded, draws, config, accelerator, scale)
@@ -528,10 +517,6 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-def _stack_draws(draws: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
 
 
 def _average_gradients(parameters: list[torch.nn.Parameter], accelerator: Accelerator) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from functools import partial
@@ -19,6 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
+
+from .files import atomic_folder, atomic_output
 
 OUTPUT_KINDS = ("mp4", "gif", "webp", "png")
 _FILE_KINDS = {".mp4": "mp4", ".gif": "gif", ".webp": "webp"}
@@ -178,43 +178,6 @@ def _write_png_folder(images: list[Image.Image], folder: Path) -> None:
         image.save(folder / f"frame_{index:0{digits}d}.png")
 
 
-def _temporary_sibling(target: Path, tag: str = "tmp") -> Path:
-    # Same folder so the final rename stays on one filesystem; real name last so encoders see the extension.
-    return target.with_name(f".{tag}-{secrets.token_hex(6)}.{target.name}")
-
-
-def _replace_file_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    temporary = _temporary_sibling(target)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _replace_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    temporary = _temporary_sibling(target)
-    os.mkdir(temporary)
-    try:
-        write(temporary)
-        if not target.exists():
-            os.replace(temporary, target)
-            return
-        # rename() cannot replace a non-empty folder, so swap: old aside, new in, then drop the old one.
-        old = _temporary_sibling(target, "old")
-        os.replace(target, old)
-        try:
-            os.replace(temporary, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
 _FILE_WRITERS: dict[str, Callable[[list[Image.Image], Path, Fraction], None]] = {
     "mp4": _write_mp4,
     "gif": partial(_write_pillow_animation, format="GIF"),
@@ -236,9 +199,11 @@ def write_video(frames: Frames, path: str | os.PathLike, fps: int = 7, overwrite
     images = _as_rgb_images(frames)
     target = Path(path)
     if kind == "png":
-        _replace_folder_atomically(target, lambda folder: _write_png_folder(images, folder))
+        with atomic_folder(target, overwrite=True) as folder:
+            _write_png_folder(images, folder)
     else:
-        _replace_file_atomically(target, lambda file: _FILE_WRITERS[kind](images, file, rate))
+        with atomic_output(target, overwrite=True) as file:
+            _FILE_WRITERS[kind](images, file, rate)
     return target
 
 
