@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -295,7 +294,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, t
     args = cli_args(workspace, batch_size=1, max_steps=3, checkpoint_every=3)  # the paper's lr 1e-4
     two = tmp_path / "two"
     launch = [
-        shutil.which("accelerate"),
+        sys.executable,  # `accelerate launch`, without relying on the scripts folder being on PATH
+        "-m",
+        "accelerate.commands.accelerate_cli",
         "launch",
         "--multi_gpu",
         "--num_processes",
