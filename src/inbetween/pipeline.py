@@ -276,14 +276,16 @@ class InbetweenPipeline(DiffusionPipeline):
         guided = cond.image_embeddings.shape[0] == 4
         branch_of_group = [0, 0, 1, 1] if guided else [0, 1]
         calls = [[0, 2], [1, 3]] if guided and split_guidance_batch else [list(range(len(branch_of_group)))]
+        # The conditioning of each call is the same at every step: build it once.
+        call_conditioning = [cond.select(groups, num_frames) for groups in calls]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
             x_branches = torch.stack([x, x.flip(1)])  # (2, B, N, 4, h, w): forward, time-reversed
             denoised = [None] * len(branch_of_group)
-            for groups in calls:
+            for groups, conditioning in zip(calls, call_conditioning, strict=True):
                 x_in = x_branches[[branch_of_group[g] for g in groups]]  # (G', B, N, 4, h, w)
-                v = self._unet_dual(x_in.flatten(0, 1) * c_in, c_noise, cond.select(groups, num_frames))
+                v = self._unet_dual(x_in.flatten(0, 1) * c_in, c_noise, conditioning)
                 v = v.unflatten(0, x_in.shape[:2]).float()
                 for j, g in enumerate(groups):
                     denoised[g] = c_skip * x_in[j] + c_out * v[j]
