@@ -458,15 +458,20 @@ def child_command(case: str, args) -> list[str]:
 
 
 def run_child(case: str, args) -> dict:
-    print(f"[step_cost] {case}: {CASES[case]}", file=sys.stderr, flush=True)
-    proc = subprocess.run(child_command(case, args), stdout=subprocess.PIPE, text=True, cwd=REPO)
+    return run_in_subprocess(child_command(case, args), f"[step_cost] {case}", CASES[case])
+
+
+def run_in_subprocess(command: list[str], label: str, description: str) -> dict:
+    """Run one case in its own process; its last stdout line is its JSON result."""
+    print(f"{label}: {description}", file=sys.stderr, flush=True)
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     try:
         result = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         reason = "killed (out of memory?)" if proc.returncode == -9 else f"exit code {proc.returncode}"
-        result = dict(case=case, error=reason)
-    print(f"[step_cost] {case}: {json.dumps(result)}", file=sys.stderr, flush=True)
+        result = dict(case=label.rsplit(" ", 1)[-1], error=reason)
+    print(f"{label}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
 

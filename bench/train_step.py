@@ -42,7 +42,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ from step_cost import (  # noqa: E402  (bench/ is not a package)
     ensure_free_memory,
     fmt,
     ratio,
+    run_in_subprocess,
     tests_module,
 )
 
@@ -134,17 +134,12 @@ def ours_trainer(pipe, config):
     """What ``train_backward`` sets up: frozen components, zero float32 deltas, AdamW on them."""
     from accelerate import Accelerator
 
-    from inbetween.training import _prepare_frozen, backward_branch_step, trainable_deltas
+    from inbetween.training import backward_branch_step, make_optimizer, prepare_frozen, trainable_deltas
 
     accelerator = Accelerator(cpu=True)
-    pipe = _prepare_frozen(pipe, config, accelerator)
+    pipe = prepare_frozen(pipe, config, accelerator)
     parameters = trainable_deltas(pipe.unet, config.train_bias)
-    optimizer = torch.optim.AdamW(
-        parameters,
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        betas=(config.adam_beta1, config.adam_beta2),
-    )
+    optimizer = make_optimizer(config, parameters)
 
     def step(encoded, draws) -> float:
         loss = backward_branch_step(pipe, encoded, draws, config, accelerator)
@@ -246,16 +241,7 @@ def child_command(case: str, args) -> list[str]:
 
 
 def run_child(case: str, args) -> dict:
-    print(f"[train_step] {args.arch} {case}: {CASES[case]}", file=sys.stderr, flush=True)
-    proc = subprocess.run(child_command(case, args), stdout=subprocess.PIPE, text=True, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        reason = "killed (out of memory?)" if proc.returncode == -9 else f"exit code {proc.returncode}"
-        result = dict(case=case, error=reason)
-    print(f"[train_step] {args.arch} {case}: {json.dumps(result)}", file=sys.stderr, flush=True)
-    return result
+    return run_in_subprocess(child_command(case, args), f"[train_step] {args.arch} {case}", CASES[case])
 
 
 def format_table(results: dict[str, dict], clock: str) -> str:

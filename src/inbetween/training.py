@@ -308,6 +308,16 @@ def trainable_deltas(unet: torch.nn.Module, train_bias: bool) -> list[torch.nn.P
     return parameters
 
 
+def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.AdamW:
+    """AdamW over the deltas with the paper's hyper-parameters (lr 1e-4, betas (0.9, 0.999), decay 1e-2)."""
+    return torch.optim.AdamW(
+        parameters,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=(config.adam_beta1, config.adam_beta2),
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # the run
 
@@ -318,10 +328,11 @@ def load_training_pipeline(config: TrainConfig, accelerator: Accelerator) -> Inb
     pipe = InbetweenPipeline.from_pretrained(
         str(folder), dtype=PRECISIONS[config.mixed_precision], variant=config.variant
     )
-    return _prepare_frozen(pipe, config, accelerator)
+    return prepare_frozen(pipe, config, accelerator)
 
 
-def _prepare_frozen(pipe: InbetweenPipeline, config: TrainConfig, accelerator: Accelerator) -> InbetweenPipeline:
+def prepare_frozen(pipe: InbetweenPipeline, config: TrainConfig, accelerator: Accelerator) -> InbetweenPipeline:
+    """Freeze every component, optionally enable gradient checkpointing, move to the process's device."""
     pipe.set_progress_bar_config(disable=True)
     for model in (pipe.vae, pipe.image_encoder, pipe.unet):
         model.requires_grad_(False).eval()
@@ -370,15 +381,9 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         logger.info("training data: %s", dataset.describe())
 
     # model: one frozen UNet; the only trainable tensors are the backward W_v / W_o deltas
-    pipe = load_training_pipeline(config, accelerator) if pipe is None else _prepare_frozen(pipe, config, accelerator)
+    pipe = load_training_pipeline(config, accelerator) if pipe is None else prepare_frozen(pipe, config, accelerator)
     parameters = trainable_deltas(pipe.unet, config.train_bias)
-    optimizer = torch.optim.AdamW(
-        parameters,
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        betas=(config.adam_beta1, config.adam_beta2),
-    )
-    optimizer = accelerator.prepare(optimizer)
+    optimizer = accelerator.prepare(make_optimizer(config, parameters))
     start_step = 0
     if config.resume:
         start_step = load_checkpoint(
