@@ -56,18 +56,6 @@ SIZE_MULTIPLE = 64
 DEFAULT_LONG_SIDE = 1024
 ASPECT_TOLERANCE = 0.02
 
-EXAMPLE = """
-    >>> import torch
-    >>> from diffusers.utils import load_image, export_to_video
-    >>> from inbetween import InbetweenPipeline
-    >>> pipe = InbetweenPipeline.from_pretrained(
-    ...     "stabilityai/stable-video-diffusion-img2vid-xt", dtype=torch.float16, variant="fp16"
-    ... ).to("cuda")
-    >>> pipe.load_backward_adapter("backward_adapter.safetensors")
-    >>> video = pipe(load_image("first.png"), load_image("last.png"), generator=torch.manual_seed(0)).frames[0]
-    >>> export_to_video(video, "inbetween.mp4", fps=7)
-"""
-
 
 @dataclass
 class InbetweenPipelineOutput(BaseOutput):
@@ -97,17 +85,24 @@ class KeyframeConditioning:
 
 
 class InbetweenPipeline(DiffusionPipeline):
-    (
-        r"""Keyframe interpolation with an image-to-video SVD model and dual-directional sampling.
+    r"""Keyframe interpolation with an image-to-video SVD model and dual-directional sampling.
 
     Components are those of diffusers' ``StableVideoDiffusionPipeline``, so any SVD / SVD-XT folder
     or Hub id loads with ``from_pretrained``. Load the backward-motion adapter with
     :meth:`load_backward_adapter` for the paper's quality.
 
     Example:
+
+        >>> import torch
+        >>> from diffusers.utils import load_image, export_to_video
+        >>> from inbetween import InbetweenPipeline
+        >>> pipe = InbetweenPipeline.from_pretrained(
+        ...     "stabilityai/stable-video-diffusion-img2vid-xt", dtype=torch.float16, variant="fp16"
+        ... ).to("cuda")
+        >>> pipe.load_backward_adapter("backward_adapter.safetensors")
+        >>> video = pipe(load_image("first.png"), load_image("last.png"), generator=torch.manual_seed(0)).frames[0]
+        >>> export_to_video(video, "inbetween.mp4", fps=7)
     """
-        + EXAMPLE
-    )
 
     model_cpu_offload_seq = "image_encoder->unet->vae"
     _callback_tensor_inputs = ["latents"]
