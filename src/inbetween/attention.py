@@ -30,7 +30,7 @@ _TEMPORAL_SELF_ATTENTION = re.compile(r"(^|\.)temporal_transformer_blocks\.\d+\.
 class RotatedTemporalAttnProcessor(nn.Module):
     """Attention processor for one temporal self-attention layer of an SVD UNet.
 
-    With ``dual`` off it is diffusers' default SDPA processor. With ``dual`` on, the input
+    With ``mode="off"`` it is diffusers' default SDPA processor. In ``mode="dual"`` (see :func:`dual_mode`) the input
     ``hidden_states`` of shape ``(2 * R, N, C)`` is ``[forward rows | backward rows]``; the forward
     rows attend normally with the base weights, the backward rows use the forward rows' rotated
     attention probabilities, values ``W_v + delta_v`` and output ``W_o + delta_o`` (the backward
