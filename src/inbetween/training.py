@@ -342,8 +342,10 @@ def prepare_frozen(pipe: InbetweenPipeline, config: TrainConfig, accelerator: Ac
 
 
 def validate(pipe: InbetweenPipeline, config: TrainConfig, folder: Path) -> None:
-    """Interpolate the validation pairs with the current adapter; videos next to the checkpoint."""
+    """Interpolate the validation pairs with the current adapter into ``folder`` (the step's checkpoint, if any)."""
     from .video_io import load_image, write_video
+
+    folder.mkdir(parents=True, exist_ok=True)
 
     for i, (first, last) in enumerate(config.validation_pairs):
         frames = pipe(
@@ -433,22 +435,22 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
 
         # logging, checkpoints, validation (files from the main process only)
         losses = accelerator.gather(torch.tensor([step_loss], device=accelerator.device))
-        all_seen = accelerator.gather_for_metrics(torch.tensor(seen, device=accelerator.device)).view(
+        all_seen = accelerator.gather(torch.tensor(seen, device=accelerator.device)).view(
             accelerator.num_processes, -1
         )
         loss = losses.mean().item()
         progress.set_postfix(loss=f"{loss:.4f}")
         if accelerator.is_main_process:
-            _append_log(output_dir / "train_log.jsonl", {"step": step + 1, "loss": loss, "samples": all_seen.tolist()})
+            _append_log(output_dir / "train_log.jsonl", {"step": step + 1, "loss": loss, "samples": seen_by_rank.tolist()})
         if config.tensorboard:
             accelerator.log({"loss": loss}, step=step + 1)
         done = step + 1
+        saved = None
         if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.max_steps):
             saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config)
             prune_checkpoints(checkpoints, config.keep_checkpoints)
-            if config.validate_every and done % config.validate_every == 0:
-                validate(pipe, config, saved)
-        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
+            validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
 
     final = output_dir / "backward_adapter.safetensors"
     if accelerator.is_main_process:
