@@ -435,13 +435,13 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
 
         # logging, checkpoints, validation (files from the main process only)
         losses = accelerator.gather(torch.tensor([step_loss], device=accelerator.device))
-        all_seen = accelerator.gather(torch.tensor(seen, device=accelerator.device)).view(
-            accelerator.num_processes, -1
-        )
+        seen_by_rank = accelerator.gather(torch.tensor(seen, device=accelerator.device))
+        seen_by_rank = seen_by_rank.view(accelerator.num_processes, -1)
         loss = losses.mean().item()
         progress.set_postfix(loss=f"{loss:.4f}")
         if accelerator.is_main_process:
-            _append_log(output_dir / "train_log.jsonl", {"step": step + 1, "loss": loss, "samples": seen_by_rank.tolist()})
+            record = {"step": step + 1, "loss": loss, "samples": seen_by_rank.tolist()}
+            _append_log(output_dir / "train_log.jsonl", record)
         if config.tensorboard:
             accelerator.log({"loss": loss}, step=step + 1)
         done = step + 1
