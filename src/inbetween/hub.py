@@ -24,10 +24,11 @@ def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | N
 
     Raises ``FileNotFoundError`` with a download hint when it is neither a folder nor reachable.
     """
-    path = Path(model)
+    path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.suffix or path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") != 1:
+    # A Hub id is exactly "owner/name" (names may contain dots); anything else is a local path.
+    if path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") != 1:
         raise FileNotFoundError(
             f"model folder `{model}` not found; pass a folder or a Hub id like `{SVD_XT}` "
             "(to make a folder from a Hub model: `hf download <id> --local-dir <folder>`)"
