@@ -11,32 +11,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from clips import HEIGHT, WIDTH, frame_number, square_clip
 from PIL import Image
 
 from inbetween import video_io
 from inbetween.data import ClipDataset, ClipSpec, find_sources, fit_frame
 from inbetween.video_io import count_frames, read_frames, read_video, write_video
-
-HEIGHT, WIDTH, CELL = 48, 64, 8  # the square steps one 8 px cell per frame: 8 x 6 = 48 distinct positions
-
-
-def square_clip(frames: int) -> np.ndarray:
-    """(frames, 48, 64, 3) uint8: a red 8x8 square whose cell encodes the frame number, on dark grey."""
-    clip = np.full((frames, HEIGHT, WIDTH, 3), 40, dtype=np.uint8)
-    per_row = WIDTH // CELL
-    for index in range(frames):
-        y, x = (index // per_row) * CELL, (index % per_row) * CELL
-        clip[index, y : y + CELL, x : x + CELL] = (240, 30, 30)
-    return clip
-
-
-def frame_number(frame: torch.Tensor) -> int:
-    """Recover the frame number from a (3, H, W) frame in [-1, 1] by the red square's centroid (lossy-safe)."""
-    red = (frame[0] - frame[1]) > 1.0  # red channel high, green low: only the square
-    ys, xs = torch.nonzero(red, as_tuple=True)
-    assert len(ys) > 0, "no red square in frame"
-    row, col = round((ys.float().mean().item() - 3.5) / CELL), round((xs.float().mean().item() - 3.5) / CELL)
-    return row * (WIDTH // CELL) + col
 
 
 def write_with_pyav(path: Path, frames: np.ndarray, container_format: str, codec: str, gop: int = 4) -> Path:
@@ -139,9 +119,9 @@ def test_samples_take_every_stride_frame_in_order(tmp_path: Path, kind: str) -> 
         clip = sample["clip"]
         assert clip.shape == (4, 3, HEIGHT, WIDTH) and clip.dtype == torch.float32
         assert -1.0 <= clip.min() and clip.max() <= 1.0
-        assert [frame_number(frame) for frame in clip] == [10 * index + 3 * k for k in range(4)]
+        assert [frame_number(frame, low=-1.0) for frame in clip] == [10 * index + 3 * k for k in range(4)]
         assert torch.equal(sample["reversed_clip"], clip.flip(0))
-        assert [frame_number(frame) for frame in sample["reversed_clip"]][0] == 10 * index + 9
+        assert [frame_number(frame, low=-1.0) for frame in sample["reversed_clip"]][0] == 10 * index + 9
         assert torch.equal(sample["first_frame"], clip[0]) and torch.equal(sample["last_frame"], clip[-1])
         assert sample["index"].shape == () and sample["index"].dtype == torch.long and sample["index"] == index
 
@@ -289,7 +269,7 @@ def test_a_clip_that_fails_to_decode_warns_and_returns_the_next(tmp_path: Path) 
     (tmp_path / "a.mp4").write_bytes(b"truncated by a crashed copy")
     with pytest.warns(UserWarning, match="skipping clip 0: cannot read video `.*a.mp4`"):
         sample = dataset[0]
-    assert sample["index"] == 1 and frame_number(sample["clip"][-1]) == 9
+    assert sample["index"] == 1 and frame_number(sample["clip"][-1], low=-1.0) == 9
     (tmp_path / "b.mp4").unlink()
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="2 clips in a row failed to decode"):
         dataset[0]

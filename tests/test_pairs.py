@@ -6,34 +6,15 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from clips import HEIGHT, WIDTH, frame_number, square_clip
 from PIL import Image
 
 from inbetween.pairs import KeyframePair, PairSpec, blend, build_pairs, load_manifest, load_pair, save_manifest
 from inbetween.video_io import write_video
 
-HEIGHT, WIDTH, CELL = 48, 64, 8  # the square steps one 8 px cell per frame: 8 x 6 = 48 distinct positions
 SPEC = PairSpec(num_frames=5, height=HEIGHT, width=WIDTH)
-
-
-def square_clip(frames: int) -> np.ndarray:
-    """(frames, 48, 64, 3) uint8: a red 8x8 square whose cell encodes the frame number, on dark grey."""
-    clip = np.full((frames, HEIGHT, WIDTH, 3), 40, dtype=np.uint8)
-    per_row = WIDTH // CELL
-    for index in range(frames):
-        y, x = (index // per_row) * CELL, (index % per_row) * CELL
-        clip[index, y : y + CELL, x : x + CELL] = (240, 30, 30)
-    return clip
-
-
-def frame_number(frame: torch.Tensor) -> int:
-    """The frame number encoded in a (3, H, W) frame in [0, 1], from the red square's centroid (lossy-safe)."""
-    ys, xs = torch.nonzero(frame[0] - frame[1] > 0.5, as_tuple=True)
-    assert len(ys) > 0, "no red square in frame"
-    row, col = round((ys.float().mean().item() - 3.5) / CELL), round((xs.float().mean().item() - 3.5) / CELL)
-    return row * (WIDTH // CELL) + col
 
 
 def make_davis(root: Path, name: str, frames: int) -> Path:
