@@ -434,27 +434,26 @@ def run_case(args) -> dict:
 
 
 def child_command(case: str, args) -> list[str]:
-    return [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
+    return python_child(
+        Path(__file__),
         case,
-        "--steps",
-        str(args.steps),
-        "--frames",
-        str(args.frames),
-        "--size",
-        f"{args.width}x{args.height}",
-        "--dtype",
-        args.dtype,
-        "--device",
-        args.device,
-        "--seed",
-        str(args.seed),
-        "--decode-chunk",
-        str(args.decode_chunk),
-        *(["--threads", str(args.threads)] if args.threads else []),
-    ]
+        args.threads,
+        steps=args.steps,
+        frames=args.frames,
+        size=f"{args.width}x{args.height}",
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
+        decode_chunk=args.decode_chunk,
+    )
+
+
+def python_child(script: Path, case: str, threads: int | None, **flags: object) -> list[str]:
+    """``python SCRIPT --child CASE --flag value ...`` (underscores become dashes; --threads only when set)."""
+    command = [sys.executable, str(script.resolve()), "--child", case]
+    for name, value in flags.items():
+        command += ["--" + name.replace("_", "-"), str(value)]
+    return command + (["--threads", str(threads)] if threads else [])
 
 
 def run_child(case: str, args) -> dict:

@@ -62,6 +62,7 @@ from step_cost import (  # noqa: E402  (bench/ is not a package)
     check_line,
     ensure_free_memory,
     fmt,
+    python_child,
     ratio,
     run_in_subprocess,
     tests_module,
@@ -219,25 +220,17 @@ def run_case(args) -> dict:
 
 
 def child_command(case: str, args) -> list[str]:
-    return [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
+    return python_child(
+        Path(__file__),
         case,
-        "--arch",
-        args.arch,
-        "--steps",
-        str(args.steps),
-        "--frames",
-        str(args.frames),
-        "--size",
-        str(args.size),
-        "--batch",
-        str(args.batch),
-        "--seed",
-        str(args.seed),
-        *(["--threads", str(args.threads)] if args.threads else []),
-    ]
+        args.threads,
+        arch=args.arch,
+        steps=args.steps,
+        frames=args.frames,
+        size=args.size,
+        batch=args.batch,
+        seed=args.seed,
+    )
 
 
 def run_child(case: str, args) -> dict:

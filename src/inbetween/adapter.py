@@ -47,7 +47,7 @@ class BackwardAdapter:
 
     def __post_init__(self) -> None:
         for key in self.deltas:
-            layer, _, param = _split_key(key)
+            layer, param = _split_key(key)
             if param not in ADAPTED_PARAMETERS or not layer:
                 raise ValueError(f"adapter key `{key}` is not a temporal attention {' / '.join(ADAPTED_PARAMETERS)}")
 
@@ -260,11 +260,12 @@ def _read_tensors(files: list[Path], wanted: list[str]) -> dict[str, torch.Tenso
     return tensors
 
 
-def _split_key(key: str) -> tuple[str, str, str]:
+def _split_key(key: str) -> tuple[str, str]:
+    """``"<layer>.to_v.weight"`` -> ``("<layer>", "to_v.weight")``; ``("", key)`` for a foreign key."""
     for param in ADAPTED_PARAMETERS:
         if key.endswith("." + param):
-            return key[: -len(param) - 1], ".", param
-    return "", "", key
+            return key[: -len(param) - 1], param
+    return "", key
 
 
 def _model_id(unet: nn.Module) -> str:

@@ -25,6 +25,13 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
 _MAX_CONSECUTIVE_FAILURES = 8
 
 
+def check_frame_size(name: str, value: int) -> None:
+    """Raise unless ``value`` (a frame ``height`` or ``width``) is a positive multiple of the VAE's 8x downsampling."""
+    if value > 0 and value % 8 == 0:
+        return
+    raise _multiple_of_8_error(name, value)
+
+
 def _multiple_of_8_error(name: str, value: int) -> ValueError:
     return ValueError(
         f"`{name}` must be a positive multiple of 8 (the VAE downsamples 8x), got {value}; "
@@ -47,9 +54,7 @@ class ClipSpec:
         if self.stride < 1:
             raise ValueError(f"`stride` must be at least 1 (1 takes every frame), got {self.stride}")
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value <= 0 or value % 8:
-                raise _multiple_of_8_error(name, value)
+            check_frame_size(name, getattr(self, name))
 
     @property
     def span(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import find_sources, fit_frame
+from .data import check_frame_size, find_sources, fit_frame
 from .files import atomic_output
 from .video_io import count_frames, read_frames
 
@@ -44,9 +44,7 @@ class PairSpec:
         if self.pairs_per_video < 1:
             raise ValueError(f"`pairs_per_video` must be at least 1, got {self.pairs_per_video}")
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value <= 0 or value % 8:
-                raise ValueError(f"`{name}` must be a positive multiple of 8 (the VAE downsamples 8x), got {value}")
+            check_frame_size(name, getattr(self, name))
         if self.seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {self.seed}")
 
