@@ -139,6 +139,7 @@ class NaiveInbetween:
         motion_bucket_id=127,
         noise_aug_strength=0.02,
         fusion="average",
+        rotation=True,
         noise_injection_steps=5,
         noise_injection_ratio=0.5,
         generator=None,
@@ -169,15 +170,19 @@ class NaiveInbetween:
         if fusion == "average":
             w = torch.full((num_frames,), 0.5)
             scale = (scale + torch.flip(scale, [0])) / 2
-        else:
+        elif fusion == "linear":
             w = torch.linspace(1.0, 0.0, num_frames)
+        else:  # one branch alone
+            w = torch.full((num_frames,), 1.0 if fusion == "forward" else 0.0)
         w = w.view(1, -1, 1, 1, 1)
+        # Without rotation the backward branch is the base model with its own attention (time-reversal fusion).
+        backward_unet = self.backward_unet if rotation else self.forward_unet
 
         def fused_step(x, sigma, sigma_next):
             self.store.clear()
             v_f = self.unet_v(self.forward_unet, x, sigma, emb_f, lat_f, time_ids)  # stores the maps
             x_b = torch.flip(x, [1])
-            v_b = self.unet_v(self.backward_unet, x_b, sigma, emb_l, lat_l, time_ids)  # reads them rotated
+            v_b = self.unet_v(backward_unet, x_b, sigma, emb_l, lat_l, time_ids)  # reads them rotated
             d_f = self.denoised(v_f, x, sigma, scale)
             d_b = torch.flip(self.denoised(v_b, x_b, sigma, scale), [1])
             denoised = w * d_f + (1 - w) * d_b

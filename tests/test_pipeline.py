@@ -25,6 +25,7 @@ def adapted_pipe():
 def run_both(pipe, adapter, first, last, **kwargs):
     args = {**FAST, **kwargs}
     ours = pipe(first, last, generator=torch.manual_seed(0), output_type="latent", **args).frames
+    args.pop("split_guidance_batch", None)  # a memory option of ours only; the result must not depend on it
     naive = NaiveInbetween(pipe, adapter)(first, last, generator=torch.manual_seed(0), **args)
     return ours, naive
 
@@ -39,8 +40,22 @@ def run_both(pipe, adapter, first, last, **kwargs):
         dict(num_frames=14),
         dict(num_frames=25),
         dict(num_frames=8, noise_injection_steps=0),
+        dict(num_frames=8, fusion="forward"),
+        dict(num_frames=8, fusion="backward"),
+        dict(num_frames=8, fusion="backward", max_guidance_scale=1.0),
     ],
-    ids=["cfg-average", "no-cfg", "cfg-linear", "cfg-linear-ramp", "14-frames", "25-frames", "no-reinjection"],
+    ids=[
+        "cfg-average",
+        "no-cfg",
+        "cfg-linear",
+        "cfg-linear-ramp",
+        "14-frames",
+        "25-frames",
+        "no-reinjection",
+        "forward-only",
+        "backward-only",
+        "backward-only-no-cfg",
+    ],
 )
 def test_matches_naive_reference(adapted_pipe, keyframes, case):
     pipe, adapter = adapted_pipe
@@ -62,6 +77,29 @@ def test_matches_naive_reference_for_a_batch_of_pairs(adapted_pipe):
 def test_matches_naive_reference_without_adapter(tiny_pipe, keyframes):
     ours, naive = run_both(tiny_pipe, None, *keyframes, num_frames=8)
     assert (ours - naive).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-call", "split-guidance"])
+@pytest.mark.parametrize("fusion", ["average", "backward"])
+def test_time_reversal_fusion_matches_naive_reference(tiny_pipe, keyframes, fusion, split):
+    # rotation=False: the backward branch attends with its own maps and base weights (TRF).
+    ours, naive = run_both(
+        tiny_pipe, None, *keyframes, num_frames=8, fusion=fusion, rotation=False, split_guidance_batch=split
+    )
+    assert (ours - naive).abs().max().item() <= 1e-4
+
+
+def test_forward_only_ignores_the_last_keyframe_and_the_adapter(adapted_pipe, tiny_pipe, keyframes):
+    pipe, _ = adapted_pipe
+    first, last = keyframes
+    args = dict(FAST, num_frames=8, fusion="forward", output_type="latent")
+    a = pipe(first, last, generator=torch.manual_seed(0), **args).frames
+    b = pipe(first, random_keyframe(99), generator=torch.manual_seed(0), **args).frames
+    c = tiny_pipe(first, last, generator=torch.manual_seed(0), **args).frames
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    fused = pipe(first, last, generator=torch.manual_seed(0), **{**args, "fusion": "average"}).frames
+    assert (a - fused).abs().max() > 1e-2
 
 
 def test_adapter_changes_the_result(adapted_pipe, tiny_pipe, keyframes):
@@ -173,7 +211,7 @@ def test_loads_svd_folder_layout_and_round_trips(tmp_path, keyframes):
     [
         (dict(num_frames=2), "`num_frames` must be at least 3"),
         (dict(num_inference_steps=0), "`num_inference_steps` must be at least 1"),
-        (dict(height=100), "`height` must be a positive multiple of 64, got 100; try 128"),
+        (dict(height=100), "`height` must be a positive multiple of 16, got 100; try 96"),
         (dict(width=0), "`width` must be a positive multiple of 64"),
         (dict(noise_injection_ratio=1.5), r"`noise_injection_ratio` must be in \[0, 1\]"),
         (dict(noise_injection_steps=-1), "`noise_injection_steps` must be 0 or more"),

@@ -31,19 +31,37 @@ def save_checkpoint(
     """``folder/step-XXXXXXX/`` with the adapter, the optimizer state and the step, written atomically."""
     final = folder / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
+    tensors, param_groups = optimizer_tensors(optimizer)
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    meta = {"step": step, "param_groups": param_groups, "scaler": scaler, "config": asdict(config)}
+    with atomic_folder(final, overwrite=True) as tmp:
+        BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
+    return final
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as flat tensors ``{"<param index>.<name>": tensor}`` (for safetensors) and its
+    JSON-able param groups."""
     state = optimizer.state_dict()
     tensors = {
         f"{index}.{key}": value.detach().cpu().contiguous()
         for index, entries in state["state"].items()
         for key, value in entries.items()
     }
-    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    meta = {"step": step, "param_groups": state["param_groups"], "scaler": scaler, "config": asdict(config)}
-    with atomic_folder(final, overwrite=True) as tmp:
-        BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
-    return final
+    return tensors, state["param_groups"]
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict]
+) -> None:
+    """Inverse of :func:`optimizer_tensors`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
@@ -65,12 +83,7 @@ def load_checkpoint(checkpoint: Path, unet: torch.nn.Module, optimizer, accelera
             for current, saved in zip(processor.deltas(), adapter.layer_deltas(layer), strict=True):
                 if current is not None:
                     current.copy_(saved)
-    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    restore_optimizer(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), meta["param_groups"])
     if meta["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(meta["scaler"])
     return int(meta["step"])

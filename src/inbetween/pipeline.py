@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,7 @@ from .attention import dual_mode, install_rotation, rotation_processors
 from .sampling import (
     FUSIONS,
     apply_guidance,
+    branches_to_run,
     edm_scalings,
     fuse,
     fusion_weights,
@@ -143,19 +144,39 @@ class InbetweenPipeline(DiffusionPipeline):
 
     # stages -------------------------------------------------------------------------------------
 
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE's and the UNet's downsampling together (64 for SVD)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def default_long_side(self) -> int:
+        """SVD-sized models default to SVD's 1024 x 576 training size; smaller ones to their UNet's sample size."""
+        if self.size_multiple == SIZE_MULTIPLE:
+            return DEFAULT_LONG_SIDE
+        return self.unet.config.sample_size * self.vae_scale_factor
+
     @staticmethod
-    def default_size(image: KeyframeInput, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-        """``(height, width)`` for ``image``: a missing side keeps its aspect (multiple of 64); with neither
-        given, the long side is 1024."""
+    def default_size(
+        image: KeyframeInput,
+        height: int | None = None,
+        width: int | None = None,
+        long_side: int = DEFAULT_LONG_SIDE,
+        multiple: int = SIZE_MULTIPLE,
+    ) -> tuple[int, int]:
+        """``(height, width)`` for ``image``: a missing side keeps its aspect (a multiple of ``multiple``); with
+        neither given, the long side is ``long_side``."""
         image_width, image_height = _image_size(image)
         aspect = image_width / image_height
         if height is None and width is None:
-            scale = DEFAULT_LONG_SIDE / max(image_width, image_height)
-            return _round_to_multiple(image_height * scale), _round_to_multiple(image_width * scale)
+            scale = long_side / max(image_width, image_height)
+            return _round_to_multiple(image_height * scale, multiple), _round_to_multiple(
+                image_width * scale, multiple
+            )
         if height is None:
-            return _round_to_multiple(width / aspect), width
+            return _round_to_multiple(width / aspect, multiple), width
         if width is None:
-            return height, _round_to_multiple(height * aspect)
+            return height, _round_to_multiple(height * aspect, multiple)
         return height, width
 
     @staticmethod
@@ -187,12 +208,13 @@ class InbetweenPipeline(DiffusionPipeline):
         noise_injection_ratio: float,
         decode_chunk_size: int,
         output_type: str,
+        size_multiple: int = SIZE_MULTIPLE,
     ) -> None:
         """Raise ``ValueError`` naming the argument, the value and the fix (needs no model)."""
         for name, size in (("height", height), ("width", width)):
-            if size <= 0 or size % SIZE_MULTIPLE:
-                hint = max(SIZE_MULTIPLE, _round_to_multiple(size))
-                raise ValueError(f"`{name}` must be a positive multiple of {SIZE_MULTIPLE}, got {size}; try {hint}")
+            if size <= 0 or size % size_multiple:
+                hint = _round_to_multiple(size, size_multiple)
+                raise ValueError(f"`{name}` must be a positive multiple of {size_multiple}, got {size}; try {hint}")
         if num_frames < 3:
             raise ValueError(f"`num_frames` must be at least 3 (two keyframes and one in between), got {num_frames}")
         if num_inference_steps < 1:
@@ -246,13 +268,7 @@ class InbetweenPipeline(DiffusionPipeline):
 
     def encode_image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [-1, 1] -> CLIP image embeddings ``(B, 1, D)``."""
-        size = self.image_encoder.config.image_size  # 224 for SVD's ViT-H/14
-        pixels = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
-        mean = torch.tensor(self.feature_extractor.image_mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.feature_extractor.image_std, device=images.device).view(1, 3, 1, 1)
-        pixels = (pixels.clamp(0, 1) - mean) / std
-        encoder_dtype = next(self.image_encoder.parameters()).dtype
-        return self.image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
+        return clip_image_embeddings(self.image_encoder, self.feature_extractor, images)
 
     def encode_image_latents(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
@@ -266,37 +282,60 @@ class InbetweenPipeline(DiffusionPipeline):
         guidance_scale: torch.Tensor,
         weights: torch.Tensor,
         split_guidance_batch: bool,
+        fusion: str = "average",
+        rotation: bool = True,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The fused denoiser ``(x (B, N, 4, h, w), sigma) -> denoised (B, N, 4, h, w)`` of one dual step."""
+        """The fused denoiser ``(x (B, N, 4, h, w), sigma) -> denoised (B, N, 4, h, w)`` of one step.
+
+        Only the branches ``fusion`` needs are evaluated (a rotated backward branch also needs the forward
+        rows, its attention source). ``rotation=False`` lets the backward rows attend with their own maps and
+        base weights (time-reversal fusion).
+        """
         guided = cond.image_embeddings.shape[0] == 4
-        branch_of_group = [0, 0, 1, 1] if guided else [0, 1]
-        calls = [[0, 2], [1, 3]] if guided and split_guidance_batch else [list(range(len(branch_of_group)))]
+        per_branch = 2 if guided else 1  # groups [uncond, cond] or [cond] per branch
+        run = branches_to_run(fusion, rotation)
+        branch_groups = {
+            branch: list(range(branch * per_branch, (branch + 1) * per_branch)) for branch in (0, 1) if run[branch]
+        }
+        branch_of_group = {g: branch for branch, groups in branch_groups.items() for g in groups}
+        groups = list(branch_of_group)
+        # One call over all groups; or, to lower peak memory, one call per guidance half.
+        calls = (
+            [[g for g in groups if g % 2 == half] for half in (0, 1)] if guided and split_guidance_batch else [groups]
+        )
+        dual = rotation and all(run)
         # The conditioning of each call is the same at every step: build it once.
-        call_conditioning = [cond.select(groups, num_frames) for groups in calls]
+        call_conditioning = [cond.select(call, num_frames) for call in calls]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
-            x_branches = torch.stack([x, x.flip(1)])  # (2, B, N, 4, h, w): forward, time-reversed
-            denoised = [None] * len(branch_of_group)
-            for groups, conditioning in zip(calls, call_conditioning, strict=True):
-                x_in = x_branches[[branch_of_group[g] for g in groups]]  # (G', B, N, 4, h, w)
-                v = self._unet_dual(x_in.flatten(0, 1) * c_in, c_noise, conditioning)
+            x_branches = (x, x.flip(1))  # forward, time-reversed
+            denoised = {}
+            for call, conditioning in zip(calls, call_conditioning, strict=True):
+                x_in = torch.stack([x_branches[branch_of_group[g]] for g in call])  # (G', B, N, 4, h, w)
+                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, dual)
                 v = v.unflatten(0, x_in.shape[:2]).float()
-                for j, g in enumerate(groups):
+                for j, g in enumerate(call):
                     denoised[g] = c_skip * x_in[j] + c_out * v[j]
-            if guided:
-                den_fwd = apply_guidance(denoised[0], denoised[1], guidance_scale)
-                den_bwd = apply_guidance(denoised[2], denoised[3], guidance_scale)
-            else:
-                den_fwd, den_bwd = denoised
-            return fuse(den_fwd, den_bwd, weights)
+            out = {
+                branch: apply_guidance(denoised[gs[0]], denoised[gs[1]], guidance_scale) if guided else denoised[gs[0]]
+                for branch, gs in branch_groups.items()
+            }
+            if fusion == "forward":
+                return out[0]
+            if fusion == "backward":
+                return out[1].flip(1)
+            return fuse(out[0], out[1], weights)
 
         return denoise
 
-    def _unet_dual(self, x: torch.Tensor, c_noise: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One UNet call on a ``[forward rows | backward rows]`` batch ``(2R, N, 4, h, w)``."""
+    def _unet_call(
+        self, x: torch.Tensor, c_noise: torch.Tensor, kwargs: dict[str, torch.Tensor], dual: bool
+    ) -> torch.Tensor:
+        """One UNet call; with ``dual`` the batch ``(2R, N, 4, h, w)`` is ``[forward rows | backward rows]`` and
+        the backward rows attend with the forward rows' rotated maps."""
         model_input = torch.cat([x.to(self.unet.dtype), kwargs["image_latents"]], dim=2)
-        with dual_mode(self.unet):
+        with dual_mode(self.unet) if dual else nullcontext():
             return self.unet(
                 model_input,
                 c_noise.to(self.unet.dtype),
@@ -337,6 +376,7 @@ class InbetweenPipeline(DiffusionPipeline):
         motion_bucket_id: int = 127,
         noise_aug_strength: float = 0.02,
         fusion: str = "average",
+        rotation: bool = True,
         noise_injection_steps: int = 5,
         noise_injection_ratio: float = 0.5,
         decode_chunk_size: int | None = None,
@@ -362,7 +402,11 @@ class InbetweenPipeline(DiffusionPipeline):
                 applied per branch (symmetrised for `fusion="average"`). `max_guidance_scale <= 1` disables guidance.
             fps, motion_bucket_id, noise_aug_strength: SVD's micro-conditioning (7, 127, 0.02).
             fusion (`str`, defaults to `"average"`): forward weight 0.5 per frame, or `"linear"` from 1 at the
-                first keyframe to 0 at the last.
+                first keyframe to 0 at the last; `"forward"` / `"backward"` keep one branch alone (baselines:
+                `"forward"` is plain SVD image-to-video from the first keyframe).
+            rotation (`bool`, defaults to True): the backward branch attends with the forward branch's rotated
+                attention maps (the paper); False gives it its own attention and the base weights (time-reversal
+                fusion, Feng et al. 2024), any loaded adapter unused.
             noise_injection_steps (`int`, defaults to 5): re-injections per step during the first
                 `noise_injection_ratio` (0.5) of the steps; 0 disables re-injection.
             decode_chunk_size (`int`, *optional*): frames decoded at a time (default: all).
@@ -381,7 +425,7 @@ class InbetweenPipeline(DiffusionPipeline):
         """
         # 0. Default size and frame count from the keyframe and the UNet
         self.check_keyframes(first_image, last_image)
-        height, width = self.default_size(first_image, height, width)
+        height, width = self.default_size(first_image, height, width, self.default_long_side, self.size_multiple)
         num_frames = self.unet.config.num_frames if num_frames is None else num_frames
         decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
 
@@ -396,8 +440,14 @@ class InbetweenPipeline(DiffusionPipeline):
             noise_injection_ratio,
             decode_chunk_size,
             output_type,
+            self.size_multiple,
         )
-        if not self.has_backward_adapter:
+        uses_backward = fusion != "forward"
+        if uses_backward and not rotation and self.has_backward_adapter:
+            logger.warning(
+                "`rotation=False`: the backward branch uses its own attention and base weights; the loaded adapter is unused"
+            )
+        if uses_backward and rotation and not self.has_backward_adapter:
             logger.warning(
                 "no backward adapter loaded: the backward pass uses the base weights with rotated "
                 "attention; load one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
@@ -432,7 +482,9 @@ class InbetweenPipeline(DiffusionPipeline):
         # 5. Guidance ramp and fusion weights, per frame
         guidance_scale = guidance_scales(min_guidance_scale, max_guidance_scale, num_frames, fusion).to(device)
         weights = fusion_weights(fusion, num_frames).to(device)
-        denoise = self.make_denoiser(cond, num_frames, guidance_scale, weights, split_guidance_batch)
+        denoise = self.make_denoiser(
+            cond, num_frames, guidance_scale, weights, split_guidance_batch, fusion=fusion, rotation=rotation
+        )
 
         # 6. Dual-directional Euler sampling with noise re-injection
         with self.progress_bar(total=num_inference_steps) as progress_bar:
@@ -462,6 +514,20 @@ class InbetweenPipeline(DiffusionPipeline):
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.maybe_free_model_hooks()
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+def clip_image_embeddings(
+    image_encoder: CLIPVisionModelWithProjection, feature_extractor: CLIPImageProcessor, images: torch.Tensor
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [-1, 1] -> image embeddings ``(B, 1, D)``: resized to the encoder's input size and
+    normalised with the feature extractor's mean and std, differentiably (the tiny model trains through it)."""
+    size = image_encoder.config.image_size  # 224 for SVD's ViT-H/14
+    pixels = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
+    mean = torch.tensor(feature_extractor.image_mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std, device=images.device).view(1, 3, 1, 1)
+    pixels = (pixels.clamp(0, 1) - mean) / std
+    encoder_dtype = next(image_encoder.parameters()).dtype
+    return image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
 
 
 @contextmanager
@@ -509,5 +575,5 @@ def _aspect(image: KeyframeInput) -> float:
     return width / height
 
 
-def _round_to_multiple(size: float) -> int:
-    return max(SIZE_MULTIPLE, int(round(size / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+def _round_to_multiple(size: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(multiple, int(round(size / multiple)) * multiple)

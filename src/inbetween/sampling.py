@@ -16,7 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
-FUSIONS = ("average", "linear")
+FUSIONS = ("average", "linear", "forward", "backward")  # the last two: one branch alone (baselines)
 
 
 def edm_scalings(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,11 +80,14 @@ def sample_euler_with_reinjection(
 
 
 def fusion_weights(fusion: str, num_frames: int) -> torch.Tensor:
-    """Per-frame weight ``w`` of the forward branch, shape ``(N,)``: 0.5 everywhere, or linspace(1, 0, N)."""
+    """Per-frame weight ``w`` of the forward branch, shape ``(N,)``: 0.5 everywhere, linspace(1, 0, N), or all
+    1 / all 0 for one branch alone."""
     if fusion == "average":
         return torch.full((num_frames,), 0.5)
     if fusion == "linear":
         return torch.linspace(1.0, 0.0, num_frames)
+    if fusion in ("forward", "backward"):
+        return torch.full((num_frames,), 1.0 if fusion == "forward" else 0.0)
     raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}, got {fusion!r}")
 
 
@@ -108,6 +111,14 @@ def fuse(denoised_fwd: torch.Tensor, denoised_bwd: torch.Tensor, weights: torch.
     """``w * fwd + (1 - w) * flip_time(bwd)``; ``denoised_bwd`` is in the backward branch's (reversed) frame order."""
     w = weights.view(1, -1, *([1] * (denoised_fwd.ndim - 2)))
     return w * denoised_fwd + (1 - w) * denoised_bwd.flip(1)
+
+
+def branches_to_run(fusion: str, rotation: bool) -> tuple[bool, bool]:
+    """Whether the forward and the backward branch must be evaluated. A rotated backward branch needs the
+    forward rows even when only its own output is kept: they supply its attention maps."""
+    forward = fusion != "backward" or rotation
+    backward = fusion != "forward"
+    return forward, backward
 
 
 def needs_guidance(min_scale: float, max_scale: float) -> bool:

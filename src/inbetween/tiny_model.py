@@ -1,0 +1,513 @@
+"""The tiny-world model: a small SVD-architecture image-to-video stack trained from scratch on the toy world.
+
+Three stages, each resumable from its own checkpoints, all randomness a pure function of (seed, step):
+
+1. ``vae``: an AutoencoderKLTemporalDecoder (2x downsampling, 4 latent channels) learns to reconstruct
+   world frames, so the UNet works on smooth latents; its ``scaling_factor`` is set to 1 / latent std.
+2. ``forward``: a UNetSpatioTemporalConditionModel and a small CLIP vision tower are trained together as a
+   FORWARD image-to-video model with SVD's EDM objective, conditioned on the first frame exactly as SVD is
+   (CLIP embedding through cross-attention, noise-augmented first-frame latent concatenated to the input,
+   micro-conditioning ids), with 10 % conditioning dropout so guidance works. Exported from EMA weights.
+3. ``adapter``: the backward adapter, trained with the project's own fine-tuning tool
+   (:func:`inbetween.training.train_backward`) on exactly 100 world videos: the paper's data regime.
+
+Run it (about two hours on two CPU cores):
+
+    inbetween toyworld train --out runs/tiny_world            # re-run the same command to resume
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .checkpoints import optimizer_tensors, restore_optimizer
+from .files import atomic_folder
+from .pipeline import CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
+from .sampling import edm_scalings
+from .toyworld import WorldConfig, generate_video, write_dataset
+from .training import TrainConfig, edm_loss, train_backward, unet_inputs
+
+logger = logging.getLogger(__name__)
+
+# Seed ranges of the world's videos, far apart so training, adapter and evaluation never share a video.
+FORWARD_SEEDS = 0
+ADAPTER_SEEDS = 50_000_000
+HELDOUT_SEEDS = 90_000_000
+
+# SVD's scheduler (model card of stabilityai/stable-video-diffusion-img2vid-xt): the tiny model samples like SVD.
+SVD_SCHEDULER_CONFIG = dict(
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    clip_sample=False,
+    interpolation_type="linear",
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    set_alpha_to_one=False,
+    sigma_max=700.0,
+    sigma_min=0.002,
+    skip_prk_steps=True,
+    steps_offset=1,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    trained_betas=None,
+    use_karras_sigmas=True,
+)
+
+
+def tiny_world_config() -> WorldConfig:
+    """The world the shipped model knows: 32x32, 8 frames, gravity strong enough for a clear arc in 7 steps."""
+    return WorldConfig(size=32, num_frames=8, min_radius=3.0, max_radius=6.0, gravity=0.8, max_speed=3.0)
+
+
+@dataclass(frozen=True)
+class TinyWorldRecipe:
+    """Every setting of the three stages; the defaults reproduce the shipped model."""
+
+    seed: int = 0
+    world: WorldConfig = field(default_factory=tiny_world_config)
+    # stage 1: autoencoder
+    vae_steps: int = 1200
+    vae_batch_size: int = 8  # clips of `world.num_frames` frames
+    vae_learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+    # stage 2: forward image-to-video model
+    unet_steps: int = 3200
+    unet_batch_size: int = 12
+    unet_learning_rate: float = 4e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    conditioning_dropout: float = 0.1  # zero image latent and embedding together, as SVD's unconditional branch
+    p_mean: float = 0.7  # SVD's log-normal training sigmas
+    p_std: float = 1.6
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    # stage 3: backward adapter (the project's fine-tuning tool)
+    adapter_videos: int = 100  # the paper fine-tunes on 100 videos
+    adapter_steps: int = 600
+    adapter_batch_size: int = 8
+    adapter_learning_rate: float = 5e-4
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("vae_steps", "unet_steps", "adapter_steps", "adapter_videos", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# components
+
+
+def build_vae(seed: int) -> AutoencoderKLTemporalDecoder:
+    torch.manual_seed(seed)
+    return AutoencoderKLTemporalDecoder(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,  # one downsampler: 32x32 frames -> 16x16 latents
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=32,
+    )
+
+
+def build_image_encoder(seed: int) -> CLIPVisionModelWithProjection:
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        projection_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    return CLIPVisionModelWithProjection(config)
+
+
+def build_unet(seed: int, num_frames: int) -> UNetSpatioTemporalConditionModel:
+    torch.manual_seed(seed)
+    return UNetSpatioTemporalConditionModel(
+        sample_size=16,
+        in_channels=8,  # noisy latent + first-frame latent, as SVD
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
+        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2,
+        block_out_channels=(32, 64, 128),  # three levels: a 4x4 bottleneck sees the whole 16x16 latent
+        layers_per_block=1,
+        cross_attention_dim=64,
+        num_attention_heads=(2, 4, 8),
+        addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=3 * 32,
+        num_frames=num_frames,
+    )
+
+
+def build_feature_extractor(size: int) -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------------
+# data: every video is generate_video(seed) for a seed fixed by the stream position
+
+
+def world_clips(seeds: list[int], world: WorldConfig) -> torch.Tensor:
+    """``(B, N, 3, H, W)`` float clips in [-1, 1] of the world videos with these seeds."""
+    frames = np.stack([generate_video(seed, world).frames for seed in seeds])  # (B, N, H, W, 3) uint8
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The source of every random draw of one training step: resuming at ``step`` redraws the same numbers."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 10_000_019 + step) % 2**63)
+
+
+def step_seeds(seed: int, step: int, batch_size: int) -> list[int]:
+    start = FORWARD_SEEDS + ((seed * 7_919 + step) * batch_size) % ADAPTER_SEEDS
+    return list(range(start, start + batch_size))
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints: model weights, EMA weights and optimizer state as safetensors, the step in JSON
+
+
+def save_stage_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module], optimizer) -> None:
+    tensors = {
+        f"{name}/{key}": value.contiguous() for name, m in modules.items() for key, value in m.state_dict().items()
+    }
+    opt_tensors, param_groups = optimizer_tensors(optimizer)
+    with atomic_folder(folder / "checkpoint", overwrite=True) as tmp:
+        save_file(tensors, str(tmp / "modules.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": param_groups}))
+
+
+def load_stage_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer) -> int:
+    """Restore a stage's modules and optimizer from ``folder/checkpoint``; return the step (0 if none)."""
+    checkpoint = folder / "checkpoint"
+    if not (checkpoint / "state.json").is_file():
+        return 0
+    state = json.loads((checkpoint / "state.json").read_text())
+    tensors = load_file(str(checkpoint / "modules.safetensors"))
+    for name, module in modules.items():
+        prefix = f"{name}/"
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    restore_optimizer(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), state["param_groups"])
+    return int(state["step"])
+
+
+def _log(path: Path, step: int, loss: float) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint a resumed run starts from)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def run_stage(
+    folder: Path,
+    name: str,
+    steps: int,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    train_step: Callable[[int], float],
+    checkpoint_every: int,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """The loop every stage shares: resume, step, log the loss, checkpoint atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = load_stage_checkpoint(folder, modules, optimizer)
+    log = folder / "loss.jsonl"
+    _truncate_log(log, start)
+    progress = tqdm(range(start, steps), initial=start, total=steps, desc=name)
+    for step in progress:
+        loss = train_step(step)
+        if after_step is not None:
+            after_step()
+        _log(log, step + 1, loss)
+        progress.set_postfix(loss=f"{loss:.4f}")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save_stage_checkpoint(folder, step + 1, modules, optimizer)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # decays to 10 % of the peak
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 1: the autoencoder
+
+
+def train_vae(recipe: TinyWorldRecipe, folder: Path) -> AutoencoderKLTemporalDecoder:
+    vae = build_vae(recipe.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_learning_rate, weight_decay=0.0)
+    frames = recipe.world.num_frames
+
+    def train_step(step: int) -> float:
+        clips = world_clips(step_seeds(recipe.seed + 1, step, recipe.vae_batch_size), recipe.world)
+        images = clips.flatten(0, 1)
+        posterior = vae.encode(images).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(
+            posterior.mean.shape, generator=step_generator(recipe.seed, 1, step)
+        )
+        reconstruction = vae.decode(z, num_frames=frames).sample
+        loss = (reconstruction - images).square().mean() + recipe.kl_weight * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    run_stage(
+        folder / "vae", "autoencoder", recipe.vae_steps, {"vae": vae}, optimizer, train_step, recipe.checkpoint_every
+    )
+    vae.requires_grad_(False).eval()
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, recipe))
+    return vae
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKLTemporalDecoder, recipe: TinyWorldRecipe) -> float:
+    """1 / std of the latent modes of held-out world frames: unit-variance latents, as SD/SVD's 0.18215."""
+    clips = world_clips(list(range(HELDOUT_SEEDS - 64, HELDOUT_SEEDS)), recipe.world)
+    latents = vae.encode(clips.flatten(0, 1)).latent_dist.mode()
+    return float(1.0 / latents.std())
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 2: the forward image-to-video model
+
+
+def forward_i2v_loss(
+    unet: UNetSpatioTemporalConditionModel,
+    image_encoder: CLIPVisionModelWithProjection,
+    vae: AutoencoderKLTemporalDecoder,
+    feature_extractor: CLIPImageProcessor,
+    clips: torch.Tensor,
+    generator: torch.Generator,
+    recipe: TinyWorldRecipe,
+) -> torch.Tensor:
+    """SVD's EDM loss of the forward model on ``clips`` ``(B, N, 3, H, W)``, conditioned on their first frames."""
+    batch, frames = clips.shape[:2]
+    with torch.no_grad():
+        latents = vae.encode(clips.flatten(0, 1)).latent_dist.mode().unflatten(0, (batch, frames))
+        latents = latents * vae.config.scaling_factor
+        first = clips[:, 0]
+        augmented = first + recipe.noise_aug_strength * torch.randn(first.shape, generator=generator)
+        image_latents = vae.encode(augmented).latent_dist.mode()  # unscaled, as SVD conditions
+    # The pipeline's own embedding path (resize + CLIP normalisation), with gradients into the tiny tower.
+    embeddings = clip_image_embeddings(image_encoder, feature_extractor, first)  # (B, 1, D)
+    keep = (torch.rand(batch, generator=generator) >= recipe.conditioning_dropout).float()
+    embeddings = embeddings * keep.view(-1, 1, 1)
+    image_latents = image_latents * keep.view(-1, 1, 1, 1)
+    sigma = (recipe.p_mean + recipe.p_std * torch.randn(batch, generator=generator)).exp()
+    noise = torch.randn(latents.shape, generator=generator)
+    x = latents + sigma.view(-1, 1, 1, 1, 1) * noise
+    model_input, timestep = unet_inputs(x, sigma, image_latents)
+    time_ids = torch.tensor([[recipe.fps - 1, recipe.motion_bucket_id, recipe.noise_aug_strength]]).expand(batch, 3)
+    v = unet(model_input, timestep, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False)[0]
+    c_skip, c_out, _, _ = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
+    return edm_loss(c_skip * x + c_out * v, latents, sigma)
+
+
+class ExponentialMovingAverage:
+    """EMA of a set of modules' parameters; the exported model uses these weights."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = {name: copy.deepcopy(m).requires_grad_(False) for name, m in modules.items()}
+        self.live = modules
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, module in self.live.items():
+            for ema, live in zip(self.shadow[name].parameters(), module.parameters(), strict=True):
+                ema.lerp_(live, 1 - self.decay)
+
+
+def train_forward(
+    recipe: TinyWorldRecipe, folder: Path, vae: AutoencoderKLTemporalDecoder
+) -> tuple[UNetSpatioTemporalConditionModel, CLIPVisionModelWithProjection]:
+    """Train the forward I2V UNet and image encoder; returns their EMA copies."""
+    unet = build_unet(recipe.seed, recipe.world.num_frames)
+    image_encoder = build_image_encoder(recipe.seed)
+    feature_extractor = build_feature_extractor(recipe.world.size)
+    parameters = [*unet.parameters(), *image_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.unet_learning_rate, weight_decay=0.01)
+    ema = ExponentialMovingAverage({"unet": unet, "image_encoder": image_encoder}, recipe.ema_decay)
+
+    def train_step(step: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.unet_learning_rate * cosine_with_warmup(step, recipe.unet_steps, recipe.warmup_steps)
+        clips = world_clips(step_seeds(recipe.seed + 2, step, recipe.unet_batch_size), recipe.world)
+        generator = step_generator(recipe.seed, 2, step)
+        loss = forward_i2v_loss(unet, image_encoder, vae, feature_extractor, clips, generator, recipe)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    modules = {
+        "unet": unet,
+        "image_encoder": image_encoder,
+        "ema_unet": ema.shadow["unet"],
+        "ema_image_encoder": ema.shadow["image_encoder"],
+    }
+    run_stage(
+        folder / "forward",
+        "forward I2V",
+        recipe.unet_steps,
+        modules,
+        optimizer,
+        train_step,
+        recipe.checkpoint_every,
+        ema.update,
+    )
+    return ema.shadow["unet"].eval(), ema.shadow["image_encoder"].eval()
+
+
+def export_forward_model(
+    folder: Path,
+    vae: AutoencoderKLTemporalDecoder,
+    unet: UNetSpatioTemporalConditionModel,
+    image_encoder: CLIPVisionModelWithProjection,
+    recipe: TinyWorldRecipe,
+) -> Path:
+    """Write the forward model in SVD's folder layout (float16 weights: the shipped size budget)."""
+    target = folder / "forward_model"
+    pipe = InbetweenPipeline(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=build_scheduler(),
+        feature_extractor=build_feature_extractor(recipe.world.size),
+    )
+    with atomic_folder(target, overwrite=True) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    pipe.to(torch.float32)
+    return target
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 3: the backward adapter, with the project's fine-tuning tool on exactly 100 videos
+
+
+def adapter_config(recipe: TinyWorldRecipe, folder: Path, model: Path) -> TrainConfig:
+    return TrainConfig(
+        data=str(folder / "adapter_videos"),
+        output_dir=str(folder / "adapter"),
+        model=str(model),
+        num_frames=recipe.world.num_frames,
+        stride=1,
+        height=recipe.world.size,
+        width=recipe.world.size,
+        batch_size=recipe.adapter_batch_size,
+        max_steps=recipe.adapter_steps,
+        learning_rate=recipe.adapter_learning_rate,
+        fps=recipe.fps,
+        motion_bucket_id=recipe.motion_bucket_id,
+        noise_aug_strength=recipe.noise_aug_strength,
+        seed=recipe.seed,
+        checkpoint_every=recipe.checkpoint_every,
+        keep_checkpoints=1,
+        resume="latest" if (folder / "adapter" / "checkpoints").is_dir() else None,
+        adapter_dtype="float16",
+        num_workers=0,
+    )
+
+
+def train_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
+    videos = folder / "adapter_videos"
+    if not videos.is_dir():
+        seeds = range(
+            ADAPTER_SEEDS + recipe.seed * recipe.adapter_videos,
+            ADAPTER_SEEDS + (recipe.seed + 1) * recipe.adapter_videos,
+        )
+        with atomic_folder(videos) as tmp:
+            write_dataset(tmp, seeds, recipe.world)
+    return train_backward(adapter_config(recipe, folder, model))
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole recipe
+
+
+def train_tiny_world(folder: str | Path, recipe: TinyWorldRecipe = TinyWorldRecipe()) -> Path:
+    """Run (or resume) all three stages into ``folder``; returns the finished model folder ``folder/tiny_world``
+    (SVD layout + ``backward_adapter.safetensors``), with ``loss_curves.png`` beside it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
+    vae = train_vae(recipe, folder)
+    unet, image_encoder = train_forward(recipe, folder, vae)
+    forward_model = export_forward_model(folder, vae, unet, image_encoder, recipe)
+    adapter = train_adapter(recipe, folder, forward_model)
+    final = folder / "tiny_world"
+    with atomic_folder(final, overwrite=True) as tmp:
+        shutil.copytree(forward_model, tmp, dirs_exist_ok=True)
+        shutil.copy(adapter, tmp / "backward_adapter.safetensors")
+    plot_loss_curves(folder, folder / "loss_curves.png")
+    return final
+
+
+def read_loss_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
+
+
+def plot_loss_curves(folder: Path, output: Path) -> None:
+    """One panel per stage: the loss per step and its 50-step running mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [
+        ("autoencoder (MSE + KL)", folder / "vae" / "loss.jsonl"),
+        ("forward I2V (EDM loss)", folder / "forward" / "loss.jsonl"),
+        ("backward adapter (EDM loss)", folder / "adapter" / "train_log.jsonl"),
+    ]
+    figure, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6))
+    for axis, (title, path) in zip(axes, logs, strict=True):
+        steps, losses = read_loss_log(path)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        if len(losses) == 0:
+            axis.text(0.5, 0.5, "not run", ha="center", transform=axis.transAxes)
+            continue
+        axis.plot(steps, losses, lw=0.5, alpha=0.4, label="per step")
+        window = min(50, len(losses))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1 :], smooth, lw=1.5, label=f"{window}-step mean")
+        axis.set_yscale("log")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
