@@ -212,7 +212,7 @@ def test_loads_svd_folder_layout_and_round_trips(tmp_path, keyframes):
         (dict(num_frames=2), "`num_frames` must be at least 3"),
         (dict(num_inference_steps=0), "`num_inference_steps` must be at least 1"),
         (dict(height=100), "`height` must be a positive multiple of 16, got 100; try 96"),
-        (dict(width=0), "`width` must be a positive multiple of 64"),
+        (dict(width=0), "`width` must be a positive multiple of 16"),
         (dict(noise_injection_ratio=1.5), r"`noise_injection_ratio` must be in \[0, 1\]"),
         (dict(noise_injection_steps=-1), "`noise_injection_steps` must be 0 or more"),
         (dict(fusion="max"), "`fusion` must be one of average, linear"),

@@ -2,8 +2,10 @@
 
 ``inbetween interpolate FIRST LAST -o OUT`` generates the video between two keyframes;
 ``inbetween convert-checkpoint FINETUNED -o adapter.safetensors`` turns a full fine-tuned UNet into
-a backward adapter. Mistakes are reported as one line ``inbetween: error: ...`` with exit code 2,
-before any model is loaded where possible; ``INBETWEEN_DEBUG=1`` shows the traceback instead.
+a backward adapter; ``inbetween train`` fine-tunes one; ``inbetween evaluate --data VIDEOS --out RESULTS``
+scores methods on keyframe pairs and writes a report. Mistakes are reported as one line
+``inbetween: error: ...`` with exit code 2, before any model is loaded where possible;
+``INBETWEEN_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from transformers.utils import logging as transformers_logging
 
 from . import __version__
 from .adapter import BackwardAdapter, convert_full_unet_checkpoint
-from .hub import SVD, SVD_XT, resolve_model_folder
-from .pipeline import InbetweenPipeline
+from .evaluation import EvalConfig, evaluate
+from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_folder
+from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
 from .sampling import FUSIONS
 from .training import TrainConfig, train_backward
 from .video_io import check_output_path, load_image, write_video
@@ -57,7 +60,9 @@ PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
 def _interpolate(args: argparse.Namespace) -> int:
     first, last = load_image(args.first), load_image(args.last)
     _check_keyframes(args.first, first, args.last, last)
-    height, width = InbetweenPipeline.default_size(first, args.height, args.width)
+    configs = local_model_configs(args.model)  # a model on disk fixes its size rules before it loads
+    long_side, multiple = size_rules(*configs) if configs else (DEFAULT_LONG_SIDE, SIZE_MULTIPLE)
+    height, width = InbetweenPipeline.default_size(first, args.height, args.width, long_side, multiple)
     call_kwargs = dict(
         height=height,
         width=width,
@@ -74,7 +79,7 @@ def _interpolate(args: argparse.Namespace) -> int:
         decode_chunk_size=args.decode_chunk_size,
         split_guidance_batch=args.split_guidance_batch,
     )
-    _check_sampling_options(call_kwargs, output_fps=args.output_fps)
+    _check_sampling_options(call_kwargs, output_fps=args.output_fps, size_multiple=multiple)
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = _pick_device(args.device)
@@ -110,7 +115,7 @@ def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: 
         ) from exc
 
 
-def _check_sampling_options(call_kwargs: dict, output_fps: float | None) -> None:
+def _check_sampling_options(call_kwargs: dict, output_fps: float | None, size_multiple: int) -> None:
     """The pipeline's own ``check_inputs``, run before the model loads, plus what only the CLI takes."""
     if call_kwargs["fps"] < 1:
         raise ValueError(f"`--fps` must be at least 1, got {call_kwargs['fps']}")
@@ -132,6 +137,7 @@ def _check_sampling_options(call_kwargs: dict, output_fps: float | None) -> None
             call_kwargs["noise_injection_ratio"],
             chunk,
             output_type="pil",
+            size_multiple=size_multiple,
         )
     except ValueError as exc:
         raise ValueError(_with_flag_names(str(exc))) from exc
@@ -250,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=_train)
     _add_dataclass_arguments(train, TrainConfig)
+    evaluation = commands.add_parser(
+        "evaluate",
+        help="score methods on keyframe pairs from a folder of videos and write a report",
+        description="Draw keyframe pairs from DATA (or reuse the manifest), run each method, score PSNR / SSIM / "
+        "LPIPS / FID / FVD and write summary.md, per_pair.csv, per_frame.png and contact sheets into OUT. "
+        "Re-running into OUT resumes. Several GPUs: `accelerate launch --num_processes N -m inbetween.evaluate ...`.",
+    )
+    evaluation.set_defaults(run=_evaluate)
+    _add_dataclass_arguments(evaluation, EvalConfig)
     return parser
 
 
@@ -285,6 +300,14 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(**values)
     final = train_backward(config)
     print(f"wrote {final}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    config = EvalConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(EvalConfig)})
+    summary = evaluate(config)
+    if summary is not None:  # rank 0 of a launched run, or a plain run
+        print(f"wrote {summary}")
     return 0
 
 
@@ -369,7 +392,12 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         help="noise added to the keyframes before encoding (default: %(default)s)",
     )
     m = p.add_argument_group("model and hardware")
-    m.add_argument("--model", default=SVD_XT, help="Hub id or folder of an SVD model (default: %(default)s)")
+    m.add_argument(
+        "--model",
+        default=SVD_XT,
+        help=f"Hub id or folder of an SVD model, or `{TINY_WORLD}` (the small offline model shipped with inbetween; "
+        "default: %(default)s)",
+    )
     m.add_argument("--variant", help="weights variant, e.g. fp16")
     m.add_argument("--adapter", metavar="PATH", help="backward adapter .safetensors (see convert-checkpoint)")
     m.add_argument(

@@ -9,6 +9,9 @@ from pathlib import Path
 SVD_XT = "stabilityai/stable-video-diffusion-img2vid-xt"
 SVD = "stabilityai/stable-video-diffusion-img2vid"
 UNET_WEIGHTS = "diffusion_pytorch_model"
+# The small model trained on the toy world (inbetween.toyworld_model), shipped inside the package.
+TINY_WORLD = "tiny-world"
+TINY_WORLD_FOLDER = Path(__file__).parent / "assets" / "tiny_world"
 
 
 def download_hint(model: str) -> str:
@@ -24,6 +27,13 @@ def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | N
 
     Raises ``FileNotFoundError`` with a download hint when it is neither a folder nor reachable.
     """
+    if str(model) == TINY_WORLD:
+        if not (TINY_WORLD_FOLDER / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the tiny-world model is missing from this install (`{TINY_WORLD_FOLDER}`); reinstall inbetween "
+                "or rebuild it with `inbetween toyworld train --out runs/tiny_world --install`"
+            )
+        return TINY_WORLD_FOLDER
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -42,6 +52,15 @@ def resolve_model_folder(model: str | os.PathLike, allow_patterns: list[str] | N
             f"model `{model}` is not in the local cache and could not be downloaded ({type(exc).__name__}); "
             + download_hint(str(model))
         ) from exc
+
+
+def local_model_configs(model: str | os.PathLike) -> tuple[dict, dict] | None:
+    """The UNet and VAE configs of ``model`` when it is on disk (no download), else None."""
+    folder = TINY_WORLD_FOLDER if str(model) == TINY_WORLD else Path(model).expanduser()
+    unet, vae = folder / "unet" / "config.json", folder / "vae" / "config.json"
+    if not (unet.is_file() and vae.is_file()):
+        return None
+    return json.loads(unet.read_text()), json.loads(vae.read_text())
 
 
 def find_unet_weight_files(source: str | os.PathLike, variant: str | None = None) -> list[Path]:
@@ -67,3 +86,13 @@ def find_unet_weight_files(source: str | os.PathLike, variant: str | None = None
         f"no `{UNET_WEIGHTS}{suffix}` in `{folder}`; pass a diffusers UNet or pipeline folder"
         + (f" (or check the variant `{variant}`)" if variant else "")
     )
+
+
+def pipeline_allow_patterns(variant: str | None = None) -> list[str]:
+    """Hub file patterns of an SVD pipeline in diffusers' layout with one weights variant: its configs and
+    safetensors, without the other variant or the repo's single-file checkpoints (several GB each)."""
+    configs = ["model_index.json", "*/*.json"]
+    if variant:
+        return [*configs, f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
+    names = ("model", UNET_WEIGHTS)
+    return [*configs, *(pattern for name in names for pattern in (f"*/{name}.safetensors", f"*/{name}-*.safetensors"))]

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -56,6 +57,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 SIZE_MULTIPLE = 64
 DEFAULT_LONG_SIDE = 1024
 ASPECT_TOLERANCE = 0.02
+ADAPTER_FILE = "backward_adapter.safetensors"  # a model folder's own adapter, loaded by from_pretrained
 
 
 @dataclass
@@ -125,6 +127,20 @@ class InbetweenPipeline(DiffusionPipeline):
         _check_scheduler(scheduler)
         install_rotation(self.unet)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> InbetweenPipeline:
+        """diffusers' ``from_pretrained``, plus: every component in float32 unless ``dtype`` is given (transformers
+        would keep a float16 checkpoint's dtype for the image encoder alone), and a folder's own
+        ``backward_adapter.safetensors`` is loaded (pass ``load_adapter=False`` to skip it)."""
+        load_adapter = kwargs.pop("load_adapter", True)
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = torch.float32
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        adapter = Path(pretrained_model_name_or_path) / ADAPTER_FILE
+        if load_adapter and adapter.is_file():
+            pipe.load_backward_adapter(adapter)
+        return pipe
+
     # adapter ----------------------------------------------------------------------------------
 
     def load_backward_adapter(self, adapter: BackwardAdapter | str | os.PathLike) -> None:
@@ -147,14 +163,12 @@ class InbetweenPipeline(DiffusionPipeline):
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this: the VAE's and the UNet's downsampling together (64 for SVD)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return size_rules(self.unet.config, self.vae.config)[1]
 
     @property
     def default_long_side(self) -> int:
-        """SVD-sized models default to SVD's 1024 x 576 training size; smaller ones to their UNet's sample size."""
-        if self.size_multiple == SIZE_MULTIPLE:
-            return DEFAULT_LONG_SIDE
-        return self.unet.config.sample_size * self.vae_scale_factor
+        """The long side of the output when no size is given (1024 for SVD)."""
+        return size_rules(self.unet.config, self.vae.config)[0]
 
     @staticmethod
     def default_size(
@@ -445,7 +459,8 @@ class InbetweenPipeline(DiffusionPipeline):
         uses_backward = fusion != "forward"
         if uses_backward and not rotation and self.has_backward_adapter:
             logger.warning(
-                "`rotation=False`: the backward branch uses its own attention and base weights; the loaded adapter is unused"
+                "`rotation=False`: the backward branch uses its own attention and base weights; "
+                "the loaded adapter is unused"
             )
         if uses_backward and rotation and not self.has_backward_adapter:
             logger.warning(
@@ -514,6 +529,19 @@ class InbetweenPipeline(DiffusionPipeline):
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.maybe_free_model_hooks()
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+def size_rules(unet_config: dict, vae_config: dict) -> tuple[int, int]:
+    """``(default long side, size multiple)`` of a model from its UNet and VAE configs.
+
+    The multiple is the VAE's downsampling times the UNet's. SVD-sized models (multiple 64) default to SVD's
+    1024 x 576 training size (their config's ``sample_size`` says 768); smaller ones to their UNet's sample size.
+    """
+    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    multiple = vae_scale * 2 ** (len(unet_config["block_out_channels"]) - 1)
+    if multiple == SIZE_MULTIPLE:
+        return DEFAULT_LONG_SIDE, multiple
+    return unet_config["sample_size"] * vae_scale, multiple
 
 
 def clip_image_embeddings(

@@ -35,7 +35,7 @@ from .attention import dual_mode, install_rotation, recording_forward, replaying
 from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .data import ClipDataset, ClipSpec
 from .hub import SVD, resolve_model_folder
-from .pipeline import InbetweenPipeline
+from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .sampling import edm_scalings
 
 logger = logging.getLogger(__name__)
@@ -452,7 +452,7 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
 
-    final = output_dir / "backward_adapter.safetensors"
+    final = output_dir / ADAPTER_FILE
     if accelerator.is_main_process:
         adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
         adapter.save(final, dtype=getattr(torch, config.adapter_dtype), overwrite=True)

@@ -36,7 +36,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .checkpoints import optimizer_tensors, restore_optimizer
 from .files import atomic_folder
-from .pipeline import CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
+from .hub import TINY_WORLD_FOLDER
+from .pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from .sampling import edm_scalings
 from .toyworld import WorldConfig, generate_video, write_dataset
 from .training import TrainConfig, edm_loss, train_backward, unet_inputs
@@ -461,7 +462,7 @@ def train_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
 
 def train_tiny_world(folder: str | Path, recipe: TinyWorldRecipe = TinyWorldRecipe()) -> Path:
     """Run (or resume) all three stages into ``folder``; returns the finished model folder ``folder/tiny_world``
-    (SVD layout + ``backward_adapter.safetensors``), with ``loss_curves.png`` beside it."""
+    (SVD layout + its backward adapter), with ``loss_curves.png`` beside it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
@@ -472,9 +473,16 @@ def train_tiny_world(folder: str | Path, recipe: TinyWorldRecipe = TinyWorldReci
     final = folder / "tiny_world"
     with atomic_folder(final, overwrite=True) as tmp:
         shutil.copytree(forward_model, tmp, dirs_exist_ok=True)
-        shutil.copy(adapter, tmp / "backward_adapter.safetensors")
+        shutil.copy(adapter, tmp / ADAPTER_FILE)
     plot_loss_curves(folder, folder / "loss_curves.png")
     return final
+
+
+def install_tiny_world(model: Path, target: Path = TINY_WORLD_FOLDER, overwrite: bool = True) -> Path:
+    """Copy a trained tiny-world model folder into the package (what ``--model tiny-world`` loads)."""
+    with atomic_folder(target, overwrite=overwrite) as tmp:
+        shutil.copytree(model, tmp, dirs_exist_ok=True)
+    return target
 
 
 def read_loss_log(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,626 @@
+"""The evaluation harness: keyframe pairs from real videos, any set of methods, standard metrics, a report.
+
+    inbetween evaluate --data videos/ --methods blend,flow,forward,gi --adapter adapter.safetensors --out results/
+    accelerate launch --num_processes 4 -m inbetween.evaluate --data videos/ ... --out results/
+
+Steps: (1) draw keyframe pairs (`inbetween.pairs`) or reuse the manifest; (2) every process takes its share of the
+pairs and, per (pair, method) without a result yet, generates the in-between video, saves its frames and a JSON of
+per-frame PSNR / SSIM / LPIPS, each written atomically, so a killed run loses nothing and a re-run recomputes
+nothing already complete; (3) rank 0 merges, computes FID (all in-between frames) and FVD (I3D, VideoMAE; whole
+clips) and writes the report (`inbetween.report`). Metrics whose network weights are unavailable are reported as
+skipped with the reason, never estimated.
+
+Out folder layout: manifest.json, settings.json, frames/<method>/<pair>.npz ((N, H, W, 3) uint8),
+results/<method>/<pair>.json, and the report files (summary.md, per_pair.csv, per_frame.png, contact_sheets/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .adapter import BackwardAdapter
+from .files import atomic_output
+from .flow import interpolate_flow
+from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
+from .metrics import frechet_distance_of_features, psnr, ssim
+from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
+from .pairs import KeyframePair, PairSpec, blend, build_pairs, load_manifest, load_pair, save_manifest
+from .pipeline import ADAPTER_FILE, InbetweenPipeline
+from .report import EvalSummary, write_contact_sheet, write_report
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FVD_CLIP_FRAMES = 16  # FVD's convention (Unterthiner et al. 2018); VideoMAE's position table is fixed to it
+SET_METRICS = ("fid", "fvd_i3d", "fvd_videomae")
+# Settings that change the generated frames: a re-run into the same out folder must keep them.
+GENERATION_SETTINGS = (
+    "model",
+    "variant",
+    "adapter",
+    "num_inference_steps",
+    "noise_injection_steps",
+    "noise_injection_ratio",
+    "fusion",
+    "dtype",
+)
+MANIFEST_NAME, SETTINGS_NAME = "manifest.json", "settings.json"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run. Defaults are the paper's protocol: SVD-XT, 25 frames 1024x576, pairs 24 frames apart,
+    50 steps, 5 noise re-injections in the first half of the steps."""
+
+    data: str  # folder of videos and/or frame folders (DAVIS: .../JPEGImages/480p)
+    out: str  # results folder; a re-run into it resumes
+    methods: str | tuple[str, ...] = "blend,flow,forward,gi"  # comma-separated names of `METHODS`; stored as a tuple
+    model: str = SVD_XT  # SVD folder or Hub id (only loaded when a method needs it)
+    variant: str | None = None  # weights variant of `model`, e.g. fp16
+    adapter: str | None = None  # backward adapter .safetensors for `gi`; default: the model folder's own, if any
+    manifest: str | None = None  # pairs manifest to reuse (written here if missing); default <out>/manifest.json
+    num_frames: int = 25  # generated frames, keyframes included
+    gap: int | None = None  # source frames between the keyframes; None: num_frames - 1
+    pairs_per_video: int = 1
+    height: int = 576
+    width: int = 1024
+    seed: int = 0  # draws the pairs and, with each pair's name, the noise of every pipeline method
+    num_inference_steps: int = 50
+    noise_injection_steps: int = 5  # re-injections per step for gi, gi-no-ft and trf (0: none)
+    noise_injection_ratio: float = 0.5  # fraction of the steps with re-injection
+    fusion: str = "average"  # how gi, gi-no-ft and trf fuse their two branches: average or linear
+    decode_chunk_size: int | None = None  # VAE frames per decode (default: all)
+    device: str = "auto"  # auto: the accelerator's device (cuda:<rank> when launched on GPUs), else cpu
+    dtype: str = "auto"  # of the video model; auto: float16 on cuda, float32 elsewhere (metric networks: float32)
+    inception_weights: str | None = None  # FID InceptionV3 file; None: cache or download (docs/metrics.md)
+    i3d_weights: str | None = None  # FVD I3D file; None: cache or download
+    videomae_weights: str | None = None  # VideoMAE folder, file or Hub id; None: MCG-NJU/videomae-base
+    lpips_backbone_weights: str | None = None  # torchvision AlexNet file; None: cache or download
+    lpips_linear_weights: str | None = None  # lpips v0.1 alex.pth; None: cache or download
+    contact_sheets: bool = True  # one PNG per pair: ground truth and every method, all frames
+
+    def __post_init__(self) -> None:
+        names = self.methods.split(",") if isinstance(self.methods, str) else list(self.methods)
+        names = [name.strip() for name in names if name.strip()]
+        object.__setattr__(self, "methods", tuple(names))  # frozen: normalise once, here
+        if not names:
+            raise ValueError(f"`methods` must name at least one of {', '.join(METHODS)}")
+        unknown = [name for name in names if name not in METHODS]
+        if unknown:
+            raise ValueError(
+                f"unknown method {', '.join(map(repr, unknown))} in `methods`; known: {', '.join(METHODS)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"`methods` lists a method twice: {','.join(names)}")
+        needs_adapter = [name for name in names if METHODS[name].needs_adapter]
+        if needs_adapter and self.adapter_file is None:
+            raise ValueError(
+                f"method {needs_adapter[0]!r} needs a backward adapter: pass `adapter` (--adapter file.safetensors), "
+                "or use `gi-no-ft` for the base weights"
+            )
+        if self.num_frames < 3:
+            raise ValueError(
+                f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}"
+            )
+        self.pair_spec  # noqa: B018 - PairSpec validates gap, pairs_per_video, height, width, seed
+        if self.num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {self.num_inference_steps}")
+        if self.noise_injection_steps < 0:
+            raise ValueError(f"`noise_injection_steps` must be 0 or more, got {self.noise_injection_steps}")
+        if not 0.0 <= self.noise_injection_ratio <= 1.0:
+            raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
+        if self.fusion not in ("average", "linear"):
+            raise ValueError(f"`fusion` must be average or linear, got {self.fusion!r}")
+        if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
+            raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ValueError(f"`dtype` must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def pair_spec(self) -> PairSpec:
+        return PairSpec(self.num_frames, self.gap, self.pairs_per_video, self.height, self.width, self.seed)
+
+    @property
+    def adapter_file(self) -> str | None:
+        """`adapter`, else the model folder's own adapter file (loaded by `from_pretrained`), else None."""
+        if self.adapter is not None:
+            return self.adapter
+        folder = TINY_WORLD_FOLDER if self.model == TINY_WORLD else Path(self.model).expanduser()
+        return str(folder / ADAPTER_FILE) if (folder / ADAPTER_FILE).is_file() else None
+
+
+# methods ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keyframes:
+    """What a method sees of a pair: the two keyframes, never the ground truth between them."""
+
+    first: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    last: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    num_frames: int  # frames to return, keyframes included
+    seed: int  # derived from (EvalConfig.seed, pair name): the same noise for every method and process count
+
+
+class Runtime:
+    """What methods share in one process: the settings, the device, and the video model, loaded on first use."""
+
+    def __init__(self, config: EvalConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self._pipe: InbetweenPipeline | None = None
+        self._adapter: BackwardAdapter | None = None
+
+    def pipeline(self, adapter: bool) -> InbetweenPipeline:
+        """The pipeline with the backward adapter loaded (`adapter`) or the base weights in the backward branch."""
+        if self._pipe is None:
+            self._pipe = load_pipeline(self.config, self.device)
+        if adapter:
+            if self._adapter is None:
+                self._adapter = BackwardAdapter.load(self.config.adapter_file)
+            self._pipe.load_backward_adapter(self._adapter)
+        else:
+            self._pipe.unload_backward_adapter()
+        return self._pipe
+
+    def sample(
+        self,
+        keyframes: Keyframes,
+        adapter: bool,
+        rotation: bool = True,
+        fusion: str | None = None,
+        noise_injection: bool = True,
+    ) -> np.ndarray:
+        """Run the pipeline on one pair; returns (N, H, W, 3) uint8. `fusion` None: the config's."""
+        config = self.config
+        pipe = self.pipeline(adapter)
+        # CPU generator: the same numbers on every device, so results do not depend on where a pair ran.
+        generator = torch.Generator("cpu").manual_seed(keyframes.seed)
+        with _quiet_pipeline_warnings():  # the base-weights ablations warn about their missing adapter every call
+            frames = pipe(
+                keyframes.first[None],
+                keyframes.last[None],
+                height=config.height,
+                width=config.width,
+                num_frames=keyframes.num_frames,
+                num_inference_steps=config.num_inference_steps,
+                fusion=fusion or config.fusion,
+                rotation=rotation,
+                noise_injection_steps=config.noise_injection_steps if noise_injection else 0,
+                noise_injection_ratio=config.noise_injection_ratio,
+                decode_chunk_size=config.decode_chunk_size,
+                generator=generator,
+                output_type="np",
+            ).frames[0]  # (N, H, W, 3) float in [0, 1]
+        return to_uint8(frames)
+
+
+def gi(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """The full method: rotated temporal attention + the fine-tuned backward adapter (Wang et al. 2025)."""
+    return runtime.sample(keyframes, adapter=True)
+
+
+def gi_no_ft(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """Ablation: rotated attention, base weights in the backward branch (no backward fine-tuning)."""
+    return runtime.sample(keyframes, adapter=False)
+
+
+def trf(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """Time-reversal fusion (Feng et al. 2024): the backward branch is the base model with its own attention."""
+    return runtime.sample(keyframes, adapter=False, rotation=False)
+
+
+def forward(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """Plain SVD image-to-video from the first keyframe (the last keyframe is ignored; no re-injection)."""
+    return runtime.sample(keyframes, adapter=False, fusion="forward", noise_injection=False)
+
+
+def blend_frames(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """Linear cross-fade of the keyframes (`pairs.blend`)."""
+    frames = blend(keyframes.first, keyframes.last, keyframes.num_frames)  # (N, 3, H, W) in [0, 1]
+    return to_uint8(frames.permute(0, 2, 3, 1).numpy())
+
+
+def flow_frames(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """Optical-flow interpolation (OpenCV DIS, `flow.interpolate_flow`)."""
+    first, last = (frame.permute(1, 2, 0).numpy() for frame in (keyframes.first, keyframes.last))
+    return interpolate_flow(first, last, keyframes.num_frames)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to fill in a pair: `run(keyframes, runtime) -> (N, H, W, 3) uint8`, keyframes included."""
+
+    name: str
+    run: Callable[[Keyframes, Runtime], np.ndarray]
+    uses_model: bool = False  # runs the video model (documentation; the model loads on first use)
+    needs_adapter: bool = False  # needs EvalConfig.adapter
+    needs_module: str | None = None  # an optional package it imports
+
+
+# Adding a method: one function above and one entry here.
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("gi", gi, uses_model=True, needs_adapter=True),
+        Method("gi-no-ft", gi_no_ft, uses_model=True),
+        Method("trf", trf, uses_model=True),
+        Method("forward", forward, uses_model=True),
+        Method("blend", blend_frames),
+        Method("flow", flow_frames, needs_module="cv2"),
+    )
+}
+
+
+# helpers ------------------------------------------------------------------------------------------
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded to nearest."""
+    return np.rint(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def pair_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from the run's seed and a pair's name (a stable digest, not the salted `hash`)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+@contextmanager
+def _quiet_pipeline_warnings() -> Iterator[None]:
+    logger = logging.getLogger("inbetween.pipeline")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_pipeline(config: EvalConfig, device: torch.device) -> InbetweenPipeline:
+    """The video model of `config` on `device`, progress bar off (the harness shows its own, over pairs)."""
+    if config.dtype != "auto":
+        dtype = DTYPES[config.dtype]
+    else:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    folder = resolve_model_folder(config.model, allow_patterns=pipeline_allow_patterns(config.variant))
+    pipe = InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=config.variant)
+    pipe.unload_backward_adapter()  # a folder's own adapter is loaded again by the methods that use it
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def frames_path(out: Path, method: str, pair: str) -> Path:
+    return out / "frames" / method / f"{pair}.npz"
+
+
+def result_path(out: Path, method: str, pair: str) -> Path:
+    return out / "results" / method / f"{pair}.json"
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write `document` atomically (temporary file + rename), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def save_frames(path: Path, frames: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, frames=frames)
+
+
+def load_frames(path: Path) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames saved by `save_frames`."""
+    with np.load(path) as data:
+        return data["frames"]
+
+
+def as_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+def clip_indices(num_frames: int, length: int = FVD_CLIP_FRAMES) -> list[int]:
+    """`length` evenly spaced frame indices (nearest) over a clip of `num_frames`, repeating frames if shorter."""
+    return np.rint(np.linspace(0, num_frames - 1, length)).astype(int).tolist()
+
+
+# metrics --------------------------------------------------------------------------------------------
+
+
+def load_lpips_or_reason(config: EvalConfig, device: torch.device) -> tuple[torch.nn.Module | None, str | None]:
+    try:
+        return load_lpips(config.lpips_backbone_weights, config.lpips_linear_weights, device=device), None
+    except MissingWeightsError as exc:
+        return None, _one_line(exc)
+
+
+def score_frames(frames: np.ndarray, truth: torch.Tensor, lpips: torch.nn.Module | None) -> dict[str, list | None]:
+    """Per-frame PSNR (dB), SSIM and LPIPS of the in-between frames (keyframes excluded).
+
+    `frames`: (N, H, W, 3) uint8 generated; `truth`: (N, 3, H, W) float32 in [0, 1]. Returns lists of N - 2 floats
+    (LPIPS None without its network).
+    """
+    fake, real = as_tensor(frames)[1:-1], truth[1:-1]
+    scores = {"psnr": psnr(fake, real).tolist(), "ssim": ssim(fake, real).tolist(), "lpips": None}
+    if lpips is not None:
+        device = next(lpips.parameters()).device
+        with torch.no_grad():
+            scores["lpips"] = lpips(fake.to(device) * 2 - 1, real.to(device) * 2 - 1).float().cpu().tolist()
+    return scores
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@dataclass
+class SetMetric:
+    """A set-level metric of one method: its value over `samples` samples, or why it was skipped."""
+
+    value: float | None
+    samples: int
+    skipped: str | None = None
+
+
+def load_feature_networks(config: EvalConfig, device: torch.device) -> tuple[dict, dict[str, str]]:
+    """{metric: network} for the set-level metrics whose weights are available, and {metric: reason} for the rest."""
+    loaders = {
+        "fid": partial(load_inception, config.inception_weights, device=device),
+        "fvd_i3d": partial(load_i3d, config.i3d_weights, device=device),
+        "fvd_videomae": partial(load_videomae, config.videomae_weights, device=device),
+    }
+    networks, skipped = {}, {}
+    for metric, load in loaders.items():
+        try:
+            networks[metric] = load()
+        except MissingWeightsError as exc:
+            skipped[metric] = _one_line(exc)
+    return networks, skipped
+
+
+@torch.no_grad()
+def set_features(networks: dict, video: torch.Tensor) -> dict[str, np.ndarray]:
+    """Features of one video, (N, 3, H, W) in [0, 1]: Inception of each in-between frame, I3D/VideoMAE of the clip
+    resampled to 16 frames (`clip_indices`)."""
+    features = {}
+    for metric, net in networks.items():
+        device = next(net.parameters()).device
+        if metric == "fid":
+            x = video[1:-1].to(device) * 2 - 1  # (N - 2, 3, H, W)
+        else:
+            x = video[clip_indices(len(video))].permute(1, 0, 2, 3)[None].to(device) * 2 - 1  # (1, 3, 16, H, W)
+        features[metric] = net.features(x).double().cpu().numpy()
+    return features
+
+
+def frechet(real: list[np.ndarray], fake: list[np.ndarray], reason: str | None) -> SetMetric:
+    if reason is not None:
+        return SetMetric(None, 0, reason)
+    real_features, fake_features = np.concatenate(real), np.concatenate(fake)
+    samples = len(fake_features)
+    if samples < 2 or len(real_features) < 2:
+        return SetMetric(None, samples, f"needs at least 2 samples, got {samples}")
+    return SetMetric(frechet_distance_of_features(real_features, fake_features), samples)
+
+
+# run ------------------------------------------------------------------------------------------------
+
+
+def check_environment(config: EvalConfig) -> None:
+    """Fail before any work when an optional package, the adapter or an explicit weight file is missing."""
+    for name in config.methods:
+        module = METHODS[name].needs_module
+        if module and importlib.util.find_spec(module) is None:
+            raise ValueError(f'method `{name}` needs the `{module}` package: pip install "inbetween[eval]"')
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError('the report plot needs matplotlib: pip install "inbetween[eval]"')
+    if config.adapter is not None and not Path(config.adapter).is_file():
+        raise FileNotFoundError(f"adapter `{config.adapter}` not found; pass a .safetensors backward adapter")
+    for field in ("inception_weights", "i3d_weights", "lpips_backbone_weights", "lpips_linear_weights"):
+        path = getattr(config, field)
+        if path is not None and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"`{field}` file `{path}` not found; pass an existing file or leave it unset")
+    if not Path(config.data).exists():
+        raise FileNotFoundError(f"data folder `{config.data}` not found; pass a folder of videos or frame folders")
+
+
+def generation_settings(config: EvalConfig) -> dict:
+    settings = {name: getattr(config, name) for name in GENERATION_SETTINGS}
+    if config.adapter_file is not None:
+        settings["adapter"] = os.path.abspath(config.adapter_file)
+    return settings
+
+
+def resolve_pairs(config: EvalConfig) -> list[KeyframePair]:
+    """The run's pairs: from `config.manifest` or `<out>/manifest.json` if present, else drawn from `config.data`.
+
+    Raises ValueError when a manifest or the out folder's settings disagree with `config` (nothing is written).
+    """
+    out, spec = Path(config.out), config.pair_spec
+    given = Path(config.manifest) if config.manifest else None
+    if given is not None and given.is_file():
+        pairs, found = load_manifest(given)
+        _check_spec(found, spec, f"manifest `{given}`")
+    elif (out / MANIFEST_NAME).is_file():
+        pairs, found = load_manifest(out / MANIFEST_NAME)
+        _check_spec(found, spec, f"out folder `{out}`")
+        data = os.path.realpath(config.data)
+        elsewhere = [p.source for p in pairs if os.path.commonpath([data, os.path.realpath(p.source)]) != data]
+        if elsewhere:
+            raise ValueError(
+                f"out folder `{out}` holds a manifest for other data (`{elsewhere[0]}` is not in `{config.data}`); "
+                "use a new --out"
+            )
+    else:
+        pairs = build_pairs(Path(config.data).absolute(), spec)
+    if (out / MANIFEST_NAME).is_file():
+        existing, _ = load_manifest(out / MANIFEST_NAME)
+        if _identities(existing) != _identities(pairs):
+            raise ValueError(f"out folder `{out}` holds a different manifest ({len(existing)} pairs); use a new --out")
+    if (out / SETTINGS_NAME).is_file():
+        stored = json.loads((out / SETTINGS_NAME).read_text())
+        changed = {k: (stored.get(k), v) for k, v in generation_settings(config).items() if stored.get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items())
+            raise ValueError(f"out folder `{out}` was run with {listed}; use a new --out or the same settings")
+    return pairs
+
+
+def _identities(pairs: list[KeyframePair]) -> list[tuple]:
+    return [(os.path.realpath(p.source), p.start, p.gap, p.name) for p in pairs]
+
+
+def _check_spec(found: PairSpec, wanted: PairSpec, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(PairSpec) if getattr(found, f.name) != getattr(wanted, f.name)]
+    if names:
+        drawn = ", ".join(f"{name}={getattr(found, name)!r}" for name in names)
+        asked = ", ".join(f"{name}={getattr(wanted, name)!r}" for name in names)
+        raise ValueError(
+            f"{where} has pairs drawn with {drawn} but the settings ask for {asked}; "
+            "pass matching options or a new manifest / --out"
+        )
+
+
+def prepare_out(config: EvalConfig, pairs: list[KeyframePair]) -> None:
+    """Create the out folder with its manifest (and `config.manifest` if it was asked for) and settings."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.manifest and not Path(config.manifest).is_file():
+        Path(config.manifest).parent.mkdir(parents=True, exist_ok=True)
+        save_manifest(pairs, config.pair_spec, config.manifest)
+    if not (out / MANIFEST_NAME).is_file():
+        save_manifest(pairs, config.pair_spec, out / MANIFEST_NAME)
+    write_json(out / SETTINGS_NAME, generation_settings(config))
+
+
+def run_pair(
+    pair: KeyframePair,
+    config: EvalConfig,
+    runtime: Runtime,
+    lpips: torch.nn.Module | None,
+    lpips_skipped: str | None,
+    process: int = 0,
+) -> int:
+    """Generate and score every method without a result for `pair`; returns how many it generated."""
+    out = Path(config.out)
+    todo = [name for name in config.methods if not result_path(out, name, pair.name).is_file()]
+    if not todo:
+        return 0
+    data = load_pair(pair, config.pair_spec)
+    keyframes = Keyframes(data["first"], data["last"], config.num_frames, pair_seed(config.seed, pair.name))
+    for name in todo:
+        start = time.perf_counter()
+        frames = METHODS[name].run(keyframes, runtime)
+        expected = (config.num_frames, config.height, config.width, 3)
+        if frames.shape != expected or frames.dtype != np.uint8:
+            raise ValueError(f"method `{name}` returned {frames.dtype} {frames.shape}; expected uint8 {expected}")
+        seconds = time.perf_counter() - start
+        save_frames(frames_path(out, name, pair.name), frames)
+        scores = score_frames(frames, data["ground_truth"], lpips)
+        document = {
+            "method": name,
+            "pair": pair.name,
+            "seed": keyframes.seed,
+            "frames": list(range(1, config.num_frames - 1)),
+            **scores,
+            "lpips_skipped": lpips_skipped if scores["lpips"] is None else None,
+            "seconds": seconds,
+            "process": process,
+        }
+        write_json(result_path(out, name, pair.name), document)  # last: its presence marks the result complete
+    return len(todo)
+
+
+def pick_device(config: EvalConfig, accelerator: Accelerator) -> torch.device:
+    if config.device == "cpu":
+        return torch.device("cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("`device` cuda is not available on this machine; use `--device cpu`")
+    return accelerator.device
+
+
+def evaluate(config: EvalConfig) -> Path | None:
+    """Run the evaluation of `config`; returns the summary.md path on rank 0, None on the other processes."""
+    check_environment(config)
+    pairs = resolve_pairs(config)  # every rank: same pairs, and the same user errors before anything is written
+    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    if accelerator.is_main_process:
+        prepare_out(config, pairs)
+    accelerator.wait_for_everyone()
+    device = pick_device(config, accelerator)
+    runtime = Runtime(config, device)
+    lpips, lpips_skipped = load_lpips_or_reason(config, device)
+
+    mine = pairs[accelerator.process_index :: accelerator.num_processes]
+    bar = tqdm(mine, desc="pairs", unit="pair", disable=not accelerator.is_main_process)
+    for pair in bar:
+        run_pair(pair, config, runtime, lpips, lpips_skipped, accelerator.process_index)
+    del runtime, lpips  # the video model leaves the device before rank 0 loads the feature networks
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+
+    summary = merge(config, pairs, device, accelerator.num_processes)
+    return write_report(Path(config.out), summary)
+
+
+def merge(config: EvalConfig, pairs: list[KeyframePair], device: torch.device, num_processes: int) -> EvalSummary:
+    """Read every per-pair result, compute the set-level metrics and contact sheets (rank 0 only)."""
+    out = Path(config.out)
+    missing = [
+        str(result_path(out, m, p.name))
+        for m in config.methods
+        for p in pairs
+        if not result_path(out, m, p.name).is_file()
+    ]
+    if missing:
+        raise RuntimeError(f"{len(missing)} results missing after all processes finished, e.g. `{missing[0]}`")
+    rows = [json.loads(result_path(out, m, p.name).read_text()) for m in config.methods for p in pairs]
+    networks, skipped = load_feature_networks(config, device)
+    real: dict[str, list] = {metric: [] for metric in networks}
+    fake: dict[str, dict[str, list]] = {name: {metric: [] for metric in networks} for name in config.methods}
+    for pair in tqdm(pairs, desc="set metrics", unit="pair"):
+        truth = load_pair(pair, config.pair_spec)["ground_truth"]  # (N, 3, H, W)
+        for metric, value in set_features(networks, truth).items():
+            real[metric].append(value)
+        videos = {name: load_frames(frames_path(out, name, pair.name)) for name in config.methods}
+        for name, frames in videos.items():
+            for metric, value in set_features(networks, as_tensor(frames)).items():
+                fake[name][metric].append(value)
+        if config.contact_sheets:
+            ground_truth = to_uint8(truth.permute(0, 2, 3, 1).numpy())
+            write_contact_sheet(out / "contact_sheets" / f"{pair.name}.png", {"ground truth": ground_truth, **videos})
+    set_metrics = {
+        name: {
+            metric: frechet(real.get(metric, []), fake[name].get(metric, []), skipped.get(metric))
+            for metric in SET_METRICS
+        }
+        for name in config.methods
+    }
+    return EvalSummary(config=config, pairs=pairs, rows=rows, set_metrics=set_metrics, num_processes=num_processes)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main
+
+    raise SystemExit(main(["evaluate", *sys.argv[1:]]))
