@@ -34,6 +34,7 @@ from .evaluation import EvalConfig, evaluate
 from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_folder
 from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
 from .sampling import FUSIONS
+from .toyworld_eval import TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
 from .training import TrainConfig, train_backward
 from .video_io import check_output_path, load_image, write_video
 
@@ -265,7 +266,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.set_defaults(run=_evaluate)
     _add_dataclass_arguments(evaluation, EvalConfig)
+    demo = commands.add_parser(
+        "demo",
+        help="see the method work offline in under a minute (the bundled tiny-world model)",
+        description="Interpolate bundled toy-world keyframe pairs with the shipped tiny model; write the videos "
+        "and a comparison sheet (ground truth, cross-fade, forward-only, dual without fine-tuning, full method).",
+    )
+    demo.set_defaults(run=_demo)
+    demo.add_argument("--out", default="inbetween-demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    demo.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default: %(default)s)")
+    _add_tiny_world_sampling_arguments(demo)
+    toyworld = commands.add_parser(
+        "toyworld",
+        help="train the tiny-world model, or check the paper's claims with it",
+        description="The toy world of bouncing balls: reproduce the shipped model, or evaluate the methods on it.",
+    )
+    world_commands = toyworld.add_subparsers(dest="toyworld_command", required=True, metavar="COMMAND")
+    world_train = world_commands.add_parser(
+        "train",
+        help="train autoencoder, forward I2V model and backward adapter from a seed (resumable)",
+        description="Three resumable stages into OUT (re-run the same command to resume); about two hours on 2 "
+        "CPU cores. Settings: inbetween.toyworld_model.TinyWorldRecipe.",
+    )
+    world_train.set_defaults(run=_toyworld_train)
+    world_train.add_argument("--out", required=True, help="run folder (checkpoints, logs, the model)")
+    world_train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    world_train.add_argument(
+        "--install", action="store_true", help="copy the finished model into the package (what `tiny-world` loads)"
+    )
+    world_eval = world_commands.add_parser(
+        "evaluate",
+        help="ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs",
+        description="Interpolate held-out toy-world pairs with every method and print a table with 95 %% intervals.",
+    )
+    world_eval.set_defaults(run=_toyworld_evaluate)
+    world_eval.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    world_eval.add_argument("--pairs", type=int, default=64, help="held-out pairs (default: %(default)s)")
+    _add_tiny_world_sampling_arguments(world_eval)
+    world_eval.add_argument("--out", help="also write summary.md and per_pair.json here")
+    world_eval.add_argument("--overwrite", action="store_true", help="replace files in OUT")
     return parser
+
+
+def _add_tiny_world_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=TINY_WORLD_STEPS, help="sampling steps (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=TINY_WORLD_GUIDANCE, help="max guidance, 1 = none (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same videos (default: %(default)s)")
 
 
 def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> None:
@@ -308,6 +355,47 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
         print(f"wrote {summary}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = run_demo(
+        args.out,
+        pairs=args.pairs,
+        num_inference_steps=args.steps,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        guidance_scale=args.guidance,
+    )
+    print(
+        f"wrote {out}/: comparison.png (rows: ground truth, cross-fade, forward-only, dual no fine-tuning, full "
+        f"method), one mp4 per pair and method, and the keyframes as PNG"
+    )
+    print(f"try: inbetween interpolate {out}/pair0-first.png {out}/pair0-last.png -o pair0.mp4 --model {TINY_WORLD}")
+    return 0
+
+
+def _toyworld_train(args: argparse.Namespace) -> int:
+    from .toyworld_model import TinyWorldRecipe, install_tiny_world, train_tiny_world
+
+    model = train_tiny_world(args.out, TinyWorldRecipe(seed=args.seed))
+    print(f"wrote {model} and {Path(args.out) / 'loss_curves.png'}")
+    if args.install:
+        print(f"installed into {install_tiny_world(model)}")
+    return 0
+
+
+def _toyworld_evaluate(args: argparse.Namespace) -> int:
+    from .toyworld_eval import run_evaluation
+
+    table = run_evaluation(
+        args.out, args.model, args.pairs, args.steps, args.seed, overwrite=args.overwrite, guidance_scale=args.guidance
+    )
+    print(table)
+    if args.out:
+        print(f"wrote {args.out}/summary.md and per_pair.json")
     return 0
 
 

@@ -15,11 +15,14 @@ from PIL import Image, ImageDraw
 
 from .files import atomic_folder
 from .hub import TINY_WORLD
+from .report import contact_sheet
 from .toyworld_eval import (
     CROSSFADE,
     DUAL_NO_FT,
     FORWARD_ONLY,
     FULL,
+    TINY_WORLD_GUIDANCE,
+    TINY_WORLD_STEPS,
     heldout_videos,
     interpolate_videos,
     load_tiny_world,
@@ -29,7 +32,6 @@ from .video_io import write_video
 DEMO_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL)
 GROUND_TRUTH = "ground truth"
 ZOOM = 4  # the world is 32 px: videos and the sheet are enlarged with nearest-neighbour pixels to stay sharp
-LABEL_WIDTH = 190
 
 
 def slug(name: str) -> str:
@@ -42,31 +44,32 @@ def enlarge(frames: np.ndarray, zoom: int = ZOOM) -> np.ndarray:
 
 
 def comparison_sheet(rows: dict[str, np.ndarray], pair_names: list[str]) -> Image.Image:
-    """One block per pair, one row per method (``rows[name]`` is ``(P, N, H, W, 3)`` uint8), frames left to right."""
-    first = next(iter(rows.values()))
-    pairs, frames, height, width, _ = first.shape
-    tile_h, tile_w, gap = height * ZOOM, width * ZOOM, 2
-    block_h = len(rows) * (tile_h + gap) + 24
-    sheet = Image.new("RGB", (LABEL_WIDTH + frames * (tile_w + gap), pairs * block_h), "white")
-    draw = ImageDraw.Draw(sheet)
-    for p in range(pairs):
-        top = p * block_h
-        draw.text((4, top + 4), f"{pair_names[p]}: frame 0 ... {frames - 1} (keyframes at both ends)", fill="black")
-        for r, (name, videos) in enumerate(rows.items()):
-            y = top + 24 + r * (tile_h + gap)
-            draw.text((4, y + tile_h // 2 - 6), name, fill="black")
-            for f in range(frames):
-                sheet.paste(Image.fromarray(enlarge(videos[p, f])), (LABEL_WIDTH + f * (tile_w + gap), y))
-    return sheet
+    """One contact sheet per pair (``rows[name]`` is ``(P, N, H, W, 3)`` uint8), stacked under a title each."""
+    sheets = [
+        contact_sheet({name: videos[p] for name, videos in rows.items()}, zoom=ZOOM) for p in range(len(pair_names))
+    ]
+    title_height = 20
+    page = Image.new("RGB", (sheets[0].width, len(sheets) * (sheets[0].height + title_height)), "white")
+    draw = ImageDraw.Draw(page)
+    for p, (sheet, name) in enumerate(zip(sheets, pair_names, strict=True)):
+        top = p * (sheet.height + title_height)
+        draw.text(
+            (4, top + 4),
+            f"{name}: frames 0 to {rows[GROUND_TRUTH].shape[1] - 1}, keyframes at both ends",
+            fill="black",
+        )
+        page.paste(sheet, (0, top + title_height))
+    return page
 
 
 def run_demo(
     out: str | Path = "inbetween-demo",
     pairs: int = 3,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = TINY_WORLD_STEPS,
     seed: int = 0,
     model: str = TINY_WORLD,
     overwrite: bool = False,
+    guidance_scale: float = TINY_WORLD_GUIDANCE,
 ) -> Path:
     """Interpolate ``pairs`` bundled pairs with every demo method into the folder ``out`` (written whole, atomically);
     returns ``out``."""
@@ -79,7 +82,9 @@ def run_demo(
     videos = heldout_videos(pairs)
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     for method in DEMO_METHODS:
-        rows[method.name] = interpolate_videos(pipe, adapter, method, videos, num_inference_steps, seed)
+        rows[method.name] = interpolate_videos(
+            pipe, adapter, method, videos, num_inference_steps, seed, guidance_scale
+        )
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for i, video in enumerate(videos):

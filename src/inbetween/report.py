@@ -236,19 +236,27 @@ def plot_per_frame(summary: EvalSummary, path: Path) -> None:
         figure.savefig(tmp, dpi=120, format="png")
 
 
-def contact_sheet(videos: dict[str, np.ndarray]) -> Image.Image:
-    """One row per video (label on the left), one column per frame; `videos`: name -> (N, H, W, 3) uint8."""
+def contact_sheet(videos: dict[str, np.ndarray], zoom: int | None = None) -> Image.Image:
+    """One row per video (label on the left), one column per frame; `videos`: name -> (N, H, W, 3) uint8.
+
+    Frames are shrunk to at most `CONTACT_CELL_WIDTH` pixels wide, or, with `zoom`, enlarged by pixel repetition
+    (small frames stay sharp).
+    """
     first = next(iter(videos.values()))
     num_frames, height, width = first.shape[:3]
-    scale = min(1.0, CONTACT_CELL_WIDTH / width)
+    if zoom is None:
+        scale, resample = min(1.0, CONTACT_CELL_WIDTH / width), Image.Resampling.BILINEAR
+    else:
+        scale, resample = float(zoom), Image.Resampling.NEAREST
     cell = (max(1, round(width * scale)), max(1, round(height * scale)))
-    sheet = Image.new("RGB", (CONTACT_LABEL_WIDTH + num_frames * cell[0], len(videos) * cell[1]), "white")
+    label_width = max(CONTACT_LABEL_WIDTH, 6 * max(len(name) for name in videos) + 10)  # default font: ~6 px/char
+    sheet = Image.new("RGB", (label_width + num_frames * cell[0], len(videos) * cell[1]), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (name, frames) in enumerate(videos.items()):
         draw.text((4, row * cell[1] + 4), name, fill="black")
         for column, frame in enumerate(frames):
-            image = Image.fromarray(frame).resize(cell, Image.Resampling.BILINEAR)
-            sheet.paste(image, (CONTACT_LABEL_WIDTH + column * cell[0], row * cell[1]))
+            image = Image.fromarray(frame).resize(cell, resample)
+            sheet.paste(image, (label_width + column * cell[0], row * cell[1]))
     return sheet
 
 

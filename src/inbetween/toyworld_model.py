@@ -351,6 +351,19 @@ class ExponentialMovingAverage:
             for ema, live in zip(self.shadow[name].parameters(), module.parameters(), strict=True):
                 ema.lerp_(live, 1 - self.decay)
 
+    @torch.no_grad()
+    def debiased(self, initial: dict[str, torch.nn.Module], steps: int) -> dict[str, torch.nn.Module]:
+        """The average without its start: after n updates the shadow still holds ``decay^n`` of the initial
+        weights (37 % after 1000 steps at 0.999), removed exactly as Adam's bias correction does. Returns copies."""
+        weight = self.decay**steps
+        result = {}
+        for name, shadow in self.shadow.items():
+            module = copy.deepcopy(shadow)
+            for average, start in zip(module.parameters(), initial[name].parameters(), strict=True):
+                average.sub_(weight * start).div_(1 - weight)
+            result[name] = module
+        return result
+
 
 def train_forward(
     recipe: TinyWorldRecipe, folder: Path, vae: AutoencoderKLTemporalDecoder
@@ -391,7 +404,12 @@ def train_forward(
         recipe.checkpoint_every,
         ema.update,
     )
-    return ema.shadow["unet"].eval(), ema.shadow["image_encoder"].eval()
+    initial = {
+        "unet": build_unet(recipe.seed, recipe.world.num_frames),
+        "image_encoder": build_image_encoder(recipe.seed),
+    }
+    averaged = ema.debiased(initial, recipe.unet_steps)
+    return averaged["unet"].eval(), averaged["image_encoder"].eval()
 
 
 def export_forward_model(
@@ -491,8 +509,13 @@ def read_loss_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_loss_curves(folder: Path, output: Path) -> None:
-    """One panel per stage: the loss per step and its 50-step running mean."""
-    import matplotlib
+    """One panel per stage: the loss per step and its 50-step running mean (skipped, with a warning, without
+    matplotlib: the model matters more than its plot)."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning('no loss plot: matplotlib is missing (pip install "inbetween[eval]")')
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,0 +1,117 @@
+"""The tiny-world model: resumable, seeded training stages and the model shipped in the package."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inbetween import InbetweenPipeline
+from inbetween.cli import main
+from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
+from inbetween.metrics import psnr
+from inbetween.toyworld_eval import FULL, heldout_videos, interpolate_videos, load_tiny_world
+from inbetween.toyworld_model import (
+    TinyWorldRecipe,
+    build_feature_extractor,
+    build_image_encoder,
+    build_unet,
+    build_vae,
+    forward_i2v_loss,
+    load_stage_checkpoint,
+    step_generator,
+    train_vae,
+    world_clips,
+)
+
+TINY_RECIPE = TinyWorldRecipe(vae_steps=4, vae_batch_size=1, checkpoint_every=2)
+
+
+def vae_state(folder: Path) -> dict[str, torch.Tensor]:
+    vae = build_vae(0)
+    optimizer = torch.optim.AdamW(vae.parameters())
+    assert load_stage_checkpoint(folder / "vae", {"vae": vae}, optimizer) == TINY_RECIPE.vae_steps
+    return vae.state_dict()
+
+
+def test_a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path):
+    train_vae(TINY_RECIPE, tmp_path / "straight")
+    # Stop after the first checkpoint (step 2), then run the same command again.
+    train_vae(replace(TINY_RECIPE, vae_steps=2), tmp_path / "resumed")
+    train_vae(TINY_RECIPE, tmp_path / "resumed")
+    straight, resumed = vae_state(tmp_path / "straight"), vae_state(tmp_path / "resumed")
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
+    log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "vae" / "loss.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]  # one loss per step, none twice
+
+
+def test_forward_loss_is_seeded_by_the_step_and_reaches_every_trained_module():
+    recipe = TinyWorldRecipe()
+    unet, encoder, vae = build_unet(0, 8), build_image_encoder(0), build_vae(0)
+    clips = world_clips([1, 2], recipe.world)
+    assert clips.shape == (2, 8, 3, 32, 32) and -1 <= clips.min() and clips.max() <= 1
+    args = (unet, encoder, vae, build_feature_extractor(32), clips)
+    loss = forward_i2v_loss(*args, step_generator(0, 2, 7), recipe)
+    again = forward_i2v_loss(*args, step_generator(0, 2, 7), recipe)
+    other = forward_i2v_loss(*args, step_generator(0, 2, 8), recipe)
+    assert loss.item() == again.item() != other.item()
+    loss.backward()
+    assert all(p.grad is not None for p in unet.parameters() if p.requires_grad)
+    assert encoder.visual_projection.weight.grad.abs().sum() > 0  # the conditioning tower trains too
+    assert all(p.grad is None for p in vae.parameters())  # frozen after its own stage
+
+
+# the shipped model ------------------------------------------------------------------------------
+
+
+def test_shipped_model_fits_the_size_budget_and_loads_with_its_adapter():
+    size = sum(f.stat().st_size for f in TINY_WORLD_FOLDER.rglob("*") if f.is_file())
+    assert size <= 20e6, f"{size / 1e6:.1f} MB"
+    pipe = InbetweenPipeline.from_pretrained(str(TINY_WORLD_FOLDER))
+    assert pipe.has_backward_adapter
+    assert pipe.unet.dtype == pipe.image_encoder.dtype == torch.float32
+    assert (pipe.size_multiple, pipe.default_long_side) == (8, 32)
+    assert not InbetweenPipeline.from_pretrained(str(TINY_WORLD_FOLDER), load_adapter=False).has_backward_adapter
+
+
+def test_shipped_model_interpolates_with_the_right_shape_and_keyframes():
+    pipe, adapter = load_tiny_world()
+    videos = heldout_videos(2)
+    frames = interpolate_videos(pipe, adapter, FULL, videos, num_inference_steps=4, seed=0)
+    assert frames.shape == (2, 8, 32, 32, 3) and frames.dtype == np.uint8
+    for generated, video in zip(frames, videos, strict=True):
+        ends = torch.from_numpy(generated[[0, -1]]).permute(0, 3, 1, 2).float() / 255
+        truth = torch.from_numpy(video.frames[[0, -1]]).permute(0, 3, 1, 2).float() / 255
+        assert psnr(ends, truth).min() > 24  # the video starts and ends on the keyframes
+
+
+def test_interpolate_cli_takes_the_tiny_world_name(tmp_path):
+    from PIL import Image
+
+    video = heldout_videos(1)[0]
+    Image.fromarray(video.frames[0]).save(tmp_path / "a.png")
+    Image.fromarray(video.frames[-1]).save(tmp_path / "b.png")
+    out = tmp_path / "frames"
+    args = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--quiet"]
+    assert main([*args, "--model", TINY_WORLD, "--steps", "2"]) == 0
+    written = sorted(out.glob("*.png"))
+    assert len(written) == 8 and Image.open(written[0]).size == (32, 32)  # the model's own frame count and size
+
+
+def test_demo_writes_videos_and_the_comparison_sheet(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--pairs", "2", "--steps", "2"]) == 0
+    names = {p.name for p in out.iterdir()}
+    methods = ["ground-truth", "linear-cross-fade", "forward-only-i2v", "dual-rotated-no-fine-tuning", "full-method"]
+    assert {f"pair{i}-{m}.mp4" for i in range(2) for m in methods} <= names
+    assert {"comparison.png", "pair0-first.png", "pair1-last.png"} <= names
+    from PIL import Image
+
+    sheet = Image.open(out / "comparison.png")
+    assert sheet.height >= 2 * 5 * 32 * 4  # 2 pairs x 5 rows of 4x enlarged 32 px frames
+    assert str(out) in capsys.readouterr().out
+    # never overwrite without being asked
+    assert main(["demo", "--out", str(out), "--pairs", "1", "--steps", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
