@@ -349,7 +349,7 @@ def load_lpips_or_reason(config: EvalConfig, device: torch.device) -> tuple[torc
     try:
         return load_lpips(config.lpips_backbone_weights, config.lpips_linear_weights, device=device), None
     except MissingWeightsError as exc:
-        return None, _one_line(exc)
+        return None, _one_line(exc) + " (inbetween evaluate: --lpips-backbone-weights / --lpips-linear-weights)"
 
 
 def score_frames(frames: np.ndarray, truth: torch.Tensor, lpips: torch.nn.Module | None) -> dict[str, list | None]:
@@ -383,16 +383,16 @@ class SetMetric:
 def load_feature_networks(config: EvalConfig, device: torch.device) -> tuple[dict, dict[str, str]]:
     """{metric: network} for the set-level metrics whose weights are available, and {metric: reason} for the rest."""
     loaders = {
-        "fid": partial(load_inception, config.inception_weights, device=device),
-        "fvd_i3d": partial(load_i3d, config.i3d_weights, device=device),
-        "fvd_videomae": partial(load_videomae, config.videomae_weights, device=device),
+        "fid": (partial(load_inception, config.inception_weights, device=device), "--inception-weights"),
+        "fvd_i3d": (partial(load_i3d, config.i3d_weights, device=device), "--i3d-weights"),
+        "fvd_videomae": (partial(load_videomae, config.videomae_weights, device=device), "--videomae-weights"),
     }
     networks, skipped = {}, {}
-    for metric, load in loaders.items():
+    for metric, (load, flag) in loaders.items():
         try:
             networks[metric] = load()
         except MissingWeightsError as exc:
-            skipped[metric] = _one_line(exc)
+            skipped[metric] = f"{_one_line(exc)} (inbetween evaluate: {flag})"
     return networks, skipped
 
 
