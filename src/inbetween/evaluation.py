@@ -20,11 +20,9 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,7 +39,7 @@ from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns,
 from .metrics import frechet_distance_of_features, psnr, ssim
 from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
 from .pairs import KeyframePair, PairSpec, blend, build_pairs, load_manifest, load_pair, save_manifest
-from .pipeline import ADAPTER_FILE, InbetweenPipeline
+from .pipeline import ADAPTER_FILE, InbetweenPipeline, quiet_adapter_warnings
 from .report import EvalSummary, write_contact_sheet, write_report
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -192,7 +190,7 @@ class Runtime:
         pipe = self.pipeline(adapter)
         # CPU generator: the same numbers on every device, so results do not depend on where a pair ran.
         generator = torch.Generator("cpu").manual_seed(keyframes.seed)
-        with _quiet_pipeline_warnings():  # the base-weights ablations warn about their missing adapter every call
+        with quiet_adapter_warnings():  # the base-weights ablations warn about their missing adapter every call
             frames = pipe(
                 keyframes.first[None],
                 keyframes.last[None],
@@ -279,17 +277,6 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def pair_seed(seed: int, name: str) -> int:
     """A 63-bit seed from the run's seed and a pair's name (a stable digest, not the salted `hash`)."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
-
-
-@contextmanager
-def _quiet_pipeline_warnings() -> Iterator[None]:
-    logger = logging.getLogger("inbetween.pipeline")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def load_pipeline(config: EvalConfig, device: torch.device) -> InbetweenPipeline:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,6 +556,18 @@ def clip_image_embeddings(
     pixels = (pixels.clamp(0, 1) - mean) / std
     encoder_dtype = next(image_encoder.parameters()).dtype
     return image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
+
+
+@contextmanager
+def quiet_adapter_warnings() -> Iterator[None]:
+    """Silence the per-call adapter warnings (ablations run without an adapter on purpose)."""
+    pipeline_logger = logging.get_logger(__name__)
+    level = pipeline_logger.level
+    pipeline_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pipeline_logger.setLevel(level)
 
 
 @contextmanager
