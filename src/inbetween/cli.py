@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     world_eval.set_defaults(run=_toyworld_evaluate)
     world_eval.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
-    world_eval.add_argument("--pairs", type=int, default=64, help="held-out pairs (default: %(default)s)")
+    world_eval.add_argument("--pairs", type=int, default=50, help="held-out pairs (default: %(default)s)")
     _add_tiny_world_sampling_arguments(world_eval)
     world_eval.add_argument("--out", help="also write summary.md and per_pair.json here")
     world_eval.add_argument("--overwrite", action="store_true", help="replace files in OUT")
