@@ -63,7 +63,7 @@ TIME_REVERSAL = WorldMethod("dual, own attention, no FT (TRF)", rotation=False, 
 DUAL_NO_FT = WorldMethod("dual, rotated, no fine-tuning", adapter=False)
 FULL_NO_REINJECTION = WorldMethod("full method, no re-injection", reinjection=False)
 FULL = WorldMethod("full method")
-WORLD_METHODS = (CROSSFADE, FORWARD_ONLY, BACKWARD_ONLY, TIME_REVERSAL, DUAL_NO_FT, FULL_NO_REINJECTION, FULL)
+WORLD_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL, FULL_NO_REINJECTION, BACKWARD_ONLY, TIME_REVERSAL)
 
 
 def load_tiny_world(model: str = TINY_WORLD) -> tuple[InbetweenPipeline, BackwardAdapter]:
