@@ -13,27 +13,8 @@ from diffusers import (
 )
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from inbetween.hub import SVD_SCHEDULER_CONFIG
 from inbetween.pipeline import CLIPImageProcessor
-
-# SVD's scheduler config (model card of stabilityai/stable-video-diffusion-img2vid-xt).
-SVD_SCHEDULER_CONFIG = dict(
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    clip_sample=False,
-    interpolation_type="linear",
-    num_train_timesteps=1000,
-    prediction_type="v_prediction",
-    set_alpha_to_one=False,
-    sigma_max=700.0,
-    sigma_min=0.002,
-    skip_prk_steps=True,
-    steps_offset=1,
-    timestep_spacing="leading",
-    timestep_type="continuous",
-    trained_betas=None,
-    use_karras_sigmas=True,
-)
 
 
 def tiny_unet(num_frames: int = 8, block_out_channels: tuple[int, int] = (32, 64)) -> UNetSpatioTemporalConditionModel:

@@ -9,6 +9,25 @@ from pathlib import Path
 SVD_XT = "stabilityai/stable-video-diffusion-img2vid-xt"
 SVD = "stabilityai/stable-video-diffusion-img2vid"
 UNET_WEIGHTS = "diffusion_pytorch_model"
+# SVD's scheduler (model card of stabilityai/stable-video-diffusion-img2vid-xt): tiny models sample like SVD.
+SVD_SCHEDULER_CONFIG = dict(
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    clip_sample=False,
+    interpolation_type="linear",
+    num_train_timesteps=1000,
+    prediction_type="v_prediction",
+    set_alpha_to_one=False,
+    sigma_max=700.0,
+    sigma_min=0.002,
+    skip_prk_steps=True,
+    steps_offset=1,
+    timestep_spacing="leading",
+    timestep_type="continuous",
+    trained_betas=None,
+    use_karras_sigmas=True,
+)
 # The small model trained on the toy world (inbetween.toyworld_model), shipped inside the package.
 TINY_WORLD = "tiny-world"
 TINY_WORLD_FOLDER = Path(__file__).parent / "assets" / "tiny_world"

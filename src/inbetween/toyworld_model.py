@@ -36,7 +36,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .checkpoints import optimizer_tensors, restore_optimizer
 from .files import atomic_folder
-from .hub import TINY_WORLD_FOLDER
+from .hub import SVD_SCHEDULER_CONFIG, TINY_WORLD_FOLDER
 from .pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from .sampling import edm_scalings
 from .toyworld import WorldConfig, generate_video, write_dataset
@@ -48,26 +48,6 @@ logger = logging.getLogger(__name__)
 FORWARD_SEEDS = 0
 ADAPTER_SEEDS = 50_000_000
 HELDOUT_SEEDS = 90_000_000
-
-# SVD's scheduler (model card of stabilityai/stable-video-diffusion-img2vid-xt): the tiny model samples like SVD.
-SVD_SCHEDULER_CONFIG = dict(
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    clip_sample=False,
-    interpolation_type="linear",
-    num_train_timesteps=1000,
-    prediction_type="v_prediction",
-    set_alpha_to_one=False,
-    sigma_max=700.0,
-    sigma_min=0.002,
-    skip_prk_steps=True,
-    steps_offset=1,
-    timestep_spacing="leading",
-    timestep_type="continuous",
-    trained_betas=None,
-    use_karras_sigmas=True,
-)
 
 
 def tiny_world_config() -> WorldConfig:
