@@ -40,3 +40,24 @@ def tiny_pipe() -> InbetweenPipeline:
 @pytest.fixture
 def keyframes() -> tuple[PIL.Image.Image, PIL.Image.Image]:
     return random_keyframe(0), random_keyframe(1)
+
+
+def accelerate_launch(module: str, processes: int = 2) -> list[str]:
+    """`accelerate launch` of `module` in CPU processes (gloo), without needing the scripts folder on PATH."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        module,
+    ]

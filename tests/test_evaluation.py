@@ -7,13 +7,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_adapter
+from conftest import accelerate_launch, random_adapter
 from PIL import Image
 from real_footage import real_video_path
 from safetensors.torch import save_file
@@ -202,23 +201,7 @@ def test_resume_after_a_crash_recomputes_nothing(workspace, reference, tmp_path,
 
 def test_two_processes_give_the_same_results_as_one(workspace, reference, tmp_path):
     out = tmp_path / "two"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "inbetween.evaluate",
-    ]
+    launch = accelerate_launch("inbetween.evaluate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [*launch, *flags(settings(workspace, out))],

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import accelerate_launch
 from tiny import save_tiny_svd
 
 from inbetween import BackwardAdapter, InbetweenPipeline
@@ -293,23 +294,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, t
     """`accelerate launch` with 2 CPU processes (gloo) against 1 process accumulating 2 micro-batches."""
     args = cli_args(workspace, batch_size=1, max_steps=3, checkpoint_every=3)  # the paper's lr 1e-4
     two = tmp_path / "two"
-    launch = [
-        sys.executable,  # `accelerate launch`, without relying on the scripts folder being on PATH
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "inbetween.training",
-    ]
+    launch = accelerate_launch("inbetween.training")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [*launch, *args, "--output-dir", str(two)],
