@@ -151,7 +151,9 @@ class NaiveInbetween:
         last = pipe.preprocess_keyframes(last_image, height, width)
         batch = first.shape[0]
         images = torch.cat([first, last])
-        emb = pipe.encode_image_embeddings(images)
+        emb = pipe.encode_image_embeddings(
+            pipe.clip_keyframes(first_image, height, width) + pipe.clip_keyframes(last_image, height, width)
+        )
         noise = randn_tensor(images.shape, generator=generator, dtype=images.dtype)
         lat = pipe.encode_image_latents(images + noise_aug_strength * noise)
         emb_f, emb_l = emb[:batch], emb[batch:]
@@ -164,7 +166,8 @@ class NaiveInbetween:
         pipe.scheduler.set_timesteps(num_inference_steps)
         sigmas = pipe.scheduler.sigmas.float()
         shape = (batch, num_frames, 4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        x = randn_tensor(shape, generator=generator, dtype=torch.float32) * sigmas[0]
+        # SVD's pipeline starts from init_noise_sigma (sqrt(sigma_max^2 + 1) for its "leading" spacing).
+        x = randn_tensor(shape, generator=generator, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
 
         scale = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames)
         if fusion == "average":

@@ -35,7 +35,8 @@ def tiny_unet(num_frames: int = 8, block_out_channels: tuple[int, int] = (32, 64
     )
 
 
-def tiny_components(num_frames: int = 8) -> dict:
+def tiny_components(num_frames: int = 8, clip_image_size: int = 32) -> dict:
+    """``clip_image_size=224`` gives an encoder of SVD's input size, which diffusers' own SVD pipeline needs."""
     unet = tiny_unet(num_frames)
     torch.manual_seed(0)
     # Four blocks give SVD's 8x downsampling, so 64x64 keyframes make 8x8 latents.
@@ -54,9 +55,9 @@ def tiny_components(num_frames: int = 8) -> dict:
             projection_dim=32,
             num_hidden_layers=2,
             num_attention_heads=4,
-            image_size=32,
+            image_size=clip_image_size,
             intermediate_size=37,
-            patch_size=4,
+            patch_size=clip_image_size // 8,
         )
     )
     feature_extractor = CLIPImageProcessor(crop_size=32, size=32)

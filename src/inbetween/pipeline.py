@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKLTemporalDecoder,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     UNetSpatioTemporalConditionModel,
+)
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,  # SVD's own CLIP resize (sgm's kornia resize), reused so ours cannot drift from it
 )
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -245,28 +247,46 @@ class InbetweenPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
     def preprocess_keyframes(self, images: KeyframeInput, height: int, width: int) -> torch.Tensor:
-        """Keyframes as ``(B, 3, H, W)`` in [-1, 1]; PIL images are resized and center-cropped to the aspect."""
+        """Keyframes as ``(B, 3, H, W)`` in [-1, 1] for the VAE; PIL images are resized and center-cropped to the
+        aspect, tensors ``(B, 3, H', W')`` in [0, 1] are resized."""
         mode = "crop" if not isinstance(images, torch.Tensor) else "default"
         return self.video_processor.preprocess(images, height=height, width=width, resize_mode=mode)
+
+    def clip_keyframes(self, images: KeyframeInput, height: int, width: int) -> list[torch.Tensor]:
+        """Keyframes for the CLIP encoder: each ``(1, 3, H_i, W_i)`` in [-1, 1] at its OWN resolution.
+
+        SVD resizes the keyframe itself, not the VAE's resized copy, to the encoder's size (diffusers'
+        ``StableVideoDiffusionPipeline._encode_image``); a PIL keyframe is first center-cropped to the output aspect
+        ``width / height`` at its own resolution, the crop :meth:`preprocess_keyframes` takes. Tensors are used
+        whole, as they are stretched for the VAE.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images.unsqueeze(0)
+            return [image.unsqueeze(0) * 2.0 - 1.0 for image in batch.float()]
+        images = images if isinstance(images, list) else [images]
+        pixels = [self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image)) for image in images]
+        return [center_crop_to_aspect(image, width / height) * 2.0 - 1.0 for image in pixels]
 
     def encode_keyframes(
         self,
         first: torch.Tensor,
         last: torch.Tensor,
+        clip_images: list[torch.Tensor],
         fps: int,
         motion_bucket_id: int,
         noise_aug_strength: float,
         guidance: bool,
         generator: torch.Generator | None,
     ) -> KeyframeConditioning:
-        """Encode preprocessed keyframes ``(B, 3, H, W)`` into the grouped conditioning of the UNet batch.
+        """Encode preprocessed keyframes ``(B, 3, H, W)`` and their CLIP inputs (:meth:`clip_keyframes`, firsts
+        then lasts, 2B of them) into the grouped conditioning of the UNet batch.
 
         The noise augmentation of both keyframes is drawn first from ``generator``, as one
-        ``(2B, 3, H, W)`` tensor ``[first; last]``.
+        ``(2B, 3, H, W)`` tensor ``[first; last]`` (its first B rows are what SVD's pipeline draws for the firsts).
         """
         device, dtype = self._execution_device, self.unet.dtype
         images = torch.cat([first, last]).to(device)
-        embeddings = self.encode_image_embeddings(images).to(dtype)  # (2B, 1, D)
+        embeddings = self.encode_image_embeddings([image.to(device) for image in clip_images]).to(dtype)  # (2B, 1, D)
         noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
         latents = self.encode_image_latents(images + noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
         # SVD was trained with fps - 1 as the micro-conditioning (sgm's simple_video_sample.py).
@@ -280,8 +300,8 @@ class InbetweenPipeline(DiffusionPipeline):
             emb, lat = torch.stack([emb_first, emb_last]), torch.stack([lat_first, lat_last])
         return KeyframeConditioning(emb, lat, time_ids.expand(*emb.shape[:2], 3))
 
-    def encode_image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> CLIP image embeddings ``(B, 1, D)``."""
+    def encode_image_embeddings(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [-1, 1], or a list of ``(1, 3, H_i, W_i)`` -> CLIP image embeddings ``(B, 1, D)``."""
         return clip_image_embeddings(self.image_encoder, self.feature_extractor, images)
 
     def encode_image_latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -407,8 +427,9 @@ class InbetweenPipeline(DiffusionPipeline):
         Args:
             first_image, last_image (`PIL.Image.Image`, `list[PIL.Image.Image]` or `torch.Tensor`):
                 The keyframes; a list or a `(B, 3, H, W)` tensor in [0, 1] interpolates B pairs in one call.
-            height, width (`int`, *optional*): Output size, multiples of 64. Default: the first keyframe's aspect
-                with the long side 1024. PIL keyframes are resized and center-cropped to it.
+            height, width (`int`, *optional*): Output size, multiples of `pipe.size_multiple` (64 for SVD). Default:
+                the first keyframe's aspect with the long side `pipe.default_long_side` (1024 for SVD). PIL keyframes
+                are resized and center-cropped to it; CLIP sees the same crop at the keyframe's own resolution.
             num_frames (`int`, *optional*): Frames of the video, keyframes included (default `unet.config.num_frames`:
                 14 for SVD, 25 for SVD-XT).
             num_inference_steps (`int`, defaults to 50): Euler steps (paper: 50).
@@ -428,7 +449,8 @@ class InbetweenPipeline(DiffusionPipeline):
                 `[forward, backward]` rows (one per guidance half) to lower peak memory; same result.
             generator (`torch.Generator`, *optional*): source of ALL noise (augmentation, initial latents,
                 re-injection): the same seed gives the same video.
-            latents (`torch.Tensor`, *optional*): unit-variance noise `(B, N, 4, H/8, W/8)`, scaled by sigma_max.
+            latents (`torch.Tensor`, *optional*): unit-variance noise `(B, N, 4, H/8, W/8)`, scaled by the scheduler's
+                `init_noise_sigma` as in SVD's pipeline.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, sigma, {"latents": ...})`
                 after every step; may return `{"latents": new_latents}`.
@@ -473,7 +495,10 @@ class InbetweenPipeline(DiffusionPipeline):
         # 2. Encode keyframes (draws the noise augmentation from `generator`)
         first = self.preprocess_keyframes(first_image, height, width)
         last = self.preprocess_keyframes(last_image, height, width)
-        cond = self.encode_keyframes(first, last, fps, motion_bucket_id, noise_aug_strength, guidance, generator)
+        clip_images = self.clip_keyframes(first_image, height, width) + self.clip_keyframes(last_image, height, width)
+        cond = self.encode_keyframes(
+            first, last, clip_images, fps, motion_bucket_id, noise_aug_strength, guidance, generator
+        )
 
         # 3. Sigmas from the scheduler (Karras, sigma_max 700 -> sigma_min 0.002, then 0)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -492,7 +517,7 @@ class InbetweenPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        x = latents.to(device, torch.float32) * sigmas[0]
+        x = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
         # 5. Guidance ramp and fusion weights, per frame
         guidance_scale = guidance_scales(min_guidance_scale, max_guidance_scale, num_frames, fusion).to(device)
@@ -545,17 +570,39 @@ def size_rules(unet_config: dict, vae_config: dict) -> tuple[int, int]:
 
 
 def clip_image_embeddings(
-    image_encoder: CLIPVisionModelWithProjection, feature_extractor: CLIPImageProcessor, images: torch.Tensor
+    image_encoder: CLIPVisionModelWithProjection,
+    feature_extractor: CLIPImageProcessor,
+    images: torch.Tensor | list[torch.Tensor],
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` in [-1, 1] -> image embeddings ``(B, 1, D)``: resized to the encoder's input size and
-    normalised with the feature extractor's mean and std, differentiably (the tiny model trains through it)."""
+    """``(B, 3, H, W)`` in [-1, 1], or a list of ``(b_i, 3, H_i, W_i)`` -> image embeddings ``(B, 1, D)``.
+
+    Exactly SVD's CLIP input (sgm's ``FrozenOpenCLIPImagePredictionEmbedder``, diffusers'
+    ``StableVideoDiffusionPipeline._encode_image``): each image, at its own resolution and still in [-1, 1], is
+    resized to the encoder's square input with a Gaussian anti-aliasing blur then bicubic interpolation, mapped to
+    [0, 1] and normalised with the feature extractor's mean and std (no clamp). Differentiable: the tiny-world
+    recipe trains its CLIP tower through it.
+    """
     size = image_encoder.config.image_size  # 224 for SVD's ViT-H/14
-    pixels = F.interpolate((images + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
-    mean = torch.tensor(feature_extractor.image_mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(feature_extractor.image_std, device=images.device).view(1, 3, 1, 1)
-    pixels = (pixels.clamp(0, 1) - mean) / std
+    batches = list(images) if isinstance(images, list) else [images]
+    pixels = torch.cat([_resize_with_antialiasing(batch.float(), (size, size)) for batch in batches])
+    pixels = (pixels + 1.0) / 2.0
+    mean = torch.tensor(feature_extractor.image_mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std, device=pixels.device).view(1, 3, 1, 1)
     encoder_dtype = next(image_encoder.parameters()).dtype
-    return image_encoder(pixels.to(encoder_dtype)).image_embeds.unsqueeze(1)
+    return image_encoder(((pixels - mean) / std).to(encoder_dtype)).image_embeds.unsqueeze(1)
+
+
+def center_crop_to_aspect(images: torch.Tensor, aspect: float) -> torch.Tensor:
+    """The centred crop of ``images`` ``(..., H, W)`` with aspect ``aspect`` (width / height), at their own
+    resolution: the region diffusers' ``resize_mode="crop"`` keeps."""
+    height, width = images.shape[-2:]
+    if width / height > aspect:
+        crop_width = max(1, min(width, round(height * aspect)))
+        left = (width - crop_width) // 2
+        return images[..., :, left : left + crop_width]
+    crop_height = max(1, min(height, round(width / aspect)))
+    top = (height - crop_height) // 2
+    return images[..., top : top + crop_height, :]
 
 
 @contextmanager
