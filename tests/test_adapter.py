@@ -25,6 +25,13 @@ def finetuned_copy(unet, seed=0):
     return tuned
 
 
+def tensor_bytes(path) -> int:
+    """Bytes of a safetensors file after its header (8-byte length + JSON): the tensors' data."""
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return path.stat().st_size - 8 - header
+
+
 def test_from_unets_extracts_only_value_and_output_deltas():
     base = tiny_unet()
     tuned = finetuned_copy(base)
@@ -137,3 +144,71 @@ def test_svd_adapter_is_w_v_w_o_only_and_small():
     unet_params = sum(p.numel() for p in unet.parameters())
     assert adapter_params / unet_params < 0.02  # the paper's "< 2 % of the parameters"
     assert adapter_params * 2 < 60e6  # tens of MB in float16
+
+
+def test_fp16_unet_gives_an_fp16_adapter_half_the_bytes_that_loads_into_fp16_and_fp32(tmp_path):
+    base32 = tiny_unet()
+    tuned32 = finetuned_copy(base32)
+    base, tuned = tiny_unet().half(), tiny_unet().half()
+    base.load_state_dict(base32.state_dict())
+    tuned.load_state_dict(tuned32.state_dict())  # an fp16 model and its fp16 fine-tuned copy
+
+    adapter = BackwardAdapter.from_unets(base, tuned)
+    assert adapter.dtype == torch.float16 and all(d.dtype == torch.float16 for d in adapter.deltas.values())
+    half = adapter.save(tmp_path / "half.safetensors")  # the default: the adapter's dtype, i.e. the base's
+    full = BackwardAdapter.from_unets(base, tuned, dtype="float32").save(tmp_path / "full.safetensors")
+    with safe_open(str(half), framework="pt") as f:
+        assert f.metadata()["dtype"] == "float16"
+        assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F16"}
+    with safe_open(str(full), framework="pt") as f:
+        assert f.metadata()["dtype"] == "float32"
+        assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F32"}
+    assert tensor_bytes(half) == 2 * adapter.num_parameters and tensor_bytes(full) == 4 * adapter.num_parameters
+    assert 0.49 < half.stat().st_size / full.stat().st_size < 0.53  # headers (JSON, ~3 kB here) included
+
+    loaded = BackwardAdapter.load(half)
+    assert loaded.dtype == torch.float16
+    tuned_state, base_state = tuned.state_dict(), base.state_dict()
+    for key, delta in loaded.deltas.items():  # the float32 difference, rounded once to fp16
+        exact = tuned_state[key].float() - base_state[key].float()
+        torch.testing.assert_close(delta.float(), exact, rtol=2**-11, atol=2**-24)
+
+    upcast = tiny_unet()  # an fp32 UNet holding the fp16 base weights
+    upcast.load_state_dict({k: v.float() for k, v in base.state_dict().items()})
+    loaded.apply_to(base)  # fp16 UNet: the backward weights are the fine-tuned ones
+    for layer, processor in rotation_processors(base).items():
+        attn = base.get_submodule(layer)
+        assert processor.delta_v.dtype == torch.float16
+        weight, bias = processor.backward_output_weight(attn)
+        pairs = [
+            (processor.backward_value_weight(attn), "to_v.weight"),
+            (weight, "to_out.0.weight"),
+            (bias, "to_out.0.bias"),
+        ]
+        for got, param in pairs:  # within fp16 rounding (1e-3 relative) of the fine-tuned weights
+            assert got.dtype == torch.float16
+            torch.testing.assert_close(got, tuned_state[f"{layer}.{param}"], rtol=1e-3, atol=2e-5)
+
+    loaded.apply_to(upcast)
+    for layer, processor in rotation_processors(upcast).items():
+        attn = upcast.get_submodule(layer)
+        assert processor.delta_v.dtype == torch.float32
+        got, want = processor.backward_value_weight(attn), tuned_state[f"{layer}.to_v.weight"].float()
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(
+            got, want, rtol=0, atol=2**-11 * want.sub(base_state[f"{layer}.to_v.weight"]).abs().max().item()
+        )
+
+
+def test_from_unets_default_dtype_follows_the_base_and_dtype_overrides_it(tmp_path):
+    base = tiny_unet()
+    tuned = finetuned_copy(base)
+    assert BackwardAdapter.from_unets(base, tuned).dtype == torch.float32
+    half = BackwardAdapter.from_unets(base, tuned, dtype=torch.float16)
+    assert half.dtype == torch.float16
+    exact = BackwardAdapter.from_unets(base, tuned)
+    for key, delta in half.deltas.items():  # fp16 storage of fp32 deltas: fp16 rounding, no more
+        torch.testing.assert_close(delta.float(), exact.deltas[key], rtol=2**-11, atol=2**-24)
+    assert BackwardAdapter.load(half.save(tmp_path / "h.safetensors", dtype="float32")).dtype == torch.float32
+    with pytest.raises(ValueError, match="adapter dtype must be auto, float32, float16, bfloat16; got 'int8'"):
+        BackwardAdapter.from_unets(base, tuned, dtype="int8")

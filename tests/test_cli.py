@@ -14,6 +14,7 @@ import torch
 from conftest import random_adapter, random_keyframe
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.utils import logging as diffusers_logging
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny import save_tiny_svd, tiny_unet
 
@@ -333,14 +334,38 @@ def test_convert_checkpoint_stores_the_weight_moves(unets, tmp_path: Path, capsy
     assert capsys.readouterr().out.startswith(f"wrote {output}: {layers} layers, {parameters:,} parameters, ")
 
 
-def test_convert_checkpoint_defaults_to_float16(unets, tmp_path: Path) -> None:
+def test_convert_checkpoint_dtype_follows_the_base_weights_unless_given(unets, tmp_path: Path, capsys) -> None:
     tuned, base, moves = unets
-    output = tmp_path / "adapter.safetensors"
-    assert main(["convert-checkpoint", str(tuned), "--base", str(base), "-o", str(output)]) == 0
-    adapter = BackwardAdapter.load(output)
-    assert adapter.dtype == torch.float16
-    key = next(iter(moves))
-    torch.testing.assert_close(adapter.deltas[key].float(), moves[key], atol=1e-3, rtol=1e-3)
+    base16 = tmp_path / "base16"
+    tiny_unet().half().save_pretrained(base16, variant="fp16")  # the same base weights as SVD's fp16 variant
+    convert = ["convert-checkpoint", str(tuned), "-o"]
+    runs = {
+        "fp32 base": (["--base", str(base)], torch.float32),
+        "fp16 base": (["--base", str(base16), "--base-variant", "fp16"], torch.float16),
+        "fp32 base, --dtype float16": (["--base", str(base), "--dtype", "float16"], torch.float16),
+        "fp16 base, --dtype float32": (
+            ["--base", str(base16), "--base-variant", "fp16", "--dtype", "float32"],
+            torch.float32,
+        ),
+    }
+    sizes = {}
+    for name, (flags, dtype) in runs.items():
+        output = tmp_path / f"{name}.safetensors"
+        assert main([*convert, str(output), *flags]) == 0, name
+        assert f" parameters, {str(dtype).removeprefix('torch.')}, " in capsys.readouterr().out, name
+        adapter = BackwardAdapter.load(output)
+        assert adapter.dtype == dtype and all(d.dtype == dtype for d in adapter.deltas.values()), name
+        with safe_open(str(output), framework="pt") as f:
+            assert f.metadata()["dtype"] == str(dtype).removeprefix("torch."), name
+        for key, move in moves.items():  # fp16 storage or an fp16 base: within fp16 rounding of the weights
+            torch.testing.assert_close(adapter.deltas[key].float(), move, atol=1e-3, rtol=1e-3)
+        sizes[name] = output.stat().st_size
+    assert 0.49 < sizes["fp16 base"] / sizes["fp32 base"] < 0.55  # about half: the JSON header is ~4 kB here
+    for name, (_, dtype) in runs.items():  # the tensors' bytes: W_v / W_o only (unchanged biases left out)
+        with open(tmp_path / f"{name}.safetensors", "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+        parameters = sum(move.numel() for move in moves.values())
+        assert sizes[name] - 8 - header == parameters * dtype.itemsize, name
 
 
 def test_convert_checkpoint_bad_inputs_are_one_line(unets, tmp_path: Path, capfd, monkeypatch) -> None:

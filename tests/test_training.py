@@ -129,6 +129,38 @@ def test_only_the_backward_deltas_change(workspace, tmp_path):
     assert all(k.endswith(("to_v.weight", "to_out.0.weight", "to_out.0.bias")) for k in adapter.deltas)
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one mixed-precision setting per process: clear it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_final_adapter_is_saved_in_the_base_unets_dtype_checkpoints_keep_float32(
+    workspace, tmp_path, fresh_accelerator_state
+):
+    # bf16 mixed precision (the one CPUs run): the frozen UNet is bf16, the trained deltas float32 masters.
+    config = tiny_config(
+        workspace, tmp_path / "run", max_steps=2, mixed_precision="bf16", adapter_dtype="auto", learning_rate=1e-2
+    )
+    final = BackwardAdapter.load(train_backward(config))
+    checkpoint = BackwardAdapter.load(tmp_path / "run" / "checkpoints" / "step-0000002" / "adapter.safetensors")
+    assert final.dtype == torch.bfloat16 and checkpoint.dtype == torch.float32
+    assert final.deltas.keys() == checkpoint.deltas.keys()
+    for key, master in checkpoint.deltas.items():  # the same deltas, rounded once to bf16
+        assert master.abs().max() > 0
+        assert torch.equal(final.deltas[key], master.to(torch.bfloat16))
+    explicit = tiny_config(
+        workspace, tmp_path / "explicit", max_steps=1, mixed_precision="bf16", adapter_dtype="float16"
+    )
+    assert BackwardAdapter.load(train_backward(explicit)).dtype == torch.float16
+    with pytest.raises(ValueError, match="`adapter_dtype` must be auto, float32, float16, bfloat16, got 'half'"):
+        tiny_config(workspace, tmp_path / "bad", adapter_dtype="half")
+
+
 def _accelerator():
     from accelerate import Accelerator
 
@@ -231,7 +263,7 @@ def test_cli_trains_from_mp4s_and_the_adapter_interpolates(workspace, tmp_path, 
     )
     assert code == 0
     adapter = out / "backward_adapter.safetensors"
-    assert BackwardAdapter.load(adapter).dtype == torch.float16
+    assert BackwardAdapter.load(adapter).dtype == torch.float32  # `--adapter-dtype auto`: the float32 UNet's dtype
     from PIL import Image
 
     first, last = tmp_path / "a.png", tmp_path / "b.png"

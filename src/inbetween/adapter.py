@@ -1,9 +1,18 @@
 """The backward adapter: the backward model's W_v / W_o deltas, one small safetensors file.
 
 The paper fine-tunes only the value and output projections of the temporal self-attention
-layers (section 3.2), so the backward model is the base UNet plus these deltas: about 25 M
-parameters for SVD (50 MB in fp16) instead of a 1.5 B-parameter UNet copy. Keys are the UNet's
-own parameter names, e.g. ``mid_block.attentions.0.temporal_transformer_blocks.0.attn1.to_v.weight``.
+layers (section 3.2), so the backward model is the base UNet plus these deltas: 24.8 M
+parameters for SVD (a 49.6 MB file in fp16, 99.1 MB in fp32) instead of a 1.5 B-parameter UNet copy.
+Keys are the UNet's own parameter names, e.g.
+``mid_block.attentions.0.temporal_transformer_blocks.0.attn1.to_v.weight``.
+
+Precision: deltas extracted from two UNets (:meth:`BackwardAdapter.from_unets`,
+:func:`convert_full_unet_checkpoint`) are computed in float32 and stored in the base weights'
+dtype unless ``dtype`` says otherwise: fp16 deltas for SVD's fp16 variant. The file records its
+dtype in the metadata; :meth:`BackwardAdapter.apply_to` casts the deltas to the UNet's dtype, so
+any adapter loads into any UNet. On an fp32 UNet, fp16 deltas of a 1e-4-scale fine-tuning give the
+fine-tuned weights 180x more accurately than storing those weights in fp16; on an fp16 UNet the sum is
+rounded to fp16 anyway, so fp16 and fp32 deltas give the same weights (bench/adapter_dtype.py).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ VALUE_WEIGHT = "to_v.weight"
 OUTPUT_WEIGHT = "to_out.0.weight"
 OUTPUT_BIAS = "to_out.0.bias"
 ADAPTED_PARAMETERS = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -71,8 +81,18 @@ class BackwardAdapter:
     # construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_unets(cls, base_unet: nn.Module, finetuned_unet: nn.Module, include_bias: bool = True) -> BackwardAdapter:
-        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of the temporal self-attention."""
+    def from_unets(
+        cls,
+        base_unet: nn.Module,
+        finetuned_unet: nn.Module,
+        include_bias: bool = True,
+        dtype: torch.dtype | str | None = None,
+    ) -> BackwardAdapter:
+        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of the temporal self-attention.
+
+        The difference is taken in float32 and kept in ``dtype``: by default (``None`` or ``"auto"``) the base
+        weights' dtype, so an fp16 UNet gives an fp16 adapter (half the bytes; :meth:`save` keeps it).
+        """
         base_state, tuned_state = base_unet.state_dict(), finetuned_unet.state_dict()
         return cls._from_states(
             base_state,
@@ -80,6 +100,7 @@ class BackwardAdapter:
             temporal_self_attention_names(base_unet),
             include_bias,
             base_model=_model_id(base_unet),
+            dtype=dtype,
         )
 
     @classmethod
@@ -117,9 +138,12 @@ class BackwardAdapter:
         layers: list[str],
         include_bias: bool,
         base_model: str,
+        dtype: torch.dtype | str | None = None,
     ) -> BackwardAdapter:
         if not layers:
             raise ValueError("no temporal self-attention layers (`*.temporal_transformer_blocks.0.attn1`) found")
+        first = f"{layers[0]}.{VALUE_WEIGHT}"
+        dtype = resolve_dtype(dtype, base[first].dtype if first in base else torch.float32)
         deltas = {}
         for layer in layers:
             for param in ADAPTED_PARAMETERS:
@@ -133,17 +157,21 @@ class BackwardAdapter:
                         f"`{key}` is {tuple(tuned[key].shape)} in the fine-tuned UNet but "
                         f"{tuple(base[key].shape)} in the base; they are different architectures"
                     )
+                if param == OUTPUT_BIAS and (not include_bias or _equal_at_coarser_precision(base[key], tuned[key])):
+                    continue  # an fp32 bias next to its fp16 copy differs by rounding only: unchanged
                 delta = tuned[key].float() - base[key].float()
-                if param == OUTPUT_BIAS and (not include_bias or not delta.any()):
-                    continue
-                deltas[key] = delta
+                deltas[key] = delta.to(dtype)
         return cls(deltas, base_model=base_model)
 
     # files ------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-        """Write one safetensors file with metadata, atomically. ``dtype`` defaults to the adapter's."""
-        dtype = dtype or self.dtype
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | str | None = None, overwrite: bool = False) -> Path:
+        """Write one safetensors file with metadata (its ``dtype`` included), atomically.
+
+        ``dtype`` defaults to the adapter's own (for an adapter made by :meth:`from_unets` or
+        :func:`convert_full_unet_checkpoint`, the base weights' dtype).
+        """
+        dtype = resolve_dtype(dtype, self.dtype)
         tensors = {key: t.detach().to("cpu", dtype).contiguous() for key, t in self.deltas.items()}
         metadata = {
             **self.extra_metadata,
@@ -212,7 +240,10 @@ class BackwardAdapter:
                 )
 
     def apply_to(self, unet: nn.Module) -> None:
-        """Install rotation on ``unet`` and load these deltas into its processors (base weights untouched)."""
+        """Install rotation on ``unet`` and load these deltas into its processors (base weights untouched).
+
+        The deltas are cast to the UNet's device and dtype, whatever dtype they were stored in.
+        """
         self.check_fits(unet)
         reference = next(unet.parameters())
         for layer, processor in install_rotation(unet).items():
@@ -222,12 +253,17 @@ class BackwardAdapter:
 
 
 def convert_full_unet_checkpoint(
-    finetuned: str | os.PathLike, base: str | os.PathLike, variant: str | None = None
+    finetuned: str | os.PathLike,
+    base: str | os.PathLike,
+    variant: str | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> BackwardAdapter:
     """Turn a full fine-tuned UNet (e.g. the authors' released 14-frame checkpoint) into an adapter.
 
-    ``finetuned`` and ``base`` are UNet folders, pipeline folders (their ``unet/`` is used) or Hub ids.
-    Only the W_v / W_o tensors are read (lazily, from safetensors), so neither UNet is built.
+    ``finetuned`` and ``base`` are UNet folders, pipeline folders (their ``unet/`` is used) or Hub ids;
+    ``variant`` is the base's weights variant (e.g. ``"fp16"``). Only the W_v / W_o tensors are read
+    (lazily, from safetensors), so neither UNet is built. The deltas are kept in ``dtype``; by default
+    (``None`` or ``"auto"``) that of the base's weights: fp16 for SVD's fp16 variant, fp32 for its main weights.
     """
     tuned_files = find_unet_weight_files(finetuned, variant=None)
     base_files = find_unet_weight_files(base, variant=variant)
@@ -241,7 +277,22 @@ def convert_full_unet_checkpoint(
     wanted = [f"{layer}.{param}" for layer in layers for param in ADAPTED_PARAMETERS]
     base_state = _read_tensors(base_files, wanted)
     tuned_state = _read_tensors(tuned_files, wanted)
-    return BackwardAdapter._from_states(base_state, tuned_state, layers, include_bias=True, base_model=str(base))
+    return BackwardAdapter._from_states(
+        base_state, tuned_state, layers, include_bias=True, base_model=str(base), dtype=dtype
+    )
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:
+    """``dtype`` as a torch dtype (``"float16"``, ``torch.float16``, ...); ``None`` or ``"auto"``: ``default``."""
+    if dtype is None or dtype == "auto":
+        return default
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"adapter dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+        return DTYPES[dtype.removeprefix("torch.")]
+    if not dtype.is_floating_point:
+        raise ValueError(f"adapter dtype must be a floating-point dtype, got {dtype}")
+    return dtype
 
 
 def _keys(files: list[Path]) -> list[str]:
@@ -258,6 +309,11 @@ def _read_tensors(files: list[Path], wanted: list[str]) -> dict[str, torch.Tenso
         with safe_open(str(file), framework="pt") as f:
             tensors.update({key: f.get_tensor(key) for key in set(f.keys()) & set(wanted)})
     return tensors
+
+
+def _equal_at_coarser_precision(a: torch.Tensor, b: torch.Tensor) -> bool:
+    coarse = a.dtype if torch.finfo(a.dtype).eps >= torch.finfo(b.dtype).eps else b.dtype
+    return torch.equal(a.to(coarse), b.to(coarse))
 
 
 def _split_key(key: str) -> tuple[str, str]:

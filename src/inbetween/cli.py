@@ -210,16 +210,17 @@ def _convert(args: argparse.Namespace) -> int:
     if not output.parent.is_dir():
         raise ValueError(f"folder `{output.parent}` for output `{output}` does not exist; create it first")
     try:
-        adapter = convert_full_unet_checkpoint(args.finetuned, args.base, variant=args.base_variant)
+        adapter = convert_full_unet_checkpoint(args.finetuned, args.base, variant=args.base_variant, dtype=args.dtype)
     except SafetensorError as exc:
         raise ValueError(
             f"cannot read the UNet weights of `{args.finetuned}` or `{args.base}` "
             f"({_one_line(exc)}); re-download or re-save them"
         ) from exc
-    path = adapter.save(output, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
+    path = adapter.save(output, overwrite=args.overwrite)
     size = path.stat().st_size
     print(
         f"wrote {path}: {len(adapter.layers)} layers, {adapter.num_parameters:,} parameters, "
+        f"{str(adapter.dtype).removeprefix('torch.')}, "
         + (f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB")
     )
     return 0
@@ -516,9 +517,10 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="adapter file, e.g. backward_adapter.safetensors")
     p.add_argument(
         "--dtype",
-        choices=("float16", "float32"),
-        default="float16",
-        help="precision of the stored deltas (default: %(default)s)",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="precision of the stored deltas; auto: that of BASE's weights, e.g. float16 with --base-variant fp16 "
+        "(default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 

@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .adapter import BackwardAdapter
+from .adapter import DTYPES, BackwardAdapter, resolve_dtype
 from .attention import dual_mode, install_rotation, recording_forward, replaying_backward
 from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .data import ClipDataset, ClipSpec
@@ -81,7 +81,9 @@ class TrainConfig:
     validate_every: int | None = None
     validation_pairs: tuple[tuple[str, str], ...] = ()
     validation_inference_steps: int = 25
-    adapter_dtype: str = "float16"  # of the final adapter file; checkpoints keep float32
+    # Of the final adapter file; "auto": the base UNet's dtype in training (float32, or float16 / bfloat16 under
+    # mixed precision), i.e. the precision the deltas were trained against. Checkpoints keep the float32 master deltas.
+    adapter_dtype: str = "auto"
     tensorboard: bool = False
     num_workers: int = 2
 
@@ -105,8 +107,8 @@ class TrainConfig:
             raise ValueError(f"`layout` must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"`mixed_precision` must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
-        if self.adapter_dtype not in ("float16", "float32", "bfloat16"):
-            raise ValueError(f"`adapter_dtype` must be float16, float32 or bfloat16, got {self.adapter_dtype!r}")
+        if self.adapter_dtype not in ("auto", *DTYPES):
+            raise ValueError(f"`adapter_dtype` must be auto, {', '.join(DTYPES)}, got {self.adapter_dtype!r}")
         if self.validate_every is not None and not self.validation_pairs:
             raise ValueError("`validate_every` needs `validation_pairs` (first/last keyframe image pairs)")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -455,7 +457,7 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     final = output_dir / ADAPTER_FILE
     if accelerator.is_main_process:
         adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
-        adapter.save(final, dtype=getattr(torch, config.adapter_dtype), overwrite=True)
+        adapter.save(final, dtype=resolve_dtype(config.adapter_dtype, pipe.unet.dtype), overwrite=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
