@@ -35,6 +35,7 @@ from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_fol
 from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
 from .sampling import FUSIONS
 from .toyworld_eval import TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
+from .toyworld_model import HELDOUT_SEEDS
 from .training import TrainConfig, train_backward
 from .video_io import check_output_path, load_image, write_video
 
@@ -298,12 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     world_eval = world_commands.add_parser(
         "evaluate",
-        help="ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs",
+        help="hit rate, ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs",
         description="Interpolate held-out toy-world pairs with every method and print a table with 95 %% intervals.",
     )
     world_eval.set_defaults(run=_toyworld_evaluate)
     world_eval.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
     world_eval.add_argument("--pairs", type=int, default=50, help="held-out pairs (default: %(default)s)")
+    world_eval.add_argument(
+        "--first-seed",
+        type=int,
+        default=HELDOUT_SEEDS,
+        help="first held-out seed: the pairs are the interesting videos from it up (default: %(default)s)",
+    )
     _add_tiny_world_sampling_arguments(world_eval)
     world_eval.add_argument("--out", help="also write summary.md and per_pair.json here")
     world_eval.add_argument("--overwrite", action="store_true", help="replace files in OUT")
@@ -392,7 +399,14 @@ def _toyworld_evaluate(args: argparse.Namespace) -> int:
     from .toyworld_eval import run_evaluation
 
     table = run_evaluation(
-        args.out, args.model, args.pairs, args.steps, args.seed, overwrite=args.overwrite, guidance_scale=args.guidance
+        args.out,
+        args.model,
+        args.pairs,
+        args.steps,
+        args.seed,
+        overwrite=args.overwrite,
+        guidance_scale=args.guidance,
+        first_seed=args.first_seed,
     )
     print(table)
     if args.out:
