@@ -18,7 +18,7 @@ from inbetween.toyworld_eval import (
     score_pair,
     summary_table,
 )
-from inbetween.toyworld_model import HELDOUT_SEEDS, tiny_world_config
+from inbetween.toyworld_model import HELDOUT_SEEDS, model_world
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_frames_without_balls_are_all_misses(video):
 
 def _one_ball_video(far: bool = False):
     """A held-out video of one ball; with ``far``, its two keyframe discs do not overlap."""
-    config = tiny_world_config()
+    config = model_world()
     for seed in range(HELDOUT_SEEDS, HELDOUT_SEEDS + 500):
         video = generate_video(seed, config)
         travel = np.hypot(*(video.centres[-1, 0] - video.centres[0, 0]))

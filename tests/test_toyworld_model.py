@@ -14,6 +14,7 @@ from inbetween.metrics import psnr
 from inbetween.toyworld_eval import FULL, heldout_videos, interpolate_videos, load_tiny_world
 from inbetween.toyworld_model import (
     TinyWorldRecipe,
+    model_world,
     build_feature_extractor,
     build_image_encoder,
     build_unet,
@@ -50,9 +51,10 @@ def test_a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_doe
 
 def test_forward_loss_is_seeded_by_the_step_and_reaches_every_trained_module():
     recipe = TinyWorldRecipe()
-    unet, encoder, vae = build_unet(0, 8), build_image_encoder(0), build_vae(0)
+    frames = recipe.world.num_frames
+    unet, encoder, vae = build_unet(0, frames), build_image_encoder(0), build_vae(0)
     clips = world_clips([1, 2], recipe.world)
-    assert clips.shape == (2, 8, 3, 32, 32) and -1 <= clips.min() and clips.max() <= 1
+    assert clips.shape == (2, frames, 3, 32, 32) and -1 <= clips.min() and clips.max() <= 1
     args = (unet, encoder, vae, build_feature_extractor(32), clips)
     loss = forward_i2v_loss(*args, step_generator(0, 2, 7), recipe)
     again = forward_i2v_loss(*args, step_generator(0, 2, 7), recipe)
@@ -73,6 +75,7 @@ def test_shipped_model_fits_the_size_budget_and_loads_with_its_adapter():
     pipe = InbetweenPipeline.from_pretrained(str(TINY_WORLD_FOLDER))
     assert pipe.has_backward_adapter
     assert pipe.unet.dtype == pipe.image_encoder.dtype == torch.float32
+    assert model_world().num_frames == pipe.unet.config.num_frames  # evaluation draws the model's own world
     assert (pipe.size_multiple, pipe.default_long_side) == (8, 32)
     assert not InbetweenPipeline.from_pretrained(str(TINY_WORLD_FOLDER), load_adapter=False).has_backward_adapter
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from .files import atomic_folder
 from .hub import TINY_WORLD
 from .report import contact_sheet
+from .toyworld_model import model_world
 from .toyworld_eval import (
     CROSSFADE,
     DUAL_NO_FT,
@@ -79,7 +80,7 @@ def run_demo(
     if out.exists() and not overwrite:
         raise FileExistsError(f"`{out}` already exists; pass --overwrite to replace it or choose another --out")
     pipe, adapter = load_tiny_world(model)
-    videos = heldout_videos(pairs)
+    videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     for method in DEMO_METHODS:
         rows[method.name] = interpolate_videos(

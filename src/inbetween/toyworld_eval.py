@@ -36,8 +36,8 @@ from .metrics import psnr, ssim
 from .pairs import blend
 from .pipeline import ADAPTER_FILE, InbetweenPipeline, quiet_adapter_warnings
 from .report import mean_interval
-from .toyworld import WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
-from .toyworld_model import HELDOUT_SEEDS, tiny_world_config
+from .toyworld import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
+from .toyworld_model import HELDOUT_SEEDS, model_world
 
 # How the tiny model samples by default: few steps and no classifier-free guidance (half the UNet batch; the
 # conditioning latent already pins the colours), with the paper's re-injection (5 per step, first half of the steps).
@@ -78,11 +78,13 @@ def load_tiny_world(model: str = TINY_WORLD) -> tuple[InbetweenPipeline, Backwar
     return pipe, BackwardAdapter.load(folder / ADAPTER_FILE)
 
 
-def heldout_videos(count: int, start: int = HELDOUT_SEEDS) -> list[WorldVideo]:
-    """The first ``count`` interesting (bouncing or arcing) held-out videos, seeds from ``start`` upwards."""
+def heldout_videos(count: int, start: int = HELDOUT_SEEDS, world: WorldConfig | None = None) -> list[WorldVideo]:
+    """The first ``count`` interesting (bouncing or arcing) held-out videos, seeds from ``start`` upwards, of
+    ``world`` (default: the shipped model's, :func:`model_world`)."""
     if start < HELDOUT_SEEDS:
         raise ValueError(f"held-out seeds start at {HELDOUT_SEEDS} (lower ones are training videos), got {start}")
-    videos = interpolation_pairs(range(start, start + 100 * count), tiny_world_config())
+    world = model_world() if world is None else world
+    videos = interpolation_pairs(range(start, start + 100 * count), world)
     return [video for _, video in zip(range(count), videos, strict=False)]
 
 
@@ -259,7 +261,7 @@ def run_evaluation(
             if (out / name).exists() and not overwrite:
                 raise FileExistsError(f"`{out / name}` already exists; pass --overwrite to replace it")
     pipe, adapter = load_tiny_world(model)
-    videos = heldout_videos(pairs, first_seed)
+    videos = heldout_videos(pairs, first_seed, model_world(model))
     settings = dict(
         model=str(model),
         pairs=pairs,
