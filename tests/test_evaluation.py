@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -14,16 +15,17 @@ import pytest
 import torch
 from conftest import accelerate_launch, random_adapter
 from PIL import Image
-from real_footage import real_video_path
+from real_footage import REAL_VIDEO_SHOTS, real_video_path, shot_of
 from safetensors.torch import save_file
 from tiny import save_tiny_svd
 
-from inbetween import InbetweenPipeline
+from inbetween import InbetweenPipeline, evaluation
 from inbetween.cli import main
 from inbetween.evaluation import METHODS, EvalConfig, Keyframes, Runtime, evaluate, pair_seed
 from inbetween.metrics import frechet_distance, frechet_distance_of_features, gaussian_stats
+from inbetween.metrics import psnr as psnr_of
 from inbetween.networks import LPIPS, FIDInceptionV3
-from inbetween.pairs import load_manifest, load_pair
+from inbetween.pairs import load_manifest, load_pair, read_manifest
 from inbetween.report import t_critical
 from inbetween.video_io import read_frames
 
@@ -68,7 +70,14 @@ def settings(workspace, out, **overrides) -> dict:
 
 
 def flags(values: dict) -> list[str]:
-    return [item for key, value in values.items() for item in ("--" + key.replace("_", "-"), str(value))]
+    found = []
+    for key, value in values.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):  # argparse.BooleanOptionalAction: --name / --no-name, no value
+            found.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            found += [f"--{flag}", str(value)]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +118,12 @@ def test_report_on_real_footage(reference):
         assert line in summary
     assert "HF_HUB_OFFLINE=1 forbids downloading" in summary and "Student-t" in summary
     assert "- torch: " in summary and "- num_inference_steps: `2`" in summary and "Date: " in summary
+    assert "each inside one shot" in summary and "- allow_cuts: `False`" in summary
+    assert "Scored frames: all 3 in-between frames of each pair" in summary  # gap 4 = num_frames - 1
+    _, spec, videos = read_manifest(reference / "manifest.json")
+    bikes = next(video for video in videos if video.source.endswith("bikes.mp4"))
+    assert bikes.shots == tuple((shot.start, shot.stop) for shot in REAL_VIDEO_SHOTS) and not spec.allow_cuts
+    assert all(shot_of(p.start, p.start + p.gap) for p in pairs if p.source.endswith("bikes.mp4"))
 
     per_pair = list(csv.DictReader(io.StringIO((reference / "per_pair.csv").read_text())))
     assert [(r["method"], r["pair"]) for r in per_pair] == [(m, p.name) for m in ALL for p in pairs]
@@ -126,6 +141,82 @@ def test_report_on_real_footage(reference):
         document = json.loads((reference / "results" / "flow" / f"{pair.name}.json").read_text())
         assert document["frames"] == [1, 2, 3] and len(document["psnr"]) == 3 and document["lpips"] is None
         assert document["seed"] == pair_seed(0, pair.name)
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in feature network that keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # set_features reads the device from a parameter
+        self.inputs: list[torch.Tensor] = []
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return x.flatten(1)[:, :8].double()
+
+
+def test_only_frames_with_ground_truth_are_scored(workspace, tmp_path, monkeypatch):
+    """gap 6 over 4 steps: output frames 1 and 3 lie at 1.5 and 4.5 source frames; only frame 2 (source frame
+    start + 3) has ground truth, and it alone is scored (PSNR/SSIM, FID); FVD sees whole 16-frame clips."""
+    networks = {"fid": Recorder(), "fvd_i3d": Recorder()}
+    skipped = {"fvd_videomae": "not in this test"}
+    monkeypatch.setattr(evaluation, "load_feature_networks", lambda config, device: (networks, skipped))
+    out = tmp_path / "out"
+    assert main(["evaluate", *flags(settings(workspace, out, methods="blend,flow", gap=6, pairs_per_video=1))]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "Scored frames: 1 of the 3 in-between frames of each pair, output frames 2: " in summary
+    pairs, spec = load_manifest(out / "manifest.json")
+    # Per pair: the real set first, then blend, then flow; FID gets the one scored frame, FVD a 16-frame clip.
+    assert [x.shape[0] for x in networks["fid"].inputs] == [1] * 3 * len(pairs)
+    assert all(x.shape == (1, 3, 16, 64, 64) for x in networks["fvd_i3d"].inputs)
+    for index, pair in enumerate(pairs):
+        loaded = load_pair(pair, spec, clip_offsets=evaluation.clip_indices(pair.gap + 1))
+        torch.testing.assert_close(networks["fid"].inputs[3 * index], loaded["ground_truth"][1:2] * 2 - 1)
+        real_clip = loaded["clip"].permute(1, 0, 2, 3)[None] * 2 - 1  # source frames start + 0, 0, 1, 1, ...
+        torch.testing.assert_close(networks["fvd_i3d"].inputs[3 * index], real_clip)
+        generated = np.load(out / "frames" / "blend" / f"{pair.name}.npz")["frames"]
+        fake_clip = evaluation.as_tensor(generated)[evaluation.clip_indices(5)].permute(1, 0, 2, 3)[None] * 2 - 1
+        torch.testing.assert_close(networks["fvd_i3d"].inputs[3 * index + 1], fake_clip)
+    for pair in pairs:
+        real = load_pair(pair, spec)["ground_truth"][1:2]  # source frame start + 3
+        for method in ("blend", "flow"):
+            document = json.loads((out / "results" / method / f"{pair.name}.json").read_text())
+            assert document["frames"] == [2] and len(document["psnr"]) == len(document["ssim"]) == 1
+            generated = np.load(out / "frames" / method / f"{pair.name}.npz")["frames"]  # all 5 frames are kept
+            fake = torch.from_numpy(generated[2]).permute(2, 0, 1)[None] / 255.0
+            assert document["psnr"][0] == pytest.approx(psnr_of(fake, real).item(), abs=1e-6)
+        # Contact sheet: 5 columns of 64 px; the ground-truth row is blank in columns 1 and 3 (no source frame).
+        sheet = np.asarray(Image.open(out / "contact_sheets" / f"{pair.name}.png").convert("RGB"))
+        label = sheet.shape[1] - 5 * 64
+        cells = [sheet[:64, label + column * 64 : label + (column + 1) * 64] for column in range(5)]
+        assert [bool((cell == 255).all()) for cell in cells] == [False, True, False, True, False]
+
+
+def test_allow_cuts_draws_across_shots_and_is_kept_with_the_pairs(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    values = settings(workspace, out, methods="blend", pairs_per_video=1, allow_cuts=True)
+    assert main(["evaluate", *flags(values)]) == 0
+    stored = json.loads((out / "manifest.json").read_text())
+    assert stored["spec"]["allow_cuts"] is True and stored["shot_detection"] is None
+    assert {tuple(map(tuple, video["shots"])) for video in stored["videos"]} == {((0, 250),), ((0, 12),)}
+    assert "drawn across shot cuts too (--allow-cuts)" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", *flags({**values, "allow_cuts": False})]) == 2
+    assert "has pairs drawn with allow_cuts=True but the settings ask for allow_cuts=False" in capsys.readouterr().err
+
+
+def test_missing_scenedetect_is_a_one_line_error(workspace, tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+
+    def without_scenedetect(name, *args):
+        return None if name == "scenedetect" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_scenedetect)
+    assert main(["evaluate", *flags(settings(workspace, tmp_path / "out", methods="blend"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "inbetween[eval]"' in err and "--allow-cuts" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_injected_weights_compute_lpips_and_fid(workspace, tmp_path):
@@ -253,9 +344,19 @@ def load_manifest_free_pair(config: EvalConfig):
         ({"methods": "blend", "data": "MISSING"}, "not found"),
         ({"methods": "blend,blend"}, "lists a method twice"),
         ({"methods": "blend", "num_frames": 2}, "`num_frames` must be at least 3"),
+        ({"methods": "blend", "gap": 3}, "`gap` 3 with `num_frames` 5: no in-between output frame falls on"),
         ({"methods": "blend", "lpips_linear_weights": "nowhere.pth"}, "`lpips_linear_weights` file"),
     ],
-    ids=["unknown-method", "gi-without-adapter", "empty-data", "missing-data", "duplicate", "frames", "weights"],
+    ids=[
+        "unknown-method",
+        "gi-without-adapter",
+        "empty-data",
+        "missing-data",
+        "duplicate",
+        "frames",
+        "unscored",
+        "weights",
+    ],
 )
 def test_bad_inputs_are_one_line_errors_and_write_nothing(workspace, tmp_path, capsys, change, message):
     (tmp_path / "EMPTY").mkdir()
@@ -287,7 +388,7 @@ def test_out_folder_with_other_pairs_or_settings_is_refused(workspace, tmp_path,
     manifest = tmp_path / "pairs.json"
     assert main(["evaluate", *flags({**base, "out": tmp_path / "b", "manifest": manifest})]) == 0
     assert load_manifest(manifest)[0] == load_manifest(tmp_path / "b" / "manifest.json")[0]
-    assert main(["evaluate", *flags({**base, "out": tmp_path / "c", "manifest": manifest, "gap": 3})]) == 2
+    assert main(["evaluate", *flags({**base, "out": tmp_path / "c", "manifest": manifest, "gap": 2})]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 

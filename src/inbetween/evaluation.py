@@ -3,12 +3,14 @@
     inbetween evaluate --data videos/ --methods blend,flow,forward,gi --adapter adapter.safetensors --out results/
     accelerate launch --num_processes 4 -m inbetween.evaluate --data videos/ ... --out results/
 
-Steps: (1) draw keyframe pairs (`inbetween.pairs`) or reuse the manifest; (2) every process takes its share of the
-pairs and, per (pair, method) without a result yet, generates the in-between video, saves its frames and a JSON of
-per-frame PSNR / SSIM / LPIPS, each written atomically, so a killed run loses nothing and a re-run recomputes
-nothing already complete; (3) rank 0 merges, computes FID (all in-between frames) and FVD (I3D, VideoMAE; whole
-clips) and writes the report (`inbetween.report`). Metrics whose network weights are unavailable are reported as
-skipped with the reason, never estimated.
+Steps: (1) draw keyframe pairs inside shots (`inbetween.pairs`, `inbetween.shots`) or reuse the manifest; (2) every
+process takes its share of the pairs and, per (pair, method) without a result yet, generates the in-between video,
+saves its frames and a JSON of per-frame PSNR / SSIM / LPIPS of the scored frames (those with ground truth,
+`pairs.scored_frames`), each written atomically, so a killed run loses nothing and a re-run recomputes nothing
+already complete; (3) rank 0 merges, computes FID (the scored in-between frames) and FVD (I3D, VideoMAE; whole
+clips from first to last keyframe: the N generated frames against the gap + 1 source frames, each resampled to 16)
+and writes the report (`inbetween.report`). Metrics whose network weights are unavailable are reported as skipped
+with the reason, never estimated.
 
 Out folder layout: manifest.json, settings.json, frames/<method>/<pair>.npz ((N, H, W, 3) uint8),
 results/<method>/<pair>.json, and the report files (summary.md, per_pair.csv, per_frame.png, contact_sheets/).
@@ -38,7 +40,7 @@ from .flow import interpolate_flow
 from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
 from .metrics import frechet_distance_of_features, psnr, ssim
 from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
-from .pairs import KeyframePair, PairSpec, blend, build_pairs, load_manifest, load_pair, save_manifest
+from .pairs import KeyframePair, PairSpec, VideoShots, blend, draw_pairs, load_pair, read_manifest, save_manifest
 from .pipeline import ADAPTER_FILE, InbetweenPipeline, quiet_adapter_warnings
 from .report import EvalSummary, write_contact_sheet, write_report
 
@@ -77,6 +79,7 @@ class EvalConfig:
     height: int = 576
     width: int = 1024
     seed: int = 0  # draws the pairs and, with each pair's name, the noise of every pipeline method
+    allow_cuts: bool = False  # draw pairs across shot cuts too (no cut detection); default: inside one shot
     num_inference_steps: int = 50
     noise_injection_steps: int = 5  # re-injections per step for gi, gi-no-ft and trf (0: none)
     noise_injection_ratio: float = 0.5  # fraction of the steps with re-injection
@@ -114,7 +117,7 @@ class EvalConfig:
             raise ValueError(
                 f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}"
             )
-        self.pair_spec  # noqa: B018 - PairSpec validates gap, pairs_per_video, height, width, seed
+        self.pair_spec  # noqa: B018 - PairSpec validates gap (with num_frames), pairs_per_video, height, width, seed
         if self.num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be at least 1, got {self.num_inference_steps}")
         if self.noise_injection_steps < 0:
@@ -132,7 +135,9 @@ class EvalConfig:
 
     @property
     def pair_spec(self) -> PairSpec:
-        return PairSpec(self.num_frames, self.gap, self.pairs_per_video, self.height, self.width, self.seed)
+        return PairSpec(
+            self.num_frames, self.gap, self.pairs_per_video, self.height, self.width, self.seed, self.allow_cuts
+        )
 
     @property
     def adapter_file(self) -> str | None:
@@ -325,7 +330,10 @@ def as_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def clip_indices(num_frames: int, length: int = FVD_CLIP_FRAMES) -> list[int]:
-    """`length` evenly spaced frame indices (nearest) over a clip of `num_frames`, repeating frames if shorter."""
+    """`length` evenly spaced frame indices (nearest) over a clip of `num_frames`, repeating frames if shorter.
+
+    FVD's real clip is `clip_indices(gap + 1)` of the source frames, its generated clip `clip_indices(N)` of the
+    output frames: the same 16 times from first to last keyframe, each rounded to its own clip's nearest frame."""
     return np.rint(np.linspace(0, num_frames - 1, length)).astype(int).tolist()
 
 
@@ -339,13 +347,15 @@ def load_lpips_or_reason(config: EvalConfig, device: torch.device) -> tuple[torc
         return None, _one_line(exc) + " (inbetween evaluate: --lpips-backbone-weights / --lpips-linear-weights)"
 
 
-def score_frames(frames: np.ndarray, truth: torch.Tensor, lpips: torch.nn.Module | None) -> dict[str, list | None]:
-    """Per-frame PSNR (dB), SSIM and LPIPS of the in-between frames (keyframes excluded).
+def score_frames(
+    frames: np.ndarray, truth: torch.Tensor, scored: list[int], lpips: torch.nn.Module | None
+) -> dict[str, list | None]:
+    """Per-frame PSNR (dB), SSIM and LPIPS of the scored in-between frames (`load_pair`'s "scored").
 
-    `frames`: (N, H, W, 3) uint8 generated; `truth`: (N, 3, H, W) float32 in [0, 1]. Returns lists of N - 2 floats
-    (LPIPS None without its network).
+    `frames`: (N, H, W, 3) uint8 generated; `truth`: (len(scored), 3, H, W) float32 in [0, 1], the ground truth of
+    output frames `scored`. Returns lists of len(scored) floats (LPIPS None without its network).
     """
-    fake, real = as_tensor(frames)[1:-1], truth[1:-1]
+    fake, real = as_tensor(frames)[scored], truth
     scores = {"psnr": psnr(fake, real).tolist(), "ssim": ssim(fake, real).tolist(), "lpips": None}
     if lpips is not None:
         device = next(lpips.parameters()).device
@@ -384,16 +394,16 @@ def load_feature_networks(config: EvalConfig, device: torch.device) -> tuple[dic
 
 
 @torch.no_grad()
-def set_features(networks: dict, video: torch.Tensor) -> dict[str, np.ndarray]:
-    """Features of one video, (N, 3, H, W) in [0, 1]: Inception of each in-between frame, I3D/VideoMAE of the clip
-    resampled to 16 frames (`clip_indices`)."""
+def set_features(networks: dict, frames: torch.Tensor, clip: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Features of one video: Inception of each of `frames` (M, 3, H, W), the scored in-between frames; I3D /
+    VideoMAE of `clip` (16, 3, H, W), the whole video from first to last keyframe resampled to 16 frames. In [0, 1]."""
     features = {}
     for metric, net in networks.items():
         device = next(net.parameters()).device
         if metric == "fid":
-            x = video[1:-1].to(device) * 2 - 1  # (N - 2, 3, H, W)
+            x = frames.to(device) * 2 - 1  # (M, 3, H, W)
         else:
-            x = video[clip_indices(len(video))].permute(1, 0, 2, 3)[None].to(device) * 2 - 1  # (1, 3, 16, H, W)
+            x = clip.permute(1, 0, 2, 3)[None].to(device) * 2 - 1  # (1, 3, 16, H, W)
         features[metric] = net.features(x).double().cpu().numpy()
     return features
 
@@ -427,6 +437,13 @@ def check_environment(config: EvalConfig) -> None:
             raise FileNotFoundError(f"`{field}` file `{path}` not found; pass an existing file or leave it unset")
     if not Path(config.data).exists():
         raise FileNotFoundError(f"data folder `{config.data}` not found; pass a folder of videos or frame folders")
+    manifests = [Path(config.out) / MANIFEST_NAME, *([Path(config.manifest)] if config.manifest else [])]
+    drawing = not any(path.is_file() for path in manifests)
+    if drawing and not config.allow_cuts and importlib.util.find_spec("scenedetect") is None:
+        raise ValueError(
+            'drawing pairs inside shots needs PySceneDetect: pip install "inbetween[eval]" '
+            "(or --allow-cuts to draw across shot cuts)"
+        )
 
 
 def generation_settings(config: EvalConfig) -> dict:
@@ -436,18 +453,19 @@ def generation_settings(config: EvalConfig) -> dict:
     return settings
 
 
-def resolve_pairs(config: EvalConfig) -> list[KeyframePair]:
-    """The run's pairs: from `config.manifest` or `<out>/manifest.json` if present, else drawn from `config.data`.
+def resolve_pairs(config: EvalConfig) -> tuple[list[KeyframePair], list[VideoShots]]:
+    """The run's pairs and the shots of their videos: from `config.manifest` or `<out>/manifest.json` if present,
+    else drawn from `config.data`.
 
     Raises ValueError when a manifest or the out folder's settings disagree with `config` (nothing is written).
     """
     out, spec = Path(config.out), config.pair_spec
     given = Path(config.manifest) if config.manifest else None
     if given is not None and given.is_file():
-        pairs, found = load_manifest(given)
+        pairs, found, videos = read_manifest(given)
         _check_spec(found, spec, f"manifest `{given}`")
     elif (out / MANIFEST_NAME).is_file():
-        pairs, found = load_manifest(out / MANIFEST_NAME)
+        pairs, found, videos = read_manifest(out / MANIFEST_NAME)
         _check_spec(found, spec, f"out folder `{out}`")
         data = os.path.realpath(config.data)
         elsewhere = [p.source for p in pairs if os.path.commonpath([data, os.path.realpath(p.source)]) != data]
@@ -457,9 +475,9 @@ def resolve_pairs(config: EvalConfig) -> list[KeyframePair]:
                 "use a new --out"
             )
     else:
-        pairs = build_pairs(Path(config.data).absolute(), spec)
+        pairs, videos = draw_pairs(Path(config.data).absolute(), spec)
     if (out / MANIFEST_NAME).is_file():
-        existing, _ = load_manifest(out / MANIFEST_NAME)
+        existing, _, _ = read_manifest(out / MANIFEST_NAME)
         if _identities(existing) != _identities(pairs):
             raise ValueError(f"out folder `{out}` holds a different manifest ({len(existing)} pairs); use a new --out")
     if (out / SETTINGS_NAME).is_file():
@@ -468,7 +486,7 @@ def resolve_pairs(config: EvalConfig) -> list[KeyframePair]:
         if changed:
             listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items())
             raise ValueError(f"out folder `{out}` was run with {listed}; use a new --out or the same settings")
-    return pairs
+    return pairs, videos
 
 
 def _identities(pairs: list[KeyframePair]) -> list[tuple]:
@@ -486,15 +504,15 @@ def _check_spec(found: PairSpec, wanted: PairSpec, where: str) -> None:
         )
 
 
-def prepare_out(config: EvalConfig, pairs: list[KeyframePair]) -> None:
+def prepare_out(config: EvalConfig, pairs: list[KeyframePair], videos: list[VideoShots]) -> None:
     """Create the out folder with its manifest (and `config.manifest` if it was asked for) and settings."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.manifest and not Path(config.manifest).is_file():
         Path(config.manifest).parent.mkdir(parents=True, exist_ok=True)
-        save_manifest(pairs, config.pair_spec, config.manifest)
+        save_manifest(pairs, config.pair_spec, config.manifest, videos=videos)
     if not (out / MANIFEST_NAME).is_file():
-        save_manifest(pairs, config.pair_spec, out / MANIFEST_NAME)
+        save_manifest(pairs, config.pair_spec, out / MANIFEST_NAME, videos=videos)
     write_json(out / SETTINGS_NAME, generation_settings(config))
 
 
@@ -521,12 +539,12 @@ def run_pair(
             raise ValueError(f"method `{name}` returned {frames.dtype} {frames.shape}; expected uint8 {expected}")
         seconds = time.perf_counter() - start
         save_frames(frames_path(out, name, pair.name), frames)
-        scores = score_frames(frames, data["ground_truth"], lpips)
+        scores = score_frames(frames, data["ground_truth"][1:-1], data["scored"], lpips)
         document = {
             "method": name,
             "pair": pair.name,
             "seed": keyframes.seed,
-            "frames": list(range(1, config.num_frames - 1)),
+            "frames": data["scored"],  # output indices with ground truth, in the order of the scores
             **scores,
             "lpips_skipped": lpips_skipped if scores["lpips"] is None else None,
             "seconds": seconds,
@@ -547,10 +565,11 @@ def pick_device(config: EvalConfig, accelerator: Accelerator) -> torch.device:
 def evaluate(config: EvalConfig) -> Path | None:
     """Run the evaluation of `config`; returns the summary.md path on rank 0, None on the other processes."""
     check_environment(config)
-    pairs = resolve_pairs(config)  # every rank: same pairs, and the same user errors before anything is written
+    # Every rank: the same pairs, and the same user errors before anything is written.
+    pairs, videos = resolve_pairs(config)
     accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if accelerator.is_main_process:
-        prepare_out(config, pairs)
+        prepare_out(config, pairs, videos)
     accelerator.wait_for_everyone()
     device = pick_device(config, accelerator)
     runtime = Runtime(config, device)
@@ -585,15 +604,20 @@ def merge(config: EvalConfig, pairs: list[KeyframePair], device: torch.device, n
     real: dict[str, list] = {metric: [] for metric in networks}
     fake: dict[str, dict[str, list]] = {name: {metric: [] for metric in networks} for name in config.methods}
     for pair in tqdm(pairs, desc="set metrics", unit="pair"):
-        truth = load_pair(pair, config.pair_spec)["ground_truth"]  # (N, 3, H, W)
-        for metric, value in set_features(networks, truth).items():
+        # Real: the scored in-between frames, and the gap + 1 source frames from first to last keyframe as the clip.
+        fvd = any(metric != "fid" for metric in networks)
+        data = load_pair(pair, config.pair_spec, clip_offsets=clip_indices(pair.gap + 1) if fvd else None)
+        truth, scored = data["ground_truth"], data["scored"]
+        for metric, value in set_features(networks, truth[1:-1], data.get("clip")).items():
             real[metric].append(value)
         videos = {name: load_frames(frames_path(out, name, pair.name)) for name in config.methods}
-        for name, frames in videos.items():
-            for metric, value in set_features(networks, as_tensor(frames)).items():
+        for name, frames in videos.items():  # fake: the same output frames; the clip from all N frames
+            video = as_tensor(frames)
+            for metric, value in set_features(networks, video[scored], video[clip_indices(len(video))]).items():
                 fake[name][metric].append(value)
-        if config.contact_sheets:
-            ground_truth = to_uint8(truth.permute(0, 2, 3, 1).numpy())
+        if config.contact_sheets:  # ground truth in its output columns, blank where no source frame lies
+            ground_truth = np.full((config.num_frames, config.height, config.width, 3), 255, np.uint8)
+            ground_truth[data["indices"]] = to_uint8(truth.permute(0, 2, 3, 1).numpy())
             write_contact_sheet(out / "contact_sheets" / f"{pair.name}.png", {"ground truth": ground_truth, **videos})
     set_metrics = {
         name: {

@@ -1,7 +1,8 @@
 """The evaluation report: summary.md, per_pair.csv, a per-frame plot and contact sheets.
 
-Every pair-level number is first averaged over the pair's in-between frames; the summary then gives the mean over
-pairs and its 95 % Student-t interval, mean +- t(0.975, n - 1) * s / sqrt(n) with s the sample standard deviation.
+Every pair-level number is first averaged over the pair's scored in-between frames (those with ground truth,
+`pairs.scored_frames`); the summary then gives the mean over pairs and its 95 % Student-t interval,
+mean +- t(0.975, n - 1) * s / sqrt(n) with s the sample standard deviation.
 FID and FVD are one number per method over all its samples (no interval); their sample count is printed with them.
 """
 
@@ -22,12 +23,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .files import atomic_output
-from .pairs import KeyframePair
+from .pairs import KeyframePair, scored_frames
 
 FRAME_METRICS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 SET_METRIC_NAMES = {"fid": "FID ↓", "fvd_i3d": "FVD-I3D ↓", "fvd_videomae": "FVD-VideoMAE ↓"}
-SET_METRIC_SAMPLES = {"fid": "in-between frames", "fvd_i3d": "16-frame clips", "fvd_videomae": "16-frame clips"}
-PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "numpy", "av", "opencv-python-headless", "matplotlib")
+SET_METRIC_SAMPLES = {"fid": "scored in-between frames", "fvd_i3d": "16-frame clips", "fvd_videomae": "16-frame clips"}
+PACKAGES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "numpy",
+    "av",
+    "opencv-python-headless",
+    "matplotlib",
+    "scenedetect-headless",
+)
 CONTACT_CELL_WIDTH = 160  # pixels per frame in a contact sheet, at most
 CONTACT_LABEL_WIDTH = 110
 
@@ -81,7 +92,7 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
 
 
 def pair_mean(values: list[float] | None) -> float | None:
-    """Mean over a pair's in-between frames; infinite PSNR (a frame reproduced exactly) is left out."""
+    """Mean over a pair's scored in-between frames; infinite PSNR (a frame reproduced exactly) is left out."""
     if values is None:
         return None
     finite = [v for v in values if math.isfinite(v)]
@@ -147,23 +158,41 @@ def versions() -> dict[str, str]:
     return found
 
 
+def scored_sentence(gap: int, num_frames: int) -> str:
+    """How many frames per pair were scored, and which."""
+    scored, between, steps = scored_frames(gap, num_frames), num_frames - 2, num_frames - 1
+    if len(scored) == between:
+        return f"Scored frames: all {between} in-between frames of each pair (every one falls on a source frame)."
+    shown = ", ".join(map(str, scored)) if len(scored) <= 8 else f"{scored[0]}, {scored[1]}, …, {scored[-1]}"
+    return (
+        f"Scored frames: {len(scored)} of the {between} in-between frames of each pair, output frames {shown}: "
+        f"those whose time i·{gap}/{steps} falls on a source frame. The others have no ground truth and are not "
+        "scored (no neighbouring source frame stands in for them)."
+    )
+
+
 def summary_markdown(summary: EvalSummary, date: str | None = None) -> str:
     config = summary.config
+    spec = config.pair_spec
     sources = sorted({pair.source for pair in summary.pairs})
     date = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = "drawn across shot cuts too (--allow-cuts)" if spec.allow_cuts else "each inside one shot"
     lines = [
         "# Keyframe interpolation evaluation",
         "",
-        f"{len(summary.pairs)} keyframe pairs from {len(sources)} videos or frame folders in `{config.data}`; "
-        f"{config.num_frames} frames per pair at {config.width}x{config.height}, keyframes "
-        f"{config.pair_spec.frame_gap} source frames apart. Date: {date}.",
+        f"{len(summary.pairs)} keyframe pairs from {len(sources)} videos or frame folders in `{config.data}`, "
+        f"{where}; {config.num_frames} frames per pair at {config.width}x{config.height}, keyframes "
+        f"{spec.frame_gap} source frames apart. Date: {date}.",
+        "",
+        scored_sentence(spec.frame_gap, config.num_frames),
         "",
         method_table(summary),
         "",
-        "PSNR, SSIM and LPIPS: per pair, the mean over the in-between frames (keyframes excluded), then mean ± "
-        "half-width of the 95 % Student-t interval over pairs (mean ± t(0.975, n-1) s / √n). FID: Inception pool3 "
-        "features of all in-between frames against the ground truth's; FVD: I3D logits / VideoMAE features of each "
-        "whole clip resampled to 16 frames (nearest, evenly spaced) against the ground truth's; N = samples per set. "
+        "PSNR, SSIM and LPIPS: per pair, the mean over the scored in-between frames (keyframes excluded), then mean "
+        "± half-width of the 95 % Student-t interval over pairs (mean ± t(0.975, n-1) s / √n). FID: Inception pool3 "
+        "features of the scored in-between frames against their ground truth; FVD: I3D logits / VideoMAE features "
+        "of each whole clip from first to last keyframe (generated: its frames; real: the source frames in "
+        "between) resampled to 16 frames (nearest, evenly spaced); N = samples per set. "
         "With fewer samples than feature dimensions (2048 for FID, 400 for I3D, 768 for VideoMAE) FID/FVD are "
         "strongly biased: compare them only between runs with the same N. See docs/metrics.md.",
         "",
