@@ -190,6 +190,31 @@ def test_warns_without_adapter(tiny_pipe, keyframes, caplog):
     assert "no backward adapter" in caplog.text
 
 
+def test_adapter_warnings_come_once_per_adapter_state(tiny_pipe, keyframes, caplog):
+    run = dict(num_frames=4, output_type="latent", **{**FAST, "num_inference_steps": 1})
+    tiny_pipe.unload_backward_adapter()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            tiny_pipe(*keyframes, **run)
+    assert caplog.text.count("no backward adapter") == 1
+    caplog.clear()
+    tiny_pipe.load_backward_adapter(random_adapter(tiny_pipe.unet))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            tiny_pipe(*keyframes, rotation=False, **run)
+        tiny_pipe(*keyframes, **run)  # the adapter is used: nothing to say
+    assert caplog.text.count("the loaded adapter is unused") == 1 and "no backward adapter" not in caplog.text
+    tiny_pipe.unload_backward_adapter()
+    with caplog.at_level(logging.WARNING):
+        tiny_pipe(*keyframes, **run)
+    assert "no backward adapter" in caplog.text  # a new state is said again
+
+
+def test_unknown_sampling_option_is_refused(tiny_pipe, keyframes):
+    with pytest.raises(ValueError, match="unknown sampling option `num_steps`"):
+        tiny_pipe(*keyframes, num_steps=3)
+
+
 def test_loads_svd_folder_layout_and_round_trips(tmp_path, keyframes):
     folder = save_tiny_svd(tmp_path / "svd")
     pipe = InbetweenPipeline.from_pretrained(folder)

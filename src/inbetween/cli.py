@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import logging
 import os
 import re
@@ -29,11 +28,11 @@ from safetensors import SafetensorError
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
+from .config import SamplingConfig
 from .adapter import BackwardAdapter, convert_full_unet_checkpoint
 from .evaluation import EvalConfig, evaluate
 from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_folder
 from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
-from .sampling import FUSIONS
 from .toyworld_eval import TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
 from .toyworld_model import HELDOUT_SEEDS
 from .training import TrainConfig, train_backward
@@ -43,14 +42,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, 
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Sampling defaults (the paper's) come from the pipeline's signature, so the CLI cannot drift from it.
-DEFAULTS = {name: p.default for name, p in inspect.signature(InbetweenPipeline.__call__).parameters.items()}
-# The CLI names of the pipeline arguments, so the pipeline's own error messages name the flag the user typed.
-FLAGS = {
-    "num_inference_steps": "--steps",
-    "min_guidance_scale": "--min-guidance",
-    "max_guidance_scale": "--max-guidance",
-}
 # Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
 # variant and the Hub repo's single-file checkpoints (several GB each).
 PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
@@ -65,23 +56,10 @@ def _interpolate(args: argparse.Namespace) -> int:
     configs = local_model_configs(args.model)  # a model on disk fixes its size rules before it loads
     long_side, multiple = size_rules(*configs) if configs else (DEFAULT_LONG_SIDE, SIZE_MULTIPLE)
     height, width = InbetweenPipeline.default_size(first, args.height, args.width, long_side, multiple)
-    call_kwargs = dict(
-        height=height,
-        width=width,
-        num_frames=args.num_frames,
-        num_inference_steps=args.steps,
-        min_guidance_scale=args.min_guidance,
-        max_guidance_scale=args.max_guidance,
-        fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id,
-        noise_aug_strength=args.noise_aug_strength,
-        fusion=args.fusion,
-        noise_injection_steps=args.noise_injection_steps,
-        noise_injection_ratio=args.noise_injection_ratio,
-        decode_chunk_size=args.decode_chunk_size,
-        split_guidance_batch=args.split_guidance_batch,
-    )
-    _check_sampling_options(call_kwargs, output_fps=args.output_fps, size_multiple=multiple)
+    values = {name: getattr(args, name) for name in SamplingConfig.field_names()}
+    config = _sampling_config(dict(values, height=height, width=width), size_multiple=multiple)
+    if args.output_fps is not None and not args.output_fps > 0:
+        raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = _pick_device(args.device)
@@ -100,7 +78,7 @@ def _interpolate(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        frames = pipe(first, last, generator=generator, **call_kwargs).frames[0]
+        frames = pipe(first, last, config, generator=generator).frames[0]
     output_fps = args.output_fps or args.fps
     path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
     print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
@@ -117,37 +95,24 @@ def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: 
         ) from exc
 
 
-def _check_sampling_options(call_kwargs: dict, output_fps: float | None, size_multiple: int) -> None:
-    """The pipeline's own ``check_inputs``, run before the model loads, plus what only the CLI takes."""
-    if call_kwargs["fps"] < 1:
-        raise ValueError(f"`--fps` must be at least 1, got {call_kwargs['fps']}")
-    if output_fps is not None and not output_fps > 0:
-        raise ValueError(f"`--output-fps` must be positive, got {output_fps}")
-    if call_kwargs["noise_aug_strength"] < 0:
-        raise ValueError(f"`--noise-aug-strength` must be 0 or more, got {call_kwargs['noise_aug_strength']}")
-    # The model supplies these two defaults when it loads; any valid stand-in lets the rest be checked now.
-    num_frames = 3 if call_kwargs["num_frames"] is None else call_kwargs["num_frames"]
-    chunk = 1 if call_kwargs["decode_chunk_size"] is None else call_kwargs["decode_chunk_size"]
+def _sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
+    """The validated sampling config, before the model loads; its errors name the flags the user typed."""
     try:
-        InbetweenPipeline.check_inputs(
-            call_kwargs["height"],
-            call_kwargs["width"],
-            num_frames,
-            call_kwargs["num_inference_steps"],
-            call_kwargs["fusion"],
-            call_kwargs["noise_injection_steps"],
-            call_kwargs["noise_injection_ratio"],
-            chunk,
-            output_type="pil",
-            size_multiple=size_multiple,
-        )
+        config = SamplingConfig(**values)
+        InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
     except ValueError as exc:
-        raise ValueError(_with_flag_names(str(exc))) from exc
+        raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
+    return config
 
 
-def _with_flag_names(message: str) -> str:
-    """Rename backticked pipeline arguments (`num_frames`) to the flags that set them (`--num-frames`)."""
-    return re.sub(r"`([a-z_]+)`", lambda m: f"`{FLAGS.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _with_flag_names(message: str, config_class: type) -> str:
+    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
+    flags = {field.name: _flag(field) for field in dataclasses.fields(config_class)}
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
 
 
 def _pick_device(name: str) -> str:
@@ -327,13 +292,16 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> 
     """One ``--flag`` per field of ``config_class``, typed and defaulted from the dataclass itself."""
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag(field)
         kind = hints[field.name]
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else field.default
         help_text = "required" if required else "default: %(default)s"
+        if "help" in field.metadata:
+            help_text = field.metadata["help"] + ("" if required or default is None else " (default: %(default)s)")
+        extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
             p.add_argument(
                 flag.removesuffix("s"),
@@ -346,7 +314,9 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> 
             )
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            p.add_argument(flag, type=base, default=default, required=required, help=help_text)
+            p.add_argument(
+                flag, dest=field.name, type=base, default=default, required=required, help=help_text, **extra
+            )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -421,79 +391,8 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
     p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
-    s = p.add_argument_group("sampling (defaults: the paper's)")
-    s.add_argument(
-        "--num-frames",
-        type=int,
-        metavar="N",
-        help="frames incl. both keyframes (default: the model's, 14 for SVD, 25 for SVD-XT)",
-    )
-    s.add_argument("--height", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
-    s.add_argument("--width", type=int, metavar="PX", help="multiple of 64 (default: FIRST's aspect, long side 1024)")
-    s.add_argument(
-        "--steps",
-        type=int,
-        metavar="N",
-        default=DEFAULTS["num_inference_steps"],
-        help="denoising steps (default: %(default)s)",
-    )
-    s.add_argument(
-        "--min-guidance",
-        type=float,
-        metavar="X",
-        default=DEFAULTS["min_guidance_scale"],
-        help="guidance scale at the first frame, ramping to --max-guidance (default: %(default)s)",
-    )
-    s.add_argument(
-        "--max-guidance",
-        type=float,
-        metavar="X",
-        default=DEFAULTS["max_guidance_scale"],
-        help="guidance scale at the last frame; <= 1 turns guidance off (default: %(default)s)",
-    )
-    s.add_argument(
-        "--fusion",
-        choices=FUSIONS,
-        default=DEFAULTS["fusion"],
-        help="forward weight per frame: 0.5 (average) or from 1 to 0 (linear) (default: %(default)s)",
-    )
-    s.add_argument(
-        "--noise-injection-steps",
-        type=int,
-        metavar="N",
-        default=DEFAULTS["noise_injection_steps"],
-        help="noise re-injections per step, 0 turns them off (default: %(default)s)",
-    )
-    s.add_argument(
-        "--noise-injection-ratio",
-        type=float,
-        metavar="X",
-        default=DEFAULTS["noise_injection_ratio"],
-        help="fraction of the steps with re-injection, in [0, 1] (default: %(default)s)",
-    )
-    c = p.add_argument_group("SVD conditioning")
-    c.add_argument(
-        "--fps",
-        type=int,
-        metavar="N",
-        default=DEFAULTS["fps"],
-        help="conditioning fps, also the playback fps unless --output-fps (default: %(default)s)",
-    )
-    c.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
-    c.add_argument(
-        "--motion-bucket-id",
-        type=int,
-        metavar="N",
-        default=DEFAULTS["motion_bucket_id"],
-        help="amount of motion, higher moves more (default: %(default)s)",
-    )
-    c.add_argument(
-        "--noise-aug-strength",
-        type=float,
-        metavar="X",
-        default=DEFAULTS["noise_aug_strength"],
-        help="noise added to the keyframes before encoding (default: %(default)s)",
-    )
+    _add_dataclass_arguments(p.add_argument_group("sampling (defaults: the paper's and SVD's)"), SamplingConfig)
+    p.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
     m = p.add_argument_group("model and hardware")
     m.add_argument(
         "--model",
@@ -516,12 +415,6 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)",
     )
     m.add_argument("--cpu-offload", action="store_true", help="keep models in CPU memory until used (cuda only)")
-    m.add_argument(
-        "--split-guidance-batch",
-        action="store_true",
-        help="two UNet calls per step instead of one: lower peak memory, same video",
-    )
-    m.add_argument("--decode-chunk-size", type=int, metavar="N", help="frames decoded at a time (default: all)")
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser) -> None:

@@ -41,7 +41,7 @@ from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns,
 from .metrics import frechet_distance_of_features, psnr, ssim
 from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
 from .pairs import KeyframePair, PairSpec, VideoShots, blend, draw_pairs, load_pair, read_manifest, save_manifest
-from .pipeline import ADAPTER_FILE, InbetweenPipeline, quiet_adapter_warnings
+from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .report import EvalSummary, write_contact_sheet, write_report
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -195,22 +195,21 @@ class Runtime:
         pipe = self.pipeline(adapter)
         # CPU generator: the same numbers on every device, so results do not depend on where a pair ran.
         generator = torch.Generator("cpu").manual_seed(keyframes.seed)
-        with quiet_adapter_warnings():  # the base-weights ablations warn about their missing adapter every call
-            frames = pipe(
-                keyframes.first[None],
-                keyframes.last[None],
-                height=config.height,
-                width=config.width,
-                num_frames=keyframes.num_frames,
-                num_inference_steps=config.num_inference_steps,
-                fusion=fusion or config.fusion,
-                rotation=rotation,
-                noise_injection_steps=config.noise_injection_steps if noise_injection else 0,
-                noise_injection_ratio=config.noise_injection_ratio,
-                decode_chunk_size=config.decode_chunk_size,
-                generator=generator,
-                output_type="np",
-            ).frames[0]  # (N, H, W, 3) float in [0, 1]
+        frames = pipe(
+            keyframes.first[None],
+            keyframes.last[None],
+            height=config.height,
+            width=config.width,
+            num_frames=keyframes.num_frames,
+            num_inference_steps=config.num_inference_steps,
+            fusion=fusion or config.fusion,
+            rotation=rotation,
+            noise_injection_steps=config.noise_injection_steps if noise_injection else 0,
+            noise_injection_ratio=config.noise_injection_ratio,
+            decode_chunk_size=config.decode_chunk_size,
+            generator=generator,
+            output_type="np",
+        ).frames[0]  # (N, H, W, 3) float in [0, 1]
         return to_uint8(frames)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +40,14 @@ except ImportError:
 
 from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, rotation_processors
+from .config import SamplingConfig
+from .layout import BACKWARD, FORWARD, BatchLayout
 from .sampling import (
-    FUSIONS,
     apply_guidance,
-    branches_to_run,
     edm_scalings,
     fuse,
     fusion_weights,
     guidance_scales,
-    needs_guidance,
     sample_euler_with_reinjection,
 )
 
@@ -72,8 +71,7 @@ class InbetweenPipelineOutput(BaseOutput):
 
 @dataclass
 class KeyframeConditioning:
-    """Conditioning of the UNet batch, grouped ``(G, B, ...)`` with groups ``[fwd-uncond, fwd-cond, bwd-uncond,
-    bwd-cond]`` (or ``[fwd-cond, bwd-cond]`` without guidance)."""
+    """Conditioning of the UNet batch, grouped ``(G, B, ...)`` as the groups of a :class:`BatchLayout`."""
 
     image_embeddings: torch.Tensor  # (G, B, 1, D) CLIP image embeddings
     image_latents: torch.Tensor  # (G, B, 4, h, w) VAE latents of the noise-augmented keyframes
@@ -128,6 +126,7 @@ class InbetweenPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         _check_scheduler(scheduler)
         install_rotation(self.unet)
+        self._adapter_warnings: set[str] = set()  # adapter states already warned about (reset when it changes)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> InbetweenPipeline:
@@ -150,11 +149,13 @@ class InbetweenPipeline(DiffusionPipeline):
         if not isinstance(adapter, BackwardAdapter):
             adapter = BackwardAdapter.load(adapter)
         adapter.apply_to(self.unet)
+        self._adapter_warnings.clear()
 
     def unload_backward_adapter(self) -> None:
         """Back to base weights in the backward branch (rotation stays installed)."""
         for processor in rotation_processors(self.unet).values():
             processor.set_deltas(None, None, None)
+        self._adapter_warnings.clear()
 
     @property
     def has_backward_adapter(self) -> bool:
@@ -214,35 +215,14 @@ class InbetweenPipeline(DiffusionPipeline):
             )
 
     @staticmethod
-    def check_inputs(
-        height: int,
-        width: int,
-        num_frames: int,
-        num_inference_steps: int,
-        fusion: str,
-        noise_injection_steps: int,
-        noise_injection_ratio: float,
-        decode_chunk_size: int,
-        output_type: str,
-        size_multiple: int = SIZE_MULTIPLE,
-    ) -> None:
-        """Raise ``ValueError`` naming the argument, the value and the fix (needs no model)."""
-        for name, size in (("height", height), ("width", width)):
-            if size <= 0 or size % size_multiple:
+    def check_inputs(config: SamplingConfig, output_type: str, size_multiple: int = SIZE_MULTIPLE) -> None:
+        """Raise ``ValueError`` naming the argument, the value and the fix, for what only the model decides (the
+        size multiple) and the output type; the config validated itself (needs no model)."""
+        for name in ("height", "width"):
+            size = getattr(config, name)
+            if size is not None and (size <= 0 or size % size_multiple):
                 hint = _round_to_multiple(size, size_multiple)
                 raise ValueError(f"`{name}` must be a positive multiple of {size_multiple}, got {size}; try {hint}")
-        if num_frames < 3:
-            raise ValueError(f"`num_frames` must be at least 3 (two keyframes and one in between), got {num_frames}")
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        if noise_injection_steps < 0:
-            raise ValueError(f"`noise_injection_steps` must be 0 or more, got {noise_injection_steps}")
-        if not 0.0 <= noise_injection_ratio <= 1.0:
-            raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {noise_injection_ratio}")
-        if decode_chunk_size < 1:
-            raise ValueError(f"`decode_chunk_size` must be at least 1, got {decode_chunk_size}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
@@ -272,14 +252,12 @@ class InbetweenPipeline(DiffusionPipeline):
         first: torch.Tensor,
         last: torch.Tensor,
         clip_images: list[torch.Tensor],
-        fps: int,
-        motion_bucket_id: int,
-        noise_aug_strength: float,
-        guidance: bool,
+        config: SamplingConfig,
+        layout: BatchLayout,
         generator: torch.Generator | None,
     ) -> KeyframeConditioning:
         """Encode preprocessed keyframes ``(B, 3, H, W)`` and their CLIP inputs (:meth:`clip_keyframes`, firsts
-        then lasts, 2B of them) into the grouped conditioning of the UNet batch.
+        then lasts, 2B of them) into the conditioning of ``layout``'s groups.
 
         The noise augmentation of both keyframes is drawn first from ``generator``, as one
         ``(2B, 3, H, W)`` tensor ``[first; last]`` (its first B rows are what SVD's pipeline draws for the firsts).
@@ -288,16 +266,20 @@ class InbetweenPipeline(DiffusionPipeline):
         images = torch.cat([first, last]).to(device)
         embeddings = self.encode_image_embeddings([image.to(device) for image in clip_images]).to(dtype)  # (2B, 1, D)
         noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
-        latents = self.encode_image_latents(images + noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
+        latents = self.encode_image_latents(images + config.noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
         # SVD was trained with fps - 1 as the micro-conditioning (sgm's simple_video_sample.py).
-        time_ids = torch.tensor([fps - 1, motion_bucket_id, noise_aug_strength], device=device, dtype=dtype)
-        emb_first, emb_last = embeddings.chunk(2)
-        lat_first, lat_last = latents.chunk(2)
-        if guidance:
-            emb = torch.stack([torch.zeros_like(emb_first), emb_first, torch.zeros_like(emb_last), emb_last])
-            lat = torch.stack([torch.zeros_like(lat_first), lat_first, torch.zeros_like(lat_last), lat_last])
-        else:
-            emb, lat = torch.stack([emb_first, emb_last]), torch.stack([lat_first, lat_last])
+        time_ids = torch.tensor(
+            [config.fps - 1, config.motion_bucket_id, config.noise_aug_strength], device=device, dtype=dtype
+        )
+        keyframe = {FORWARD: 0, BACKWARD: 1}  # the forward branch sees the first keyframe, the backward the last
+        emb_pairs, lat_pairs = embeddings.chunk(2), latents.chunk(2)
+
+        def conditioning(group, pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            value = pairs[keyframe[group.branch]]
+            return value if group.conditional else torch.zeros_like(value)
+
+        emb = torch.stack([conditioning(group, emb_pairs) for group in layout.groups])
+        lat = torch.stack([conditioning(group, lat_pairs) for group in layout.groups])
         return KeyframeConditioning(emb, lat, time_ids.expand(*emb.shape[:2], 3))
 
     def encode_image_embeddings(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -310,56 +292,42 @@ class InbetweenPipeline(DiffusionPipeline):
             return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
 
     def make_denoiser(
-        self,
-        cond: KeyframeConditioning,
-        num_frames: int,
-        guidance_scale: torch.Tensor,
-        weights: torch.Tensor,
-        split_guidance_batch: bool,
-        fusion: str = "average",
-        rotation: bool = True,
+        self, cond: KeyframeConditioning, layout: BatchLayout, config: SamplingConfig
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The fused denoiser ``(x (B, N, 4, h, w), sigma) -> denoised (B, N, 4, h, w)`` of one step.
 
-        Only the branches ``fusion`` needs are evaluated (a rotated backward branch also needs the forward
-        rows, its attention source). ``rotation=False`` lets the backward rows attend with their own maps and
-        base weights (time-reversal fusion).
+        Evaluates ``layout``'s calls (backward rows see the time-reversed ``x``), guides each branch with SVD's
+        per-frame scale and fuses them; ``fusion="forward"`` / ``"backward"`` return one branch alone (the
+        backward one mapped back to forward time).
         """
-        guided = cond.image_embeddings.shape[0] == 4
-        per_branch = 2 if guided else 1  # groups [uncond, cond] or [cond] per branch
-        run = branches_to_run(fusion, rotation)
-        branch_groups = {
-            branch: list(range(branch * per_branch, (branch + 1) * per_branch)) for branch in (0, 1) if run[branch]
-        }
-        branch_of_group = {g: branch for branch, groups in branch_groups.items() for g in groups}
-        groups = list(branch_of_group)
-        # One call over all groups; or, to lower peak memory, one call per guidance half.
-        calls = (
-            [[g for g in groups if g % 2 == half] for half in (0, 1)] if guided and split_guidance_batch else [groups]
-        )
-        dual = rotation and all(run)
+        num_frames = config.num_frames
+        guidance_scale = guidance_scales(
+            config.min_guidance_scale, config.max_guidance_scale, num_frames, config.fusion
+        ).to(self._execution_device)
+        weights = fusion_weights(config.fusion, num_frames).to(self._execution_device)
         # The conditioning of each call is the same at every step: build it once.
-        call_conditioning = [cond.select(call, num_frames) for call in calls]
+        call_conditioning = [cond.select(list(call), num_frames) for call in layout.calls]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
-            x_branches = (x, x.flip(1))  # forward, time-reversed
+            x_of = {FORWARD: x, BACKWARD: x.flip(1)}  # the backward branch runs in reversed time
             denoised = {}
-            for call, conditioning in zip(calls, call_conditioning, strict=True):
-                x_in = torch.stack([x_branches[branch_of_group[g]] for g in call])  # (G', B, N, 4, h, w)
-                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, dual)
+            for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
+                x_in = torch.stack([x_of[layout.groups[g].branch] for g in call])  # (G', B, N, 4, h, w)
+                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, layout.dual)
                 v = v.unflatten(0, x_in.shape[:2]).float()
                 for j, g in enumerate(call):
                     denoised[g] = c_skip * x_in[j] + c_out * v[j]
-            out = {
-                branch: apply_guidance(denoised[gs[0]], denoised[gs[1]], guidance_scale) if guided else denoised[gs[0]]
-                for branch, gs in branch_groups.items()
-            }
-            if fusion == "forward":
-                return out[0]
-            if fusion == "backward":
-                return out[1].flip(1)
-            return fuse(out[0], out[1], weights)
+            out = {}
+            for branch in layout.branches:
+                groups = layout.branch_groups(branch)  # [uncond, cond] or [cond]
+                parts = [denoised[g] for g in groups]
+                out[branch] = apply_guidance(*parts, guidance_scale) if len(parts) == 2 else parts[0]
+            if config.fusion == "forward":
+                return out[FORWARD]
+            if config.fusion == "backward":
+                return out[BACKWARD].flip(1)
+            return fuse(out[FORWARD], out[BACKWARD], weights)
 
         return denoise
 
@@ -395,58 +363,57 @@ class InbetweenPipeline(DiffusionPipeline):
 
     # call ---------------------------------------------------------------------------------------
 
+    def sampling_config(
+        self, first_image: KeyframeInput, config: SamplingConfig | None = None, **options: object
+    ) -> SamplingConfig:
+        """``config`` (default: the paper's) with ``options`` applied and the size and frame count filled in from
+        the first keyframe and the model. Raises ``ValueError`` for an unknown option or a bad value."""
+        unknown = sorted(set(options) - set(SamplingConfig.field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown sampling option {', '.join(f'`{name}`' for name in unknown)}; "
+                f"the options are the fields of SamplingConfig: {', '.join(SamplingConfig.field_names())}"
+            )
+        config = replace(config or SamplingConfig(), **options)
+        height, width = self.default_size(
+            first_image, config.height, config.width, self.default_long_side, self.size_multiple
+        )
+        return config.with_defaults(self.unet.config.num_frames, height, width)
+
     @torch.no_grad()
     def __call__(
         self,
         first_image: KeyframeInput,
         last_image: KeyframeInput,
-        height: int | None = None,
-        width: int | None = None,
-        num_frames: int | None = None,
-        num_inference_steps: int = 50,
-        min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 3.0,
-        fps: int = 7,
-        motion_bucket_id: int = 127,
-        noise_aug_strength: float = 0.02,
-        fusion: str = "average",
-        rotation: bool = True,
-        noise_injection_steps: int = 5,
-        noise_injection_ratio: float = 0.5,
-        decode_chunk_size: int | None = None,
-        split_guidance_batch: bool = False,
+        config: SamplingConfig | None = None,
+        *,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         return_dict: bool = True,
+        **options: object,
     ) -> InbetweenPipelineOutput | tuple:
         r"""Generate the video from ``first_image`` to ``last_image`` (both included).
 
         Args:
             first_image, last_image (`PIL.Image.Image`, `list[PIL.Image.Image]` or `torch.Tensor`):
                 The keyframes; a list or a `(B, 3, H, W)` tensor in [0, 1] interpolates B pairs in one call.
-            height, width (`int`, *optional*): Output size, multiples of `pipe.size_multiple` (64 for SVD). Default:
-                the first keyframe's aspect with the long side `pipe.default_long_side` (1024 for SVD). PIL keyframes
-                are resized and center-cropped to it; CLIP sees the same crop at the keyframe's own resolution.
-            num_frames (`int`, *optional*): Frames of the video, keyframes included (default `unet.config.num_frames`:
-                14 for SVD, 25 for SVD-XT).
-            num_inference_steps (`int`, defaults to 50): Euler steps (paper: 50).
-            min_guidance_scale, max_guidance_scale (`float`, default 1.0 / 3.0): SVD's per-frame guidance ramp,
-                applied per branch (symmetrised for `fusion="average"`). `max_guidance_scale <= 1` disables guidance.
-            fps, motion_bucket_id, noise_aug_strength: SVD's micro-conditioning (7, 127, 0.02).
-            fusion (`str`, defaults to `"average"`): forward weight 0.5 per frame, or `"linear"` from 1 at the
-                first keyframe to 0 at the last; `"forward"` / `"backward"` keep one branch alone (baselines:
-                `"forward"` is plain SVD image-to-video from the first keyframe).
-            rotation (`bool`, defaults to True): the backward branch attends with the forward branch's rotated
-                attention maps (the paper); False gives it its own attention and the base weights (time-reversal
-                fusion, Feng et al. 2024), any loaded adapter unused.
-            noise_injection_steps (`int`, defaults to 5): re-injections per step during the first
-                `noise_injection_ratio` (0.5) of the steps; 0 disables re-injection.
-            decode_chunk_size (`int`, *optional*): frames decoded at a time (default: all).
-            split_guidance_batch (`bool`, defaults to False): run the 4-way batch as two UNet calls of
-                `[forward, backward]` rows (one per guidance half) to lower peak memory; same result.
+            config (`SamplingConfig`, *optional*): the sampling options (default: the paper's).
+            **options: any field of :class:`~inbetween.config.SamplingConfig` as a keyword, overriding `config`,
+                with SVD's names: `num_frames` (default: the UNet's, 14 for SVD, 25 for SVD-XT), `height`,
+                `width` (multiples of `pipe.size_multiple`, 64 for SVD; default: the first keyframe's aspect with
+                the long side `pipe.default_long_side`, 1024 for SVD; PIL keyframes are resized and
+                center-cropped to it, and CLIP sees the same crop at the keyframe's own resolution),
+                `num_inference_steps` (50), `min_guidance_scale` / `max_guidance_scale` (1.0 / 3.0: SVD's
+                per-frame ramp, per branch, symmetrised for `fusion="average"`; `<= 1` disables guidance), `fps`,
+                `motion_bucket_id`, `noise_aug_strength` (7, 127, 0.02), `fusion` (`"average"`, `"linear"`, or
+                `"forward"` / `"backward"` for one branch alone: `"forward"` is plain SVD image-to-video),
+                `rotation` (True: the paper; False: the backward branch attends on its own with the base weights,
+                time-reversal fusion), `noise_injection_steps` / `noise_injection_ratio` (5 / 0.5),
+                `decode_chunk_size` (all frames), `split_guidance_batch` (False; True: two UNet calls per step,
+                lower peak memory, same result).
             generator (`torch.Generator`, *optional*): source of ALL noise (augmentation, initial latents,
                 re-injection): the same seed gives the same video.
             latents (`torch.Tensor`, *optional*): unit-variance noise `(B, N, 4, H/8, W/8)`, scaled by the scheduler's
@@ -459,75 +426,48 @@ class InbetweenPipeline(DiffusionPipeline):
         Returns:
             :class:`InbetweenPipelineOutput` or `(frames,)`.
         """
-        # 0. Default size and frame count from the keyframe and the UNet
+        # 0. The sampling options, with the size from the first keyframe and the frame count from the UNet
         self.check_keyframes(first_image, last_image)
-        height, width = self.default_size(first_image, height, width, self.default_long_side, self.size_multiple)
-        num_frames = self.unet.config.num_frames if num_frames is None else num_frames
-        decode_chunk_size = num_frames if decode_chunk_size is None else decode_chunk_size
+        config = self.sampling_config(first_image, config, **options)
 
         # 1. Check inputs
-        self.check_inputs(
-            height,
-            width,
-            num_frames,
-            num_inference_steps,
-            fusion,
-            noise_injection_steps,
-            noise_injection_ratio,
-            decode_chunk_size,
-            output_type,
-            self.size_multiple,
-        )
-        uses_backward = fusion != "forward"
-        if uses_backward and not rotation and self.has_backward_adapter:
-            logger.warning(
-                "`rotation=False`: the backward branch uses its own attention and base weights; "
-                "the loaded adapter is unused"
-            )
-        if uses_backward and rotation and not self.has_backward_adapter:
-            logger.warning(
-                "no backward adapter loaded: the backward pass uses the base weights with rotated "
-                "attention; load one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
-            )
+        self.check_inputs(config, output_type, self.size_multiple)
+        self._warn_about_adapter_state(config)
         device = self._execution_device
-        guidance = needs_guidance(min_guidance_scale, max_guidance_scale)
+        layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
 
         # 2. Encode keyframes (draws the noise augmentation from `generator`)
-        first = self.preprocess_keyframes(first_image, height, width)
-        last = self.preprocess_keyframes(last_image, height, width)
-        clip_images = self.clip_keyframes(first_image, height, width) + self.clip_keyframes(last_image, height, width)
-        cond = self.encode_keyframes(
-            first, last, clip_images, fps, motion_bucket_id, noise_aug_strength, guidance, generator
+        first = self.preprocess_keyframes(first_image, config.height, config.width)
+        last = self.preprocess_keyframes(last_image, config.height, config.width)
+        clip_images = self.clip_keyframes(first_image, config.height, config.width) + self.clip_keyframes(
+            last_image, config.height, config.width
         )
+        cond = self.encode_keyframes(first, last, clip_images, config, layout, generator)
 
         # 3. Sigmas from the scheduler (Karras, sigma_max 700 -> sigma_min 0.002, then 0)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(config.num_inference_steps, device=device)
         sigmas = self.scheduler.sigmas.to(device, torch.float32)
 
         # 4. Initial noise
-        batch_size = first.shape[0]
         shape = (
-            batch_size,
-            num_frames,
+            first.shape[0],
+            config.num_frames,
             self.vae.config.latent_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
+            config.height // self.vae_scale_factor,
+            config.width // self.vae_scale_factor,
         )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        # SVD's pipeline starts from init_noise_sigma (sqrt(sigma_max^2 + 1) for its "leading" spacing).
         x = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
-        # 5. Guidance ramp and fusion weights, per frame
-        guidance_scale = guidance_scales(min_guidance_scale, max_guidance_scale, num_frames, fusion).to(device)
-        weights = fusion_weights(fusion, num_frames).to(device)
-        denoise = self.make_denoiser(
-            cond, num_frames, guidance_scale, weights, split_guidance_batch, fusion=fusion, rotation=rotation
-        )
+        # 5. The fused denoiser: guidance ramp and fusion weights per frame
+        denoise = self.make_denoiser(cond, layout, config)
 
         # 6. Dual-directional Euler sampling with noise re-injection
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with self.progress_bar(total=config.num_inference_steps) as progress_bar:
 
             def on_step_end(step: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
                 progress_bar.update()
@@ -541,8 +481,8 @@ class InbetweenPipeline(DiffusionPipeline):
                 x,
                 sigmas,
                 generator=generator,
-                noise_injection_steps=noise_injection_steps,
-                noise_injection_ratio=noise_injection_ratio,
+                noise_injection_steps=config.noise_injection_steps,
+                noise_injection_ratio=config.noise_injection_ratio,
                 callback=on_step_end,
             )
 
@@ -550,10 +490,31 @@ class InbetweenPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = x
         else:
-            video = self.decode_latents(x, decode_chunk_size)
+            video = self.decode_latents(x, config.decode_chunk_size)
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.maybe_free_model_hooks()
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
+        """Say once per adapter state (not per call) when the backward branch will not use a loaded adapter, or has
+        none to use."""
+        if not config.uses_backward:
+            return
+        if not config.rotation and self.has_backward_adapter:
+            state, message = "unused", (
+                "`rotation=False`: the backward branch uses its own attention and base weights; "
+                "the loaded adapter is unused"
+            )
+        elif config.rotation and not self.has_backward_adapter:
+            state, message = "missing", (
+                "no backward adapter loaded: the backward pass uses the base weights with rotated attention; load "
+                "one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
+            )
+        else:
+            return
+        if state not in self._adapter_warnings:
+            self._adapter_warnings.add(state)
+            logger.warning(message)
 
 
 def size_rules(unet_config: dict, vae_config: dict) -> tuple[int, int]:
@@ -603,18 +564,6 @@ def center_crop_to_aspect(images: torch.Tensor, aspect: float) -> torch.Tensor:
     crop_height = max(1, min(height, round(width / aspect)))
     top = (height - crop_height) // 2
     return images[..., top : top + crop_height, :]
-
-
-@contextmanager
-def quiet_adapter_warnings() -> Iterator[None]:
-    """Silence the per-call adapter warnings (ablations run without an adapter on purpose)."""
-    pipeline_logger = logging.get_logger(__name__)
-    level = pipeline_logger.level
-    pipeline_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        pipeline_logger.setLevel(level)
 
 
 @contextmanager

@@ -14,9 +14,10 @@ from collections.abc import Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .config import FUSIONS
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
-FUSIONS = ("average", "linear", "forward", "backward")  # the last two: one branch alone (baselines)
 
 
 def edm_scalings(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,16 +112,3 @@ def fuse(denoised_fwd: torch.Tensor, denoised_bwd: torch.Tensor, weights: torch.
     """``w * fwd + (1 - w) * flip_time(bwd)``; ``denoised_bwd`` is in the backward branch's (reversed) frame order."""
     w = weights.view(1, -1, *([1] * (denoised_fwd.ndim - 2)))
     return w * denoised_fwd + (1 - w) * denoised_bwd.flip(1)
-
-
-def branches_to_run(fusion: str, rotation: bool) -> tuple[bool, bool]:
-    """Whether the forward and the backward branch must be evaluated. A rotated backward branch needs the
-    forward rows even when only its own output is kept: they supply its attention maps."""
-    forward = fusion != "backward" or rotation
-    backward = fusion != "forward"
-    return forward, backward
-
-
-def needs_guidance(min_scale: float, max_scale: float) -> bool:
-    """Whether the unconditional rows are needed at all (SVD: any frame's scale above 1)."""
-    return max(min_scale, max_scale) > 1.0

@@ -34,7 +34,7 @@ from .files import atomic_output
 from .hub import TINY_WORLD, resolve_model_folder
 from .metrics import psnr, ssim
 from .pairs import blend
-from .pipeline import ADAPTER_FILE, InbetweenPipeline, quiet_adapter_warnings
+from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .report import mean_interval
 from .toyworld import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
 from .toyworld_model import HELDOUT_SEEDS, model_world
@@ -117,22 +117,21 @@ def interpolate_videos(
         pipe.load_backward_adapter(adapter)
     else:
         pipe.unload_backward_adapter()
-    with quiet_adapter_warnings():  # the no-fine-tuning methods run without the adapter on purpose
-        video = pipe(
-            first,
-            last,
-            height=size,
-            width=size,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            min_guidance_scale=min(1.0, guidance_scale),
-            max_guidance_scale=guidance_scale,
-            fusion=method.fusion,
-            rotation=method.rotation,
-            noise_injection_steps=5 if method.reinjection else 0,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="pt",
-        ).frames  # (B, N, 3, H, W) in [0, 1]
+    video = pipe(
+        first,
+        last,
+        height=size,
+        width=size,
+        num_frames=num_frames,
+        num_inference_steps=num_inference_steps,
+        min_guidance_scale=min(1.0, guidance_scale),
+        max_guidance_scale=guidance_scale,
+        fusion=method.fusion,
+        rotation=method.rotation,
+        noise_injection_steps=5 if method.reinjection else 0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    ).frames  # (B, N, 3, H, W) in [0, 1]
     return _as_uint8(video)
 
 

@@ -1,0 +1,112 @@
+"""The sampling options and the paper's constants: the bottom of the house (imports nothing of the package).
+
+Defaults are those of Generative Inbetweening (Wang et al., ICLR 2025, section 4) and of Stable Video
+Diffusion (Blattmann et al. 2023), whose micro-conditioning the paper keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+# SVD's micro-conditioning and training noise (sgm's SVD configs; the paper keeps them).
+FPS = 7  # SVD was trained on fps - 1 as its conditioning id
+MOTION_BUCKET_ID = 127
+NOISE_AUG_STRENGTH = 0.02
+P_MEAN, P_STD = 0.7, 1.6  # log-normal training sigmas of SVD's EDM loss
+
+FUSIONS = ("average", "linear", "forward", "backward")  # the last two: one branch alone (baselines)
+
+
+def _option(default, help: str, flag: str | None = None, metavar: str | None = None, choices=None):
+    """A field with its command-line flag and help next to it: the CLI is generated from these."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
+    return field(default=default, metadata={key: value for key, value in metadata.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How one video is sampled: the single definition of the sampling options, with the paper's defaults.
+
+    Shapes that follow from it: latents ``(B, num_frames, 4, height / 8, width / 8)`` for SVD; the UNet batch of
+    one step is ``4B`` rows ``[fwd-uncond, fwd-cond, bwd-uncond, bwd-cond]`` with guidance (``2B`` without, two
+    calls of ``2B`` with ``split_guidance_batch``). ``None`` sizes and frame counts are filled from the keyframes
+    and the model when the pipeline runs.
+    """
+
+    num_frames: int | None = _option(
+        None, "frames incl. both keyframes (default: the model's, 14 for SVD, 25 for SVD-XT)", metavar="N"
+    )
+    height: int | None = _option(
+        None, "a multiple of the model's size multiple, 64 for SVD (default: FIRST's aspect, long side 1024)", metavar="PX"
+    )
+    width: int | None = _option(None, "as --height (default: FIRST's aspect, long side 1024)", metavar="PX")
+    num_inference_steps: int = _option(50, "denoising steps", flag="--steps", metavar="N")
+    min_guidance_scale: float = _option(
+        1.0, "guidance scale at the conditioning frame, ramping to --max-guidance", flag="--min-guidance", metavar="X"
+    )
+    max_guidance_scale: float = _option(
+        3.0, "guidance scale at the far frame; <= 1 turns guidance off", flag="--max-guidance", metavar="X"
+    )
+    fps: int = _option(FPS, "SVD's fps conditioning, also the playback fps unless --output-fps", metavar="N")
+    motion_bucket_id: int = _option(MOTION_BUCKET_ID, "SVD's amount of motion, higher moves more", metavar="N")
+    noise_aug_strength: float = _option(
+        NOISE_AUG_STRENGTH, "noise added to the keyframes before encoding", metavar="X"
+    )
+    fusion: str = _option(
+        "average",
+        "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward)",
+        choices=FUSIONS,
+    )
+    rotation: bool = _option(
+        True, "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion"
+    )
+    noise_injection_steps: int = _option(5, "noise re-injections per step, 0 turns them off", metavar="N")
+    noise_injection_ratio: float = _option(
+        0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X"
+    )
+    decode_chunk_size: int | None = _option(None, "frames decoded at a time (default: all)", metavar="N")
+    split_guidance_batch: bool = _option(
+        False, "two UNet calls per step instead of one: lower peak memory, same video"
+    )
+
+    def __post_init__(self) -> None:
+        # height and width are checked by the pipeline, which knows the model's size multiple.
+        if self.num_frames is not None and self.num_frames < 3:
+            raise ValueError(f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {self.num_inference_steps}")
+        if self.fps < 1:
+            raise ValueError(f"`fps` must be at least 1, got {self.fps}")
+        if self.noise_aug_strength < 0:
+            raise ValueError(f"`noise_aug_strength` must be 0 or more, got {self.noise_aug_strength}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.noise_injection_steps < 0:
+            raise ValueError(f"`noise_injection_steps` must be 0 or more, got {self.noise_injection_steps}")
+        if not 0.0 <= self.noise_injection_ratio <= 1.0:
+            raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
+        if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
+            raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether the unconditional rows are needed at all (SVD: any frame's scale above 1)."""
+        return max(self.min_guidance_scale, self.max_guidance_scale) > 1.0
+
+    @property
+    def uses_backward(self) -> bool:
+        return self.fusion != "forward"
+
+    def with_defaults(self, num_frames: int, height: int, width: int) -> SamplingConfig:
+        """This config with its model- and keyframe-dependent ``None`` fields filled in."""
+        return replace(
+            self,
+            num_frames=self.num_frames or num_frames,
+            height=self.height or height,
+            width=self.width or width,
+            decode_chunk_size=self.decode_chunk_size or self.num_frames or num_frames,
+        )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,55 @@
+"""The named batch layout of the dual UNet call (inbetween.layout)."""
+
+import pytest
+
+from inbetween.layout import BACKWARD, FORWARD, BatchLayout, Group
+
+
+def names(layout: BatchLayout) -> list[list[str]]:
+    short = {FORWARD: "fwd", BACKWARD: "bwd"}
+    return [
+        [f"{short[layout.groups[g].branch]}-{'cond' if layout.groups[g].conditional else 'uncond'}" for g in call]
+        for call in layout.calls
+    ]
+
+
+def test_guided_dual_layout_is_the_papers_four_groups_in_one_call():
+    layout = BatchLayout.plan(guided=True, fusion="average", rotation=True)
+    assert layout.groups == (
+        Group(FORWARD, False),
+        Group(FORWARD, True),
+        Group(BACKWARD, False),
+        Group(BACKWARD, True),
+    )
+    assert names(layout) == [["fwd-uncond", "fwd-cond", "bwd-uncond", "bwd-cond"]]
+    assert layout.dual and layout.rows_per_pair == 4
+    assert layout.branch_groups(FORWARD) == (0, 1) and layout.branch_groups(BACKWARD) == (2, 3)
+
+
+def test_split_guidance_keeps_forward_then_backward_halves_in_each_call():
+    layout = BatchLayout.plan(guided=True, fusion="linear", rotation=True, split_guidance_batch=True)
+    assert names(layout) == [["fwd-uncond", "bwd-uncond"], ["fwd-cond", "bwd-cond"]]
+    assert layout.dual and layout.rows_per_pair == 4
+    assert layout.branch_groups(BACKWARD) == (2, 3)  # unconditional first, as guidance expects
+
+
+def test_without_guidance_only_conditional_groups():
+    layout = BatchLayout.plan(guided=False, fusion="average", rotation=True, split_guidance_batch=True)
+    assert names(layout) == [["fwd-cond", "bwd-cond"]] and layout.rows_per_pair == 2
+
+
+@pytest.mark.parametrize(
+    "fusion, rotation, expected, dual",
+    [
+        ("forward", True, [["fwd-uncond", "fwd-cond"]], False),  # plain SVD: no backward rows at all
+        ("backward", True, [["fwd-uncond", "fwd-cond", "bwd-uncond", "bwd-cond"]], True),  # maps come from fwd
+        ("backward", False, [["bwd-uncond", "bwd-cond"]], False),  # own attention: forward rows not needed
+        ("average", False, [["fwd-uncond", "fwd-cond", "bwd-uncond", "bwd-cond"]], False),  # TRF
+    ],
+)
+def test_one_branch_and_unrotated_layouts(fusion, rotation, expected, dual):
+    layout = BatchLayout.plan(guided=True, fusion=fusion, rotation=rotation)
+    assert names(layout) == expected and layout.dual == dual
+    kept = {FORWARD: fusion != "backward", BACKWARD: fusion != "forward"}
+    assert all(layout.branch_groups(branch) for branch in layout.branches)
+    assert set(layout.branches) >= {branch for branch, keep in kept.items() if keep}
