@@ -21,6 +21,7 @@ from tiny import save_tiny_svd
 
 from inbetween import InbetweenPipeline, evaluation
 from inbetween.cli import main
+from inbetween.config import SamplingConfig, config_from_flat
 from inbetween.evaluation import METHODS, EvalConfig, Keyframes, Runtime, evaluate, pair_seed
 from inbetween.metrics import frechet_distance, frechet_distance_of_features, gaussian_stats
 from inbetween.metrics import psnr as psnr_of
@@ -71,8 +72,11 @@ def settings(workspace, out, **overrides) -> dict:
 
 def flags(values: dict) -> list[str]:
     found = []
+    renamed = {
+        f.name: f.metadata["flag"].removeprefix("--") for f in dataclasses.fields(SamplingConfig) if "flag" in f.metadata
+    }
     for key, value in values.items():
-        flag = key.replace("_", "-")
+        flag = renamed.get(key, key.replace("_", "-"))
         if isinstance(value, bool):  # argparse.BooleanOptionalAction: --name / --no-name, no value
             found.append(f"--{flag}" if value else f"--no-{flag}")
         else:
@@ -254,7 +258,7 @@ def test_injected_weights_compute_lpips_and_fid(workspace, tmp_path):
 
 def test_resume_after_a_crash_recomputes_nothing(workspace, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    config = EvalConfig(**settings(workspace, out))
+    config = config_from_flat(EvalConfig, settings(workspace, out))
     calls = []
 
     def counting(method, fail_at=None):
@@ -313,10 +317,10 @@ def test_two_processes_give_the_same_results_as_one(workspace, reference, tmp_pa
 
 
 def test_pipeline_methods_differ_and_are_seeded(workspace, tmp_path):
-    config = EvalConfig(**settings(workspace, tmp_path / "out", methods="gi,gi-no-ft,trf,forward"))
+    config = config_from_flat(EvalConfig, settings(workspace, tmp_path / "out", methods="gi,gi-no-ft,trf,forward"))
     pair = load_manifest_free_pair(config)
     data = load_pair(pair, config.pair_spec)
-    keyframes = Keyframes(data["first"], data["last"], config.num_frames, pair_seed(config.seed, pair.name))
+    keyframes = Keyframes(data["first"], data["last"], config.sampling.num_frames, pair_seed(config.seed, pair.name))
     runtime = Runtime(config, torch.device("cpu"))
     videos = {name: METHODS[name].run(keyframes, runtime) for name in config.methods}
     names = list(videos)

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from transformers.utils import logging as transformers_logging
 
 from . import __version__
-from .config import SamplingConfig
+from .config import SamplingConfig, config_from_flat, nested_config_fields
 from .adapter import BackwardAdapter, convert_full_unet_checkpoint
 from .evaluation import EvalConfig, evaluate
 from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_folder
@@ -288,17 +288,27 @@ def _add_tiny_world_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same videos (default: %(default)s)")
 
 
-def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> None:
-    """One ``--flag`` per field of ``config_class``, typed and defaulted from the dataclass itself."""
+def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, defaults: object | None = None) -> None:
+    """One ``--flag`` per field of ``config_class``, typed and defaulted from the dataclass itself (or from the
+    instance ``defaults``); nested configs are flattened."""
     hints = typing.get_type_hints(config_class)
+    nested = nested_config_fields(config_class)
     for field in dataclasses.fields(config_class):
+        if field.name in nested:  # a nested config's options are flags of their own, defaulted from this default
+            group = p.add_argument_group(f"{field.name} options") if hasattr(p, "add_argument_group") else p
+            _add_dataclass_arguments(group, nested[field.name], defaults=field.default_factory())
+            continue
         flag = _flag(field)
         kind = hints[field.name]
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else field.default
+        if defaults is not None:
+            default = getattr(defaults, field.name)
         help_text = "required" if required else "default: %(default)s"
         if "help" in field.metadata:
-            help_text = field.metadata["help"] + ("" if required or default is None else " (default: %(default)s)")
+            help_text = field.metadata["help"]
+            if not required and default is not None:  # a concrete default replaces the help's own default note
+                help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
         extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
         if kind is bool:
             p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
@@ -319,6 +329,15 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type) -> 
             )
 
 
+def _flat_fields(config_class: type) -> list[str]:
+    """The option names of ``config_class`` with nested configs flattened, as the flags are."""
+    nested = nested_config_fields(config_class)
+    names = []
+    for field in dataclasses.fields(config_class):
+        names.extend(_flat_fields(nested[field.name]) if field.name in nested else [field.name])
+    return names
+
+
 def _train(args: argparse.Namespace) -> int:
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     values["validation_pairs"] = tuple(tuple(pair) for pair in values["validation_pairs"])
@@ -329,7 +348,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    config = EvalConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(EvalConfig)})
+    config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in _flat_fields(EvalConfig)})
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
         print(f"wrote {summary}")

@@ -6,6 +6,8 @@ Diffusion (Blattmann et al. 2023), whose micro-conditioning the paper keeps.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field, fields, replace
 
 # SVD's micro-conditioning and training noise (sgm's SVD configs; the paper keeps them).
@@ -110,3 +112,28 @@ class SamplingConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def nested_config_fields(config_class: type) -> dict[str, type]:
+    """The fields of ``config_class`` that are themselves config dataclasses (their options are flattened into
+    the parent's command-line flags)."""
+    hints = typing.get_type_hints(config_class)
+    return {f.name: hints[f.name] for f in fields(config_class) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def config_from_flat(config_class: type, values: dict):
+    """``config_class`` from one flat dict of option values, nested configs included (the form the CLI and
+    settings files have): ``EvalConfig`` from ``{"data": ..., "num_inference_steps": 25}``. Missing nested
+    options keep the nested default's values."""
+    nested = nested_config_fields(config_class)
+    own = {f.name for f in fields(config_class)} - set(nested)
+    unknown = set(values) - own - {name for kind in nested.values() for name in (f.name for f in fields(kind))}
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}")
+    kwargs = {name: values[name] for name in own if name in values}
+    for name, kind in nested.items():
+        default = next(f for f in fields(config_class) if f.name == name)
+        base = default.default_factory() if default.default_factory is not dataclasses.MISSING else kind()
+        options = {f.name: values[f.name] for f in fields(kind) if f.name in values}
+        kwargs[name] = replace(base, **options)
+    return config_class(**kwargs)

@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .adapter import BackwardAdapter
+from .config import SamplingConfig
 from .files import atomic_output
 from .flow import interpolate_flow
 from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
@@ -48,16 +49,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FVD_CLIP_FRAMES = 16  # FVD's convention (Unterthiner et al. 2018); VideoMAE's position table is fixed to it
 SET_METRICS = ("fid", "fvd_i3d", "fvd_videomae")
 # Settings that change the generated frames: a re-run into the same out folder must keep them.
-GENERATION_SETTINGS = (
-    "model",
-    "variant",
-    "adapter",
-    "num_inference_steps",
-    "noise_injection_steps",
-    "noise_injection_ratio",
-    "fusion",
-    "dtype",
-)
+GENERATION_SETTINGS = ("model", "variant", "adapter", "dtype")
+# ... and every sampling option but these, which only trade memory for calls (or are the methods' own choice).
+NOT_GENERATION_SETTINGS = ("rotation", "split_guidance_batch", "height", "width", "num_frames")
+EVAL_SAMPLING = SamplingConfig(num_frames=25, height=576, width=1024)  # the paper's protocol: 25 frames 1024x576
 MANIFEST_NAME, SETTINGS_NAME = "manifest.json", "settings.json"
 
 
@@ -73,18 +68,13 @@ class EvalConfig:
     variant: str | None = None  # weights variant of `model`, e.g. fp16
     adapter: str | None = None  # backward adapter .safetensors for `gi`; default: the model folder's own, if any
     manifest: str | None = None  # pairs manifest to reuse (written here if missing); default <out>/manifest.json
-    num_frames: int = 25  # generated frames, keyframes included
     gap: int | None = None  # source frames between the keyframes; None: num_frames - 1
     pairs_per_video: int = 1
-    height: int = 576
-    width: int = 1024
     seed: int = 0  # draws the pairs and, with each pair's name, the noise of every pipeline method
     allow_cuts: bool = False  # draw pairs across shot cuts too (no cut detection); default: inside one shot
-    num_inference_steps: int = 50
-    noise_injection_steps: int = 5  # re-injections per step for gi, gi-no-ft and trf (0: none)
-    noise_injection_ratio: float = 0.5  # fraction of the steps with re-injection
-    fusion: str = "average"  # how gi, gi-no-ft and trf fuse their two branches: average or linear
-    decode_chunk_size: int | None = None  # VAE frames per decode (default: all)
+    # The paper's sampling at SVD-XT's size; `fusion` is how gi, gi-no-ft and trf fuse (average or linear), the
+    # methods choose the branches and rotation themselves.
+    sampling: SamplingConfig = field(default_factory=lambda: EVAL_SAMPLING)
     device: str = "auto"  # auto: the accelerator's device (cuda:<rank> when launched on GPUs), else cpu
     dtype: str = "auto"  # of the video model; auto: float16 on cuda, float32 elsewhere (metric networks: float32)
     inception_weights: str | None = None  # FID InceptionV3 file; None: cache or download (docs/metrics.md)
@@ -113,21 +103,14 @@ class EvalConfig:
                 f"method {needs_adapter[0]!r} needs a backward adapter: pass `adapter` (--adapter file.safetensors), "
                 "or use `gi-no-ft` for the base weights"
             )
-        if self.num_frames < 3:
+        sampling = self.sampling
+        if sampling.num_frames is None or sampling.height is None or sampling.width is None:
+            raise ValueError("`num_frames`, `height` and `width` must be given for an evaluation")
+        if sampling.fusion not in ("average", "linear"):
             raise ValueError(
-                f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}"
+                f"`fusion` must be average or linear (the methods choose the branches), got {sampling.fusion!r}"
             )
         self.pair_spec  # noqa: B018 - PairSpec validates gap (with num_frames), pairs_per_video, height, width, seed
-        if self.num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be at least 1, got {self.num_inference_steps}")
-        if self.noise_injection_steps < 0:
-            raise ValueError(f"`noise_injection_steps` must be 0 or more, got {self.noise_injection_steps}")
-        if not 0.0 <= self.noise_injection_ratio <= 1.0:
-            raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
-        if self.fusion not in ("average", "linear"):
-            raise ValueError(f"`fusion` must be average or linear, got {self.fusion!r}")
-        if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
-            raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
         if self.dtype not in ("auto", *DTYPES):
@@ -135,8 +118,10 @@ class EvalConfig:
 
     @property
     def pair_spec(self) -> PairSpec:
+        sampling = self.sampling
         return PairSpec(
-            self.num_frames, self.gap, self.pairs_per_video, self.height, self.width, self.seed, self.allow_cuts
+            sampling.num_frames, self.gap, self.pairs_per_video, sampling.height, sampling.width, self.seed,
+            self.allow_cuts,
         )
 
     @property
@@ -195,21 +180,15 @@ class Runtime:
         pipe = self.pipeline(adapter)
         # CPU generator: the same numbers on every device, so results do not depend on where a pair ran.
         generator = torch.Generator("cpu").manual_seed(keyframes.seed)
-        frames = pipe(
-            keyframes.first[None],
-            keyframes.last[None],
-            height=config.height,
-            width=config.width,
+        sampling = replace(
+            config.sampling,
             num_frames=keyframes.num_frames,
-            num_inference_steps=config.num_inference_steps,
-            fusion=fusion or config.fusion,
+            fusion=fusion or config.sampling.fusion,
             rotation=rotation,
-            noise_injection_steps=config.noise_injection_steps if noise_injection else 0,
-            noise_injection_ratio=config.noise_injection_ratio,
-            decode_chunk_size=config.decode_chunk_size,
-            generator=generator,
-            output_type="np",
-        ).frames[0]  # (N, H, W, 3) float in [0, 1]
+            noise_injection_steps=config.sampling.noise_injection_steps if noise_injection else 0,
+        )
+        frames = pipe(keyframes.first[None], keyframes.last[None], sampling, generator=generator, output_type="np")
+        frames = frames.frames[0]  # (N, H, W, 3) float in [0, 1]
         return to_uint8(frames)
 
 
@@ -447,6 +426,9 @@ def check_environment(config: EvalConfig) -> None:
 
 def generation_settings(config: EvalConfig) -> dict:
     settings = {name: getattr(config, name) for name in GENERATION_SETTINGS}
+    settings.update(
+        (name, value) for name, value in asdict(config.sampling).items() if name not in NOT_GENERATION_SETTINGS
+    )
     if config.adapter_file is not None:
         settings["adapter"] = os.path.abspath(config.adapter_file)
     return settings
@@ -529,11 +511,11 @@ def run_pair(
     if not todo:
         return 0
     data = load_pair(pair, config.pair_spec)
-    keyframes = Keyframes(data["first"], data["last"], config.num_frames, pair_seed(config.seed, pair.name))
+    keyframes = Keyframes(data["first"], data["last"], config.sampling.num_frames, pair_seed(config.seed, pair.name))
     for name in todo:
         start = time.perf_counter()
         frames = METHODS[name].run(keyframes, runtime)
-        expected = (config.num_frames, config.height, config.width, 3)
+        expected = (config.sampling.num_frames, config.sampling.height, config.sampling.width, 3)
         if frames.shape != expected or frames.dtype != np.uint8:
             raise ValueError(f"method `{name}` returned {frames.dtype} {frames.shape}; expected uint8 {expected}")
         seconds = time.perf_counter() - start
@@ -615,7 +597,7 @@ def merge(config: EvalConfig, pairs: list[KeyframePair], device: torch.device, n
             for metric, value in set_features(networks, video[scored], video[clip_indices(len(video))]).items():
                 fake[name][metric].append(value)
         if config.contact_sheets:  # ground truth in its output columns, blank where no source frame lies
-            ground_truth = np.full((config.num_frames, config.height, config.width, 3), 255, np.uint8)
+            ground_truth = np.full((config.sampling.num_frames, config.sampling.height, config.sampling.width, 3), 255, np.uint8)
             ground_truth[data["indices"]] = to_uint8(truth.permute(0, 2, 3, 1).numpy())
             write_contact_sheet(out / "contact_sheets" / f"{pair.name}.png", {"ground truth": ground_truth, **videos})
     set_metrics = {

@@ -181,10 +181,10 @@ def summary_markdown(summary: EvalSummary, date: str | None = None) -> str:
         "# Keyframe interpolation evaluation",
         "",
         f"{len(summary.pairs)} keyframe pairs from {len(sources)} videos or frame folders in `{config.data}`, "
-        f"{where}; {config.num_frames} frames per pair at {config.width}x{config.height}, keyframes "
+        f"{where}; {spec.num_frames} frames per pair at {spec.width}x{spec.height}, keyframes "
         f"{spec.frame_gap} source frames apart. Date: {date}.",
         "",
-        scored_sentence(spec.frame_gap, config.num_frames),
+        scored_sentence(spec.frame_gap, spec.num_frames),
         "",
         method_table(summary),
         "",
@@ -203,10 +203,19 @@ def summary_markdown(summary: EvalSummary, date: str | None = None) -> str:
         lines += [f"- {label}: skipped: {reason}" for label, reason in skipped.items()]
         lines.append("")
     lines += ["## Settings", ""]
-    lines += [f"- {field.name}: `{getattr(config, field.name)}`" for field in dataclasses.fields(config)]
+    lines += [f"- {name}: `{value}`" for name, value in flat_settings(config).items()]
     lines += [f"- processes: {summary.num_processes}", "", "## Versions", ""]
     lines += [f"- {package}: {version}" for package, version in versions().items()]
     return "\n".join(lines) + "\n"
+
+
+def flat_settings(config: object) -> dict[str, object]:
+    """A config's options with nested configs (the sampling options) flattened, as the command-line flags are."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values.update(flat_settings(value) if dataclasses.is_dataclass(value) else {field.name: value})
+    return values
 
 
 def per_pair_csv(summary: EvalSummary) -> str:
