@@ -42,8 +42,9 @@ def keyframes() -> tuple[PIL.Image.Image, PIL.Image.Image]:
     return random_keyframe(0), random_keyframe(1)
 
 
-def accelerate_launch(module: str, processes: int = 2) -> list[str]:
-    """`accelerate launch` of `module` in CPU processes (gloo), without needing the scripts folder on PATH."""
+def accelerate_launch(command: str, processes: int = 2) -> list[str]:
+    """`accelerate launch -m inbetween COMMAND` in CPU processes (gloo), without needing the scripts folder on
+    PATH."""
     return [
         sys.executable,
         "-m",
@@ -59,5 +60,6 @@ def accelerate_launch(module: str, processes: int = 2) -> list[str]:
         "--dynamo_backend",
         "no",
         "-m",
-        module,
+        "inbetween",
+        command,
     ]

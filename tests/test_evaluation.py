@@ -19,15 +19,16 @@ from real_footage import REAL_VIDEO_SHOTS, real_video_path, shot_of
 from safetensors.torch import save_file
 from tiny import save_tiny_svd
 
-from inbetween import InbetweenPipeline, evaluation
+from inbetween import InbetweenPipeline
 from inbetween.cli import main
 from inbetween.config import SamplingConfig, config_from_flat
-from inbetween.evaluation import METHODS, EvalConfig, Keyframes, Runtime, evaluate, pair_seed
-from inbetween.metrics import frechet_distance, frechet_distance_of_features, gaussian_stats
-from inbetween.metrics import psnr as psnr_of
-from inbetween.networks import LPIPS, FIDInceptionV3
-from inbetween.pairs import load_manifest, load_pair, read_manifest
-from inbetween.report import t_critical
+from inbetween.evaluation import harness as evaluation
+from inbetween.evaluation.harness import METHODS, EvalConfig, Keyframes, Runtime, evaluate, pair_seed
+from inbetween.evaluation.metrics import frechet_distance, frechet_distance_of_features, gaussian_stats
+from inbetween.evaluation.metrics import psnr as psnr_of
+from inbetween.evaluation.networks import LPIPS, FIDInceptionV3
+from inbetween.evaluation.pairs import load_manifest, load_pair, read_manifest
+from inbetween.evaluation.report import t_critical
 from inbetween.video_io import read_frames
 
 ALL = ("blend", "flow", "forward", "gi")
@@ -73,7 +74,9 @@ def settings(workspace, out, **overrides) -> dict:
 def flags(values: dict) -> list[str]:
     found = []
     renamed = {
-        f.name: f.metadata["flag"].removeprefix("--") for f in dataclasses.fields(SamplingConfig) if "flag" in f.metadata
+        f.name: f.metadata["flag"].removeprefix("--")
+        for f in dataclasses.fields(SamplingConfig)
+        if "flag" in f.metadata
     }
     for key, value in values.items():
         flag = renamed.get(key, key.replace("_", "-"))
@@ -296,7 +299,7 @@ def test_resume_after_a_crash_recomputes_nothing(workspace, reference, tmp_path,
 
 def test_two_processes_give_the_same_results_as_one(workspace, reference, tmp_path):
     out = tmp_path / "two"
-    launch = accelerate_launch("inbetween.evaluate")
+    launch = accelerate_launch("evaluate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [*launch, *flags(settings(workspace, out))],
@@ -334,7 +337,7 @@ def test_pipeline_methods_differ_and_are_seeded(workspace, tmp_path):
 
 
 def load_manifest_free_pair(config: EvalConfig):
-    from inbetween.pairs import build_pairs
+    from inbetween.evaluation.pairs import build_pairs
 
     return build_pairs(config.data, config.pair_spec)[0]
 

@@ -5,7 +5,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2", reason='OpenCV is missing: pip install "inbetween[test]"')
 
-from inbetween.flow import frame_at_time, interpolate_flow, occlusion_mask  # noqa: E402
+from inbetween.evaluation.flow import frame_at_time, interpolate_flow, occlusion_mask  # noqa: E402
 
 HEIGHT, WIDTH = 96, 128
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import linalg, ndimage
 
-from inbetween import metrics
-from inbetween.metrics import FrechetDistance, frechet_distance, gaussian_stats, psnr, ssim
+from inbetween.evaluation import metrics
+from inbetween.evaluation.metrics import FrechetDistance, frechet_distance, gaussian_stats, psnr, ssim
 
 
 def _frames(seed: int, n: int = 2, size: int = 24) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
-from inbetween.metrics import FrechetDistance
-from inbetween.networks import (
+from inbetween.evaluation.metrics import FrechetDistance
+from inbetween.evaluation.networks import (
     I3D,
     FIDInceptionV3,
     MissingWeightsError,
@@ -25,9 +25,9 @@ from inbetween.networks import (
     load_videomae,
     load_weights,
 )
-from inbetween.networks.i3d import I3D_KINETICS400
-from inbetween.networks.inception import FID_INCEPTION
-from inbetween.networks.videomae import VIDEOMAE_MODEL
+from inbetween.evaluation.networks.i3d import I3D_KINETICS400
+from inbetween.evaluation.networks.inception import FID_INCEPTION
+from inbetween.evaluation.networks.videomae import VIDEOMAE_MODEL
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Tests for inbetween.pairs and inbetween.shots: pairs inside shots, drawn deterministically and apart, manifests,
-ground truth only where a source frame exists, and the blend baseline."""
+"""Tests for inbetween.evaluation.pairs and .shots: pairs inside shots, drawn deterministically and apart,
+manifests, ground truth only where a source frame exists, and the blend baseline."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from clips import HEIGHT, WIDTH, frame_number, square_clip
 from PIL import Image
 
-from inbetween.pairs import (
+from inbetween.evaluation.pairs import (
     KeyframePair,
     PairSpec,
     _draw_starts,
@@ -28,7 +28,7 @@ from inbetween.pairs import (
     save_manifest,
     scored_frames,
 )
-from inbetween.shots import detect_cuts, shots
+from inbetween.evaluation.shots import detect_cuts, shots
 from inbetween.video_io import write_video
 
 SPEC = PairSpec(num_frames=5, height=HEIGHT, width=WIDTH)

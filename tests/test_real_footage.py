@@ -9,9 +9,9 @@ import pytest
 import torch
 from real_footage import REAL_VIDEO_FRAMES, REAL_VIDEO_SHOTS, REAL_VIDEO_SIZE, real_video_path, shot_of
 
-from inbetween.metrics import psnr
-from inbetween.pairs import KeyframePair, PairSpec, blend, build_pairs, draw_pairs, load_pair
-from inbetween.shots import detect_cuts
+from inbetween.evaluation.metrics import psnr
+from inbetween.evaluation.pairs import KeyframePair, PairSpec, blend, build_pairs, draw_pairs, load_pair
+from inbetween.evaluation.shots import detect_cuts
 from inbetween.video_io import count_frames, read_frames
 
 # Full resolution; gap = num_frames - 1, so the ground truth is every source frame from first to last.
@@ -86,7 +86,7 @@ def wrong_pair(pair: KeyframePair) -> KeyframePair:
 
 def baseline_scores(pair: KeyframePair, spec: PairSpec) -> dict[str, float]:
     """Mean PSNR (dB) of blend and flow over the scored in-betweens, against the pair's and a wrong pair's truth."""
-    from inbetween.flow import interpolate_flow
+    from inbetween.evaluation.flow import interpolate_flow
 
     frames, wrong = load_pair(pair, spec), load_pair(wrong_pair(pair), spec)
     blended = blend(frames["first"], frames["last"], spec.num_frames)
@@ -154,7 +154,7 @@ def test_gap_8_at_the_default_size_flow_beats_blend():
     the in-betweens of a 9-frame interpolation (the same t = k/8 for blend and flow), so 9 frames are computed.
     """
     pytest.importorskip("cv2", reason='OpenCV is missing: pip install "inbetween[test]"')
-    from inbetween.flow import interpolate_flow
+    from inbetween.evaluation.flow import interpolate_flow
 
     spec = PairSpec(gap=8, pairs_per_video=3)  # the default size and frame count: 1024x576, 25 frames
     pairs = build_pairs(real_video_path(), spec)

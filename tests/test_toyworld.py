@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from inbetween.data import ClipDataset, ClipSpec
-from inbetween.toyworld import (
+from inbetween.toyworld.world import (
     WorldConfig,
     _render,
     find_ball_centre,
@@ -127,7 +127,7 @@ def test_a_cross_fade_ghost_is_never_a_ball():
     """The middle frames of a cross-fade between two non-overlapping positions hold two ghosts and no ball,
     whatever the colours: a ghost is at most 5/7 ball there, always farther than the tolerance from its colour."""
     config = WorldConfig(num_frames=8, min_balls=1, max_balls=1)
-    weights = np.arange(8) / 7  # the share of the last frame in frame i, as inbetween.pairs.blend
+    weights = np.arange(8) / 7  # the share of the last frame in frame i, as inbetween.evaluation.pairs.blend
     checked = 0
     for seed in range(200):
         video = generate_video(seed, config)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from inbetween.cli import main
-from inbetween.toyworld import generate_video
-from inbetween.toyworld_eval import (
+from inbetween.config import HELDOUT_SEEDS
+from inbetween.toyworld.recipe import model_world
+from inbetween.toyworld.science import (
     CROSSFADE,
     FORWARD_ONLY,
     ball_scores,
@@ -18,7 +19,7 @@ from inbetween.toyworld_eval import (
     score_pair,
     summary_table,
 )
-from inbetween.toyworld_model import HELDOUT_SEEDS, model_world
+from inbetween.toyworld.world import generate_video
 
 
 @pytest.fixture(scope="module")

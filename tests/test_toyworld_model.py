@@ -9,22 +9,22 @@ import torch
 
 from inbetween import InbetweenPipeline
 from inbetween.cli import main
+from inbetween.evaluation.metrics import psnr
 from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
-from inbetween.metrics import psnr
-from inbetween.toyworld_eval import FULL, heldout_videos, interpolate_videos, load_tiny_world
-from inbetween.toyworld_model import (
+from inbetween.toyworld.recipe import (
     TinyWorldRecipe,
-    model_world,
     build_feature_extractor,
     build_image_encoder,
     build_unet,
     build_vae,
     forward_i2v_loss,
     load_stage_checkpoint,
+    model_world,
     step_generator,
     train_vae,
     world_clips,
 )
+from inbetween.toyworld.science import FULL, heldout_videos, interpolate_videos, load_tiny_world
 
 KEYFRAME_PSNR = 20.0  # dB; measured on the shipped model: see the README (tiny world)
 TINY_RECIPE = TinyWorldRecipe(vae_steps=4, vae_batch_size=1, checkpoint_every=2)

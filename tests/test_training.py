@@ -326,7 +326,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, t
     """`accelerate launch` with 2 CPU processes (gloo) against 1 process accumulating 2 micro-batches."""
     args = cli_args(workspace, batch_size=1, max_steps=3, checkpoint_every=3)  # the paper's lr 1e-4
     two = tmp_path / "two"
-    launch = accelerate_launch("inbetween.training")
+    launch = accelerate_launch("train")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [*launch, *args, "--output-dir", str(two)],

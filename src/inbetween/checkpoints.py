@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -21,21 +19,25 @@ from .adapter import BackwardAdapter
 from .attention import rotation_processors
 from .files import atomic_folder
 
-if TYPE_CHECKING:  # the config only travels through; importing training here would be circular
-    from .training import TrainConfig
-
 
 def save_checkpoint(
-    folder: Path, step: int, unet: torch.nn.Module, optimizer, accelerator: Accelerator, config: TrainConfig
+    folder: Path,
+    step: int,
+    unet: torch.nn.Module,
+    optimizer,
+    accelerator: Accelerator,
+    base_model: str,
+    settings: dict,
 ) -> Path:
-    """``folder/step-XXXXXXX/`` with the adapter, the optimizer state and the step, written atomically."""
+    """``folder/step-XXXXXXX/`` with the adapter (deltas from ``base_model``), the optimizer state, the step and
+    the run's ``settings`` (its config as a dict), written atomically."""
     final = folder / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     tensors, param_groups = optimizer_tensors(optimizer)
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    meta = {"step": step, "param_groups": param_groups, "scaler": scaler, "config": asdict(config)}
+    meta = {"step": step, "param_groups": param_groups, "scaler": scaler, "config": settings}
     with atomic_folder(final, overwrite=True) as tmp:
-        BackwardAdapter.from_rotation_processors(unet, base_model=config.model).save(tmp / "adapter.safetensors")
+        BackwardAdapter.from_rotation_processors(unet, base_model=base_model).save(tmp / "adapter.safetensors")
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
     return final

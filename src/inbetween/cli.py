@@ -21,27 +21,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from diffusers.utils import logging as diffusers_logging
-from PIL import Image
-from safetensors import SafetensorError
-from transformers.utils import logging as transformers_logging
-
 from . import __version__
-from .config import SamplingConfig, config_from_flat, nested_config_fields
-from .adapter import BackwardAdapter, convert_full_unet_checkpoint
-from .evaluation import EvalConfig, evaluate
-from .hub import SVD, SVD_XT, TINY_WORLD, local_model_configs, resolve_model_folder
-from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
-from .toyworld_eval import TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
-from .toyworld_model import HELDOUT_SEEDS
-from .training import TrainConfig, train_backward
-from .video_io import check_output_path, load_image, write_video
+from .config import (
+    DTYPE_NAMES,
+    HELDOUT_SEEDS,
+    TINY_WORLD_GUIDANCE,
+    TINY_WORLD_STEPS,
+    SamplingConfig,
+    config_from_flat,
+    nested_config_fields,
+)
+from .hub import SVD, SVD_XT, TINY_WORLD
+
+if typing.TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .pipeline import InbetweenPipeline
+
+# Every library module is imported inside the command that needs it: `inbetween --help` loads no torch.
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
 # variant and the Hub repo's single-file checkpoints (several GB each).
 PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
@@ -51,6 +53,13 @@ PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
 
 
 def _interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .adapter import BackwardAdapter
+    from .hub import local_model_configs
+    from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
+    from .video_io import check_output_path, load_image, write_video
+
     first, last = load_image(args.first), load_image(args.last)
     _check_keyframes(args.first, first, args.last, last)
     configs = local_model_configs(args.model)  # a model on disk fixes its size rules before it loads
@@ -63,7 +72,9 @@ def _interpolate(args: argparse.Namespace) -> int:
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = _pick_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device == "cuda" else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype) if args.dtype != "auto" else (torch.float16 if device == "cuda" else torch.float32)
+    )
     if args.cpu_offload and device != "cuda":
         raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
 
@@ -86,6 +97,8 @@ def _interpolate(args: argparse.Namespace) -> int:
 
 
 def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
+    from .pipeline import InbetweenPipeline
+
     try:
         InbetweenPipeline.check_keyframes(first, last)
     except ValueError as exc:  # the pipeline cannot know the file names; the user needs them to fix the files
@@ -97,6 +110,8 @@ def _check_keyframes(first_path: str, first: Image.Image, last_path: str, last: 
 
 def _sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
     """The validated sampling config, before the model loads; its errors name the flags the user typed."""
+    from .pipeline import InbetweenPipeline
+
     try:
         config = SamplingConfig(**values)
         InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
@@ -116,6 +131,8 @@ def _with_flag_names(message: str, config_class: type) -> str:
 
 
 def _pick_device(name: str) -> str:
+    import torch
+
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
@@ -125,6 +142,9 @@ def _pick_device(name: str) -> str:
 
 
 def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> InbetweenPipeline:
+    from .hub import resolve_model_folder
+    from .pipeline import InbetweenPipeline
+
     folder = resolve_model_folder(model, allow_patterns=[*PIPELINE_CONFIGS, *_weight_files(variant)])
     try:
         return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
@@ -145,6 +165,9 @@ def _weight_files(variant: str | None) -> list[str]:
 @contextmanager
 def _library_output(quiet: bool) -> Iterator[None]:
     """With ``quiet``, silence warnings and loading bars of inbetween, diffusers and transformers; restore after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     libraries = (diffusers_logging, transformers_logging)
     saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     own_logger = logging.getLogger(__package__)
@@ -168,6 +191,10 @@ def _library_output(quiet: bool) -> Iterator[None]:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from .adapter import convert_full_unet_checkpoint
+
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise ValueError(f"adapter output `{output}` must end in .safetensors")
@@ -195,7 +222,9 @@ def _convert(args: argparse.Namespace) -> int:
 # parser and entry point -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``inbetween`` parser; with ``only``, the options of that command alone (the others are listed, not
+    built), so that the modules that define them are imported only for the command that runs."""
     parser = argparse.ArgumentParser(
         prog="inbetween",
         description="Keyframe interpolation with Stable Video Diffusion (Generative Inbetweening, ICLR 2025).",
@@ -208,31 +237,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the video from FIRST to LAST (both included).",
     )
     interpolate.set_defaults(run=_interpolate)
-    _add_interpolate_arguments(interpolate)
+    if only in (None, "interpolate"):
+        _add_interpolate_arguments(interpolate)
     convert = commands.add_parser(
         "convert-checkpoint",
         help="turn a fine-tuned UNet into a backward adapter",
         description="Store the W_v / W_o differences between FINETUNED and BASE as a backward adapter file.",
     )
     convert.set_defaults(run=_convert)
-    _add_convert_arguments(convert)
+    if only in (None, "convert-checkpoint"):
+        _add_convert_arguments(convert)
     train = commands.add_parser(
         "train",
         help="fine-tune a backward adapter on a folder of videos",
         description="Backward-motion fine-tuning of W_v / W_o (paper section 3.2). Several GPUs: "
-        "`accelerate launch --num_processes N -m inbetween.training ...` with the same options.",
+        "`accelerate launch --num_processes N -m inbetween train ...` with the same options.",
     )
     train.set_defaults(run=_train)
-    _add_dataclass_arguments(train, TrainConfig)
+    if only in (None, "train"):
+        from .training import TrainConfig
+
+        _add_dataclass_arguments(train, TrainConfig)
     evaluation = commands.add_parser(
         "evaluate",
         help="score methods on keyframe pairs from a folder of videos and write a report",
         description="Draw keyframe pairs from DATA (or reuse the manifest), run each method, score PSNR / SSIM / "
         "LPIPS / FID / FVD and write summary.md, per_pair.csv, per_frame.png and contact sheets into OUT. "
-        "Re-running into OUT resumes. Several GPUs: `accelerate launch --num_processes N -m inbetween.evaluate ...`.",
+        "Re-running into OUT resumes. Several GPUs: `accelerate launch --num_processes N -m inbetween evaluate ...`.",
     )
     evaluation.set_defaults(run=_evaluate)
-    _add_dataclass_arguments(evaluation, EvalConfig)
+    if only in (None, "evaluate"):
+        from .evaluation.harness import EvalConfig
+
+        _add_dataclass_arguments(evaluation, EvalConfig)
     demo = commands.add_parser(
         "demo",
         help="see the method work offline in under a minute (the bundled tiny-world model)",
@@ -254,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train autoencoder, forward I2V model and backward adapter from a seed (resumable)",
         description="Three resumable stages into OUT (re-run the same command to resume); about two hours on 2 "
-        "CPU cores. Settings: inbetween.toyworld_model.TinyWorldRecipe.",
+        "CPU cores. Settings: inbetween.toyworld.recipe.TinyWorldRecipe.",
     )
     world_train.set_defaults(run=_toyworld_train)
     world_train.add_argument("--out", required=True, help="run folder (checkpoints, logs, the model)")
@@ -311,7 +348,9 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, def
                 help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
         extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
         if kind is bool:
-            p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            p.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
             p.add_argument(
                 flag.removesuffix("s"),
@@ -339,6 +378,8 @@ def _flat_fields(config_class: type) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train_backward
+
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     values["validation_pairs"] = tuple(tuple(pair) for pair in values["validation_pairs"])
     config = TrainConfig(**values)
@@ -348,6 +389,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.harness import EvalConfig, evaluate
+
     config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in _flat_fields(EvalConfig)})
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
@@ -356,7 +399,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .toyworld.demo import run_demo
 
     out = run_demo(
         args.out,
@@ -375,7 +418,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _toyworld_train(args: argparse.Namespace) -> int:
-    from .toyworld_model import TinyWorldRecipe, install_tiny_world, train_tiny_world
+    from .toyworld.recipe import TinyWorldRecipe, install_tiny_world, train_tiny_world
 
     model = train_tiny_world(args.out, TinyWorldRecipe(seed=args.seed))
     print(f"wrote {model} and {Path(args.out) / 'loss_curves.png'}")
@@ -385,7 +428,7 @@ def _toyworld_train(args: argparse.Namespace) -> int:
 
 
 def _toyworld_evaluate(args: argparse.Namespace) -> int:
-    from .toyworld_eval import run_evaluation
+    from .toyworld.science import run_evaluation
 
     table = run_evaluation(
         args.out,
@@ -429,7 +472,7 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument(
         "--dtype",
-        choices=("auto", *DTYPES),
+        choices=("auto", *DTYPE_NAMES),
         default="auto",
         help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)",
     )
@@ -443,7 +486,7 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="adapter file, e.g. backward_adapter.safetensors")
     p.add_argument(
         "--dtype",
-        choices=("auto", *DTYPES),
+        choices=("auto", *DTYPE_NAMES),
         default="auto",
         help="precision of the stored deltas; auto: that of BASE's weights, e.g. float16 with --base-variant fp16 "
         "(default: %(default)s)",
@@ -455,10 +498,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # loaded by any command that can run out of GPU memory
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first argument that is not an option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``inbetween`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(only=_command_of(argv) or "").parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 0
     try:
@@ -468,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"inbetween: error: {_one_line(exc)}", file=sys.stderr)
         return USER_ERROR_EXIT
-    except torch.cuda.OutOfMemoryError as exc:
-        if os.environ.get(DEBUG_VARIABLE) == "1":
+    except Exception as exc:
+        if not _is_out_of_memory(exc) or os.environ.get(DEBUG_VARIABLE) == "1":
             raise
         print(
             f"inbetween: error: out of memory ({_one_line(exc)[:120]}); try --split-guidance-batch, "

@@ -17,6 +17,15 @@ NOISE_AUG_STRENGTH = 0.02
 P_MEAN, P_STD = 0.7, 1.6  # log-normal training sigmas of SVD's EDM loss
 
 FUSIONS = ("average", "linear", "forward", "backward")  # the last two: one branch alone (baselines)
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
+
+# The tiny world (inbetween.toyworld): seed ranges of its videos, far apart so training, adapter and evaluation
+# never share a video, and the sampling its science check and demo use.
+FORWARD_SEEDS = 0
+ADAPTER_SEEDS = 50_000_000
+HELDOUT_SEEDS = 90_000_000
+TINY_WORLD_STEPS = 10
+TINY_WORLD_GUIDANCE = 1.0  # max guidance; 1 = none
 
 
 def _option(default, help: str, flag: str | None = None, metavar: str | None = None, choices=None):
@@ -39,7 +48,9 @@ class SamplingConfig:
         None, "frames incl. both keyframes (default: the model's, 14 for SVD, 25 for SVD-XT)", metavar="N"
     )
     height: int | None = _option(
-        None, "a multiple of the model's size multiple, 64 for SVD (default: FIRST's aspect, long side 1024)", metavar="PX"
+        None,
+        "a multiple of the model's size multiple, 64 for SVD (default: FIRST's aspect, long side 1024)",
+        metavar="PX",
     )
     width: int | None = _option(None, "as --height (default: FIRST's aspect, long side 1024)", metavar="PX")
     num_inference_steps: int = _option(50, "denoising steps", flag="--steps", metavar="N")
@@ -63,9 +74,7 @@ class SamplingConfig:
         True, "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion"
     )
     noise_injection_steps: int = _option(5, "noise re-injections per step, 0 turns them off", metavar="N")
-    noise_injection_ratio: float = _option(
-        0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X"
-    )
+    noise_injection_ratio: float = _option(0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X")
     decode_chunk_size: int | None = _option(None, "frames decoded at a time (default: all)", metavar="N")
     split_guidance_batch: bool = _option(
         False, "two UNet calls per step instead of one: lower peak memory, same video"
@@ -74,7 +83,9 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         # height and width are checked by the pipeline, which knows the model's size multiple.
         if self.num_frames is not None and self.num_frames < 3:
-            raise ValueError(f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}")
+            raise ValueError(
+                f"`num_frames` must be at least 3 (two keyframes and one in between), got {self.num_frames}"
+            )
         if self.num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be at least 1, got {self.num_inference_steps}")
         if self.fps < 1:
@@ -129,7 +140,9 @@ def config_from_flat(config_class: type, values: dict):
     own = {f.name for f in fields(config_class)} - set(nested)
     unknown = set(values) - own - {name for kind in nested.values() for name in (f.name for f in fields(kind))}
     if unknown:
-        raise ValueError(f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}")
+        raise ValueError(
+            f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}"
+        )
     kwargs = {name: values[name] for name in own if name in values}
     for name, kind in nested.items():
         default = next(f for f in fields(config_class) if f.name == name)

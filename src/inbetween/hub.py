@@ -28,9 +28,9 @@ SVD_SCHEDULER_CONFIG = dict(
     trained_betas=None,
     use_karras_sigmas=True,
 )
-# The small model trained on the toy world (inbetween.toyworld_model), shipped inside the package.
+# The small model trained on the toy world (inbetween.toyworld.recipe), shipped inside the package.
 TINY_WORLD = "tiny-world"
-TINY_WORLD_FOLDER = Path(__file__).parent / "assets" / "tiny_world"
+TINY_WORLD_FOLDER = Path(__file__).parent / "toyworld" / "assets" / "tiny_world"
 
 
 def download_hint(model: str) -> str:

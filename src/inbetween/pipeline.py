@@ -501,14 +501,20 @@ class InbetweenPipeline(DiffusionPipeline):
         if not config.uses_backward:
             return
         if not config.rotation and self.has_backward_adapter:
-            state, message = "unused", (
-                "`rotation=False`: the backward branch uses its own attention and base weights; "
-                "the loaded adapter is unused"
+            state, message = (
+                "unused",
+                (
+                    "`rotation=False`: the backward branch uses its own attention and base weights; "
+                    "the loaded adapter is unused"
+                ),
             )
         elif config.rotation and not self.has_backward_adapter:
-            state, message = "missing", (
-                "no backward adapter loaded: the backward pass uses the base weights with rotated attention; load "
-                "one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
+            state, message = (
+                "missing",
+                (
+                    "no backward adapter loaded: the backward pass uses the base weights with rotated attention; load "
+                    "one with `pipe.load_backward_adapter(...)` (CLI: --adapter) for the paper's quality"
+                ),
             )
         else:
             return

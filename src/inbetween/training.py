@@ -9,7 +9,7 @@ the FIRST frame. The loss is SVD's EDM loss on the backward branch only.
 Run it:
 
     inbetween train --data videos/ --output-dir runs/backward                  # one GPU (or CPU)
-    accelerate launch --num_processes 4 -m inbetween.training --data videos/ --output-dir runs/backward
+    accelerate launch --num_processes 4 -m inbetween train --data videos/ --output-dir runs/backward
     inbetween train --data videos/ --output-dir runs/backward --resume latest   # continue a run
 
 Every random draw (clip order, sigma, noise, noise augmentation) is a pure function of the seed
@@ -449,7 +449,7 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         done = step + 1
         saved = None
         if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.max_steps):
-            saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config)
+            saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config.model, asdict(config))
             prune_checkpoints(checkpoints, config.keep_checkpoints)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
@@ -478,11 +478,3 @@ def _average_gradients(parameters: list[torch.nn.Parameter], accelerator: Accele
 def _append_log(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .cli import main
-
-    raise SystemExit(main(["train", *sys.argv[1:]]))

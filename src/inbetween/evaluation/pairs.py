@@ -1,6 +1,6 @@
 """Keyframe pairs for evaluation: which two source frames to interpolate between, chosen once and reused.
 
-A pair is two real frames `gap` source frames apart inside one shot (`inbetween.shots` finds the cuts); the frames
+A pair is two real frames `gap` source frames apart inside one shot (`shots` finds the cuts); the frames
 between them are the ground truth the generated in-between video is compared with. Pairs are drawn per video
 from a seed and the video's path, so the same folder always gives the same pairs and adding a video leaves the
 other videos' pairs unchanged. Pairs of one video share no frame while its shots have room for them all.
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import check_frame_size, find_sources, fit_frame
-from .files import atomic_output
+from ..data import check_frame_size, find_sources, fit_frame
+from ..files import atomic_output
+from ..video_io import count_frames, read_frames
 from .shots import DETECTOR_SETTINGS, detect_shots
-from .video_io import count_frames, read_frames
 
 MANIFEST_FORMAT = "inbetween-keyframe-pairs"
 MANIFEST_VERSION = 2  # 2: shots per video, pairs inside one shot, `allow_cuts` in the spec
@@ -178,7 +178,7 @@ def _draw_starts(rng: np.random.Generator, shots: list[range], length: int, coun
 def draw_pairs(root: str | os.PathLike, spec: PairSpec = PairSpec()) -> tuple[list[KeyframePair], list[VideoShots]]:
     """Draw up to `spec.pairs_per_video` keyframe pairs from every video or frame folder under `root`.
 
-    Every pair lies inside one shot (cuts found by `inbetween.shots.detect_shots`; `spec.allow_cuts`: the whole
+    Every pair lies inside one shot (cuts found by `shots.detect_shots`; `spec.allow_cuts`: the whole
     video is one shot). Pairs of one video share no frame while its shots have room (see `_draw_starts`), drawn
     from a generator seeded by (`spec.seed`, the source's path relative to `root`). Sources without a shot of
     `spec.frame_gap + 1` frames are skipped with one warning; videos whose pairs had to overlap get one warning.

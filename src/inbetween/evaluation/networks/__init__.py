@@ -8,7 +8,7 @@ with gradients off, that does its own resizing and normalisation:
 * `VideoMAEFeatures.features(videos) -> (B, 768)`, videos (B, 3, 16, H, W) in [-1, 1];
 * `LPIPS(x, y) -> (B,)`, images (B, 3, H, W) in [-1, 1].
 
-Feed the features to `inbetween.metrics.FrechetDistance` for FID/FVD. See docs/metrics.md for every detail.
+Feed the features to `inbetween.evaluation.metrics.FrechetDistance` for FID/FVD. See docs/metrics.md for every detail.
 """
 
 from .i3d import I3D, load_i3d

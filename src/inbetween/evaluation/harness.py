@@ -1,15 +1,15 @@
 """The evaluation harness: keyframe pairs from real videos, any set of methods, standard metrics, a report.
 
     inbetween evaluate --data videos/ --methods blend,flow,forward,gi --adapter adapter.safetensors --out results/
-    accelerate launch --num_processes 4 -m inbetween.evaluate --data videos/ ... --out results/
+    accelerate launch --num_processes 4 -m inbetween evaluate --data videos/ ... --out results/
 
-Steps: (1) draw keyframe pairs inside shots (`inbetween.pairs`, `inbetween.shots`) or reuse the manifest; (2) every
+Steps: (1) draw keyframe pairs inside shots (`pairs`, `shots`) or reuse the manifest; (2) every
 process takes its share of the pairs and, per (pair, method) without a result yet, generates the in-between video,
 saves its frames and a JSON of per-frame PSNR / SSIM / LPIPS of the scored frames (those with ground truth,
 `pairs.scored_frames`), each written atomically, so a killed run loses nothing and a re-run recomputes nothing
 already complete; (3) rank 0 merges, computes FID (the scored in-between frames) and FVD (I3D, VideoMAE; whole
 clips from first to last keyframe: the N generated frames against the gap + 1 source frames, each resampled to 16)
-and writes the report (`inbetween.report`). Metrics whose network weights are unavailable are reported as skipped
+and writes the report (`report`). Metrics whose network weights are unavailable are reported as skipped
 with the reason, never estimated.
 
 Out folder layout: manifest.json, settings.json, frames/<method>/<pair>.npz ((N, H, W, 3) uint8),
@@ -34,15 +34,15 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .adapter import BackwardAdapter
-from .config import SamplingConfig
-from .files import atomic_output
+from ..adapter import BackwardAdapter
+from ..config import SamplingConfig
+from ..files import atomic_output
+from ..hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
+from ..pipeline import ADAPTER_FILE, InbetweenPipeline
 from .flow import interpolate_flow
-from .hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
 from .metrics import frechet_distance_of_features, psnr, ssim
 from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
 from .pairs import KeyframePair, PairSpec, VideoShots, blend, draw_pairs, load_pair, read_manifest, save_manifest
-from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .report import EvalSummary, write_contact_sheet, write_report
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -120,7 +120,12 @@ class EvalConfig:
     def pair_spec(self) -> PairSpec:
         sampling = self.sampling
         return PairSpec(
-            sampling.num_frames, self.gap, self.pairs_per_video, sampling.height, sampling.width, self.seed,
+            sampling.num_frames,
+            self.gap,
+            self.pairs_per_video,
+            sampling.height,
+            sampling.width,
+            self.seed,
             self.allow_cuts,
         )
 
@@ -409,10 +414,10 @@ def check_environment(config: EvalConfig) -> None:
         raise ValueError('the report plot needs matplotlib: pip install "inbetween[eval]"')
     if config.adapter is not None and not Path(config.adapter).is_file():
         raise FileNotFoundError(f"adapter `{config.adapter}` not found; pass a .safetensors backward adapter")
-    for field in ("inception_weights", "i3d_weights", "lpips_backbone_weights", "lpips_linear_weights"):
-        path = getattr(config, field)
+    for name in ("inception_weights", "i3d_weights", "lpips_backbone_weights", "lpips_linear_weights"):
+        path = getattr(config, name)
         if path is not None and not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"`{field}` file `{path}` not found; pass an existing file or leave it unset")
+            raise FileNotFoundError(f"`{name}` file `{path}` not found; pass an existing file or leave it unset")
     if not Path(config.data).exists():
         raise FileNotFoundError(f"data folder `{config.data}` not found; pass a folder of videos or frame folders")
     manifests = [Path(config.out) / MANIFEST_NAME, *([Path(config.manifest)] if config.manifest else [])]
@@ -597,7 +602,9 @@ def merge(config: EvalConfig, pairs: list[KeyframePair], device: torch.device, n
             for metric, value in set_features(networks, video[scored], video[clip_indices(len(video))]).items():
                 fake[name][metric].append(value)
         if config.contact_sheets:  # ground truth in its output columns, blank where no source frame lies
-            ground_truth = np.full((config.sampling.num_frames, config.sampling.height, config.sampling.width, 3), 255, np.uint8)
+            ground_truth = np.full(
+                (config.sampling.num_frames, config.sampling.height, config.sampling.width, 3), 255, np.uint8
+            )
             ground_truth[data["indices"]] = to_uint8(truth.permute(0, 2, 3, 1).numpy())
             write_contact_sheet(out / "contact_sheets" / f"{pair.name}.png", {"ground truth": ground_truth, **videos})
     set_metrics = {
@@ -608,11 +615,3 @@ def merge(config: EvalConfig, pairs: list[KeyframePair], device: torch.device, n
         for name in config.methods
     }
     return EvalSummary(config=config, pairs=pairs, rows=rows, set_metrics=set_metrics, num_processes=num_processes)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .cli import main
-
-    raise SystemExit(main(["evaluate", *sys.argv[1:]]))

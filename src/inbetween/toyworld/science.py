@@ -4,7 +4,7 @@ Each method interpolates the first and last frames of held-out videos whose moti
 not a straight line (a bounce or a clear arc). Scores per pair, over the in-between frames:
 
 - hit rate (the headline): the share of ground-truth balls that the ball finder
-  (:func:`inbetween.toyworld.find_ball_centre`: a disc of the ball's radius, less its rim, of the ball's own
+  (:func:`inbetween.toyworld.world.find_ball_centre`: a disc of the ball's radius, less its rim, of the ball's own
   colour, so a faded ghost is never a ball) finds within the ball's radius of its true centre; a miss and a
   ball in the wrong place both fail. Only balls at least ``VISIBLE_FRACTION`` visible in the ground truth
   (not hidden by a ball drawn over them, from the true geometry) are scored;
@@ -29,20 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapter import BackwardAdapter
-from .files import atomic_output
-from .hub import TINY_WORLD, resolve_model_folder
-from .metrics import psnr, ssim
-from .pairs import blend
-from .pipeline import ADAPTER_FILE, InbetweenPipeline
-from .report import mean_interval
-from .toyworld import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
-from .toyworld_model import HELDOUT_SEEDS, model_world
+from ..adapter import BackwardAdapter
+from ..config import HELDOUT_SEEDS, TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
+from ..evaluation.metrics import psnr, ssim
+from ..evaluation.pairs import blend
+from ..evaluation.report import mean_interval
+from ..files import atomic_output
+from ..hub import TINY_WORLD, resolve_model_folder
+from ..pipeline import ADAPTER_FILE, InbetweenPipeline
+from .recipe import model_world
+from .world import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
 
-# How the tiny model samples by default: few steps and no classifier-free guidance (half the UNet batch; the
-# conditioning latent already pins the colours), with the paper's re-injection (5 per step, first half of the steps).
-TINY_WORLD_STEPS = 10
-TINY_WORLD_GUIDANCE = 1.0
+# The tiny model samples by default with few steps and no classifier-free guidance (TINY_WORLD_*: half the UNet
+# batch; the conditioning latent already pins the colours), with the paper's re-injection (5 per step, first half).
 
 # A ball is scored in a frame only where at least this share of its disc is visible in the ground truth (not
 # covered by balls drawn over it): the finder then finds every such ground-truth ball, within 0.65 px.

@@ -35,20 +35,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .checkpoints import optimizer_tensors, restore_optimizer
-from .files import atomic_folder
-from .hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
-from .pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
-from .sampling import edm_scalings
-from .toyworld import WorldConfig, generate_video, write_dataset
-from .training import TrainConfig, edm_loss, train_backward, unet_inputs
+from ..checkpoints import optimizer_tensors, restore_optimizer
+from ..config import ADAPTER_SEEDS, FORWARD_SEEDS, HELDOUT_SEEDS
+from ..files import atomic_folder
+from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
+from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
+from ..sampling import edm_scalings
+from ..training import TrainConfig, edm_loss, train_backward, unet_inputs
+from .world import WorldConfig, generate_video, write_dataset
 
 logger = logging.getLogger(__name__)
-
-# Seed ranges of the world's videos, far apart so training, adapter and evaluation never share a video.
-FORWARD_SEEDS = 0
-ADAPTER_SEEDS = 50_000_000
-HELDOUT_SEEDS = 90_000_000
 
 
 def tiny_world_config() -> WorldConfig:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .files import atomic_output
+from ..files import atomic_output
 from .pairs import KeyframePair, scored_frames
 
 FRAME_METRICS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}

@@ -42,7 +42,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps
 
-from .video_io import _cannot_read, count_frames, list_frame_files
+from ..video_io import _cannot_read, count_frames, list_frame_files
 
 DETECTION_WIDTH = 256
 CONTENT_THRESHOLD = 27.0

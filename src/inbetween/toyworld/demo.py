@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .files import atomic_folder
-from .hub import TINY_WORLD
-from .report import contact_sheet
-from .toyworld_model import model_world
-from .toyworld_eval import (
+from ..evaluation.report import contact_sheet
+from ..files import atomic_folder
+from ..hub import TINY_WORLD
+from ..video_io import write_video
+from .recipe import model_world
+from .science import (
     CROSSFADE,
     DUAL_NO_FT,
     FORWARD_ONLY,
@@ -28,7 +29,6 @@ from .toyworld_eval import (
     interpolate_videos,
     load_tiny_world,
 )
-from .video_io import write_video
 
 DEMO_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL)
 GROUND_TRUTH = "ground truth"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .files import atomic_folder
+from ..files import atomic_folder
 
 _SUPERSAMPLE = 2  # samples per pixel side for the disc edges; 2 is enough for centroids well under 0.5 px
 
