@@ -1,6 +1,6 @@
 """A deliberately naive implementation of Generative Inbetweening, for tests and benchmarks only.
 
-It follows the paper (and DESIGN.md section 2) literally, the way the published code does:
+It follows the paper (Wang et al., ICLR 2025, section 3) literally, the way the published code does:
 two UNet copies (the backward one with W_v + dW_v / W_o + dW_o written into its weights),
 attention probabilities materialised with an explicit softmax and stored per layer during the
 forward call, read back rotated by 180 degrees during a second, backward call. Two UNet calls
@@ -205,7 +205,7 @@ class NaiveInbetween:
 
 
 class NaiveBackwardTrainer:
-    """The paper's backward-motion fine-tuning (DESIGN.md section 2.2) the way the published code does it.
+    """The paper's backward-motion fine-tuning (paper section 3.2) the way the published code does it.
 
     Two UNets: a frozen forward model whose temporal self-attention layers materialise and store
     their softmax maps (:class:`StoringAttnProcessor`), and a backward model whose temporal

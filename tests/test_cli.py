@@ -274,6 +274,7 @@ def test_debug_variable_shows_the_exception(inputs: Path, model: Path, tmp_path:
         interpolate(inputs, model, tmp_path / "out.mp4", first="missing.png")
 
 
+@pytest.mark.slow
 def test_module_entry_point_prints_one_line_and_exits_2(inputs: Path, tmp_path: Path) -> None:
     # TRANSFORMERS_VERBOSITY hides transformers' import-time notice about torchvision, which is not ours to print.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -110,6 +110,7 @@ def results(out: Path) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow
 def test_report_on_real_footage(reference):
     pairs, _ = load_manifest(reference / "manifest.json")
     assert len(pairs) == 4 and {Path(p.source).name for p in pairs} == {"bikes.mp4", "street"}
@@ -259,6 +260,7 @@ def test_injected_weights_compute_lpips_and_fid(workspace, tmp_path):
     assert len(document["lpips"]) == 3 and all(v > 0 for v in document["lpips"])
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_recomputes_nothing(workspace, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     config = config_from_flat(EvalConfig, settings(workspace, out))
@@ -297,6 +299,7 @@ def test_resume_after_a_crash_recomputes_nothing(workspace, reference, tmp_path,
     assert evaluate(config) == out / "summary.md" and calls == []  # complete: a third run generates nothing
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_results_as_one(workspace, reference, tmp_path):
     out = tmp_path / "two"
     launch = accelerate_launch("evaluate")

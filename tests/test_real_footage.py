@@ -114,6 +114,7 @@ def drawn_scores():
     return {pair: baseline_scores(pair, spec) for pair in pairs}
 
 
+@pytest.mark.slow
 def test_flow_beats_blend_on_average_over_pairs_inside_shots(drawn_scores):
     for pair, scores in drawn_scores.items():
         _print(pair, scores)
@@ -123,6 +124,7 @@ def test_flow_beats_blend_on_average_over_pairs_inside_shots(drawn_scores):
     assert flow > blended
 
 
+@pytest.mark.slow
 def test_blend_and_flow_far_above_a_wrong_pair_baseline(drawn_scores):
     for name in ("blend", "flow"):
         for pair, scores in drawn_scores.items():  # every pair: closer to its own in-betweens than to another shot's
@@ -147,6 +149,7 @@ def test_flow_and_blend_against_real_in_betweens(start):
         assert scores[name] > scores[f"{name} vs wrong"] + WRONG_PAIR_MARGIN_DB
 
 
+@pytest.mark.slow
 def test_gap_8_at_the_default_size_flow_beats_blend():
     """`inbetween evaluate --gap 8 --pairs-per-video 3` on bikes.mp4: its pairs, frames and scored frames.
 

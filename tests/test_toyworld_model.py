@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from inbetween import InbetweenPipeline
@@ -37,6 +38,7 @@ def vae_state(folder: Path) -> dict[str, torch.Tensor]:
     return vae.state_dict()
 
 
+@pytest.mark.slow
 def test_a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path):
     train_vae(TINY_RECIPE, tmp_path / "straight")
     # Stop after the first checkpoint (step 2), then run the same command again.
@@ -80,6 +82,7 @@ def test_shipped_model_fits_the_size_budget_and_loads_with_its_adapter():
     assert not InbetweenPipeline.from_pretrained(str(TINY_WORLD_FOLDER), load_adapter=False).has_backward_adapter
 
 
+@pytest.mark.slow
 def test_shipped_model_interpolates_with_the_right_shape_and_keyframes():
     pipe, adapter = load_tiny_world()
     videos = heldout_videos(4)
@@ -110,6 +113,7 @@ def test_interpolate_cli_takes_the_tiny_world_name(tmp_path):
     assert len(written) == 8 and Image.open(written[0]).size == (32, 32)  # the model's own frame count and size
 
 
+@pytest.mark.slow
 def test_demo_writes_videos_and_the_comparison_sheet(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--pairs", "2", "--steps", "2"]) == 0

@@ -195,6 +195,7 @@ def test_split_and_joint_layouts_give_the_same_loss_and_gradients(workspace, tmp
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_checkpoints_are_pruned_and_resume_continues(workspace, tmp_path):
     config = tiny_config(workspace, tmp_path / "run", max_steps=6, checkpoint_every=2, keep_checkpoints=2)
     train_backward(config)
@@ -209,6 +210,7 @@ def test_checkpoints_are_pruned_and_resume_continues(workspace, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-0000008").is_dir()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_adapter(workspace, tmp_path):
     """SIGKILL after the first checkpoint, resume latest: same adapter as an uninterrupted run."""
     args = cli_args(workspace, batch_size=2, max_steps=8, checkpoint_every=2, learning_rate=1e-2)
@@ -322,6 +324,7 @@ def test_rotation_processors_hold_trainable_float32_deltas(workspace):
     assert not any(p.requires_grad for n, p in pipe.unet.named_parameters() if ".processor." not in n)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(workspace, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo) against 1 process accumulating 2 micro-batches."""
     args = cli_args(workspace, batch_size=1, max_steps=3, checkpoint_every=3)  # the paper's lr 1e-4
@@ -385,6 +388,7 @@ def test_validation_videos_are_written_next_to_checkpoints(workspace, tmp_path):
         tiny_config(workspace, tmp_path / "x", validate_every=2)
 
 
+@pytest.mark.slow
 def test_fine_tuning_lowers_the_heldout_backward_loss(workspace, tmp_path):
     """The learning proof: 200 steps on 12 moving-square videos lower the backward branch's EDM loss on 4
     held-out videos (same fixed sigmas and noise before and after). Measured: 0.483 -> 0.372 (-23 %);

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .attention import install_rotation, rotation_processors, temporal_self_attention_names
+from .dtypes import resolve_dtype
 from .files import atomic_output
 from .hub import find_unet_weight_files
 
@@ -38,7 +39,6 @@ VALUE_WEIGHT = "to_v.weight"
 OUTPUT_WEIGHT = "to_out.0.weight"
 OUTPUT_BIAS = "to_out.0.bias"
 ADAPTED_PARAMETERS = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -143,7 +143,7 @@ class BackwardAdapter:
         if not layers:
             raise ValueError("no temporal self-attention layers (`*.temporal_transformer_blocks.0.attn1`) found")
         first = f"{layers[0]}.{VALUE_WEIGHT}"
-        dtype = resolve_dtype(dtype, base[first].dtype if first in base else torch.float32)
+        dtype = resolve_dtype(dtype, base[first].dtype if first in base else torch.float32, "adapter dtype")
         deltas = {}
         for layer in layers:
             for param in ADAPTED_PARAMETERS:
@@ -171,7 +171,7 @@ class BackwardAdapter:
         ``dtype`` defaults to the adapter's own (for an adapter made by :meth:`from_unets` or
         :func:`convert_full_unet_checkpoint`, the base weights' dtype).
         """
-        dtype = resolve_dtype(dtype, self.dtype)
+        dtype = resolve_dtype(dtype, self.dtype, "adapter dtype")
         tensors = {key: t.detach().to("cpu", dtype).contiguous() for key, t in self.deltas.items()}
         metadata = {
             **self.extra_metadata,
@@ -280,19 +280,6 @@ def convert_full_unet_checkpoint(
     return BackwardAdapter._from_states(
         base_state, tuned_state, layers, include_bias=True, base_model=str(base), dtype=dtype
     )
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torch.dtype:
-    """``dtype`` as a torch dtype (``"float16"``, ``torch.float16``, ...); ``None`` or ``"auto"``: ``default``."""
-    if dtype is None or dtype == "auto":
-        return default
-    if isinstance(dtype, str):
-        if dtype.removeprefix("torch.") not in DTYPES:
-            raise ValueError(f"adapter dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
-        return DTYPES[dtype.removeprefix("torch.")]
-    if not dtype.is_floating_point:
-        raise ValueError(f"adapter dtype must be a floating-point dtype, got {dtype}")
-    return dtype
 
 
 def _keys(files: list[Path]) -> list[str]:

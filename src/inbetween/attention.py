@@ -1,4 +1,4 @@
-"""Rotated temporal self-attention, fused into one SDPA call (DESIGN.md section 4).
+"""Rotated temporal self-attention, fused into one SDPA call (the README's "How it works").
 
 In dual mode the batch entering each temporal self-attention layer holds two halves,
 ``[forward rows | backward rows]``, row ``r`` of one half pairing with row ``r`` of the other

@@ -31,6 +31,7 @@ from .config import (
     config_from_flat,
     nested_config_fields,
 )
+from .errors import USER_ERRORS, one_line
 from .hub import SVD, SVD_XT, TINY_WORLD
 
 if typing.TYPE_CHECKING:
@@ -41,7 +42,6 @@ if typing.TYPE_CHECKING:
 
 # Every library module is imported inside the command that needs it: `inbetween --help` loads no torch.
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
 # Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
@@ -56,6 +56,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     import torch
 
     from .adapter import BackwardAdapter
+    from .dtypes import model_dtype
     from .hub import local_model_configs
     from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
     from .video_io import check_output_path, load_image, write_video
@@ -72,9 +73,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = _pick_device(args.device)
-    dtype = (
-        getattr(torch, args.dtype) if args.dtype != "auto" else (torch.float16 if device == "cuda" else torch.float32)
-    )
+    dtype = model_dtype(args.dtype, device)
     if args.cpu_offload and device != "cuda":
         raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
 
@@ -152,7 +151,7 @@ def _load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> Inbet
         wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
         if variant:
             wanted += f" that has the `{variant}` variant"
-        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({_one_line(exc)}); pass {wanted}") from exc
+        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({one_line(exc)}); pass {wanted}") from exc
 
 
 def _weight_files(variant: str | None) -> list[str]:
@@ -207,7 +206,7 @@ def _convert(args: argparse.Namespace) -> int:
     except SafetensorError as exc:
         raise ValueError(
             f"cannot read the UNet weights of `{args.finetuned}` or `{args.base}` "
-            f"({_one_line(exc)}); re-download or re-save them"
+            f"({one_line(exc)}); re-download or re-save them"
         ) from exc
     path = adapter.save(output, overwrite=args.overwrite)
     size = path.stat().st_size
@@ -494,10 +493,6 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")  # loaded by any command that can run out of GPU memory
     return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
@@ -520,13 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get(DEBUG_VARIABLE) == "1":
             raise
-        print(f"inbetween: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"inbetween: error: {one_line(exc)}", file=sys.stderr)
         return USER_ERROR_EXIT
     except Exception as exc:
         if not _is_out_of_memory(exc) or os.environ.get(DEBUG_VARIABLE) == "1":
             raise
         print(
-            f"inbetween: error: out of memory ({_one_line(exc)[:120]}); try --split-guidance-batch, "
+            f"inbetween: error: out of memory ({one_line(exc)[:120]}); try --split-guidance-batch, "
             "--decode-chunk-size 2, --cpu-offload or a smaller --height/--width",
             file=sys.stderr,
         )

@@ -1,4 +1,5 @@
-"""Training clips for backward-motion fine-tuning (DESIGN.md §2.2), from your own videos or frame folders.
+"""Training clips for backward-motion fine-tuning (Wang et al., ICLR 2025, section 3.2), from your own videos or
+frame folders.
 
 A sample is a clip of `num_frames` frames taken every `stride` frames, plus the same clip reversed in time:
 the backward branch learns on the reversed clip conditioned on the original clip's last frame, while the
@@ -41,7 +42,7 @@ def _multiple_of_8_error(name: str, value: int) -> ValueError:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """What one training sample is; defaults are the paper's (DESIGN.md §2.2): 14 frames, every 2nd, 1024x576."""
+    """What one training sample is; defaults are the paper's (section 3.2, 4): 14 frames, every 2nd, 1024x576."""
 
     num_frames: int = 14
     stride: int = 2
@@ -192,8 +193,8 @@ class ClipDataset(torch.utils.data.Dataset):
         """One training sample; N = num_frames, H, W = height, width, values float32 in [-1, 1].
 
         Returns:
-            "clip": (N, 3, H, W) the clip in original time order.
-            "reversed_clip": (N, 3, H, W) the clip reversed in time (what the backward branch denoises).
+            "clip": (N, 3, H, W) the clip in original time order (the trainer reverses its latents, not a copy of
+                the pixels).
             "first_frame": (3, H, W) clip[0], the forward branch's condition.
             "last_frame": (3, H, W) clip[-1], the backward branch's condition.
             "index": 0-d int64, the index of the clip returned (differs from `index` only after a decode failure).
@@ -212,7 +213,6 @@ class ClipDataset(torch.utils.data.Dataset):
                 continue
             return {
                 "clip": clip,
-                "reversed_clip": clip.flip(0),
                 "first_frame": clip[0],
                 "last_frame": clip[-1],
                 "index": torch.tensor(current, dtype=torch.long),

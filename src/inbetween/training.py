@@ -1,4 +1,4 @@
-"""Backward-motion fine-tuning (Wang et al., ICLR 2025, section 3.2; DESIGN.md section 2.2).
+"""Backward-motion fine-tuning (Wang et al., ICLR 2025, section 3.2).
 
 Only the backward model's W_v / W_o deltas of the temporal self-attention layers are trained;
 the forward model is the same frozen UNet, which supplies the attention maps. A training
@@ -30,13 +30,15 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .adapter import DTYPES, BackwardAdapter, resolve_dtype
+from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, recording_forward, replaying_backward
 from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .data import ClipDataset, ClipSpec
+from .dtypes import DTYPES, resolve_dtype
 from .hub import SVD, resolve_model_folder
 from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .sampling import edm_scalings
+from .seeds import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,9 @@ def stream_indices(dataset_size: int, seed: int, start: int, count: int) -> list
     indices = []
     for position in range(start, start + count):
         epoch, offset = divmod(position, dataset_size)
-        permutation = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        permutation = torch.randperm(
+            dataset_size, generator=torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
+        )
         indices.append(int(permutation[offset]))
     return indices
 
@@ -133,7 +137,7 @@ def sample_draws(
     seed: int, position: int, latent_shape: tuple[int, ...], image_shape: tuple[int, ...], p_mean: float, p_std: float
 ) -> dict[str, torch.Tensor]:
     """The random numbers of one training sample: sigma, latent noise and keyframe noise augmentation."""
-    generator = torch.Generator().manual_seed((seed << 32) + position)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "sample", position))
     return {
         "sigma": (p_mean + p_std * torch.randn((), generator=generator)).exp(),
         "noise": torch.randn(latent_shape, generator=generator),

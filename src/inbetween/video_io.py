@@ -18,6 +18,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
+from .errors import one_line
 from .files import atomic_folder, atomic_output
 
 OUTPUT_KINDS = ("mp4", "gif", "webp", "png")
@@ -28,10 +29,9 @@ _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 Frames = Sequence[Image.Image] | np.ndarray
 
 
-def _one_line(exc: BaseException) -> str:
+def _av_message(exc: BaseException) -> str:
     # FFmpeg errors carry a numeric errno in str(); strerror alone reads better on one CLI line.
-    text = getattr(exc, "strerror", None) or str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+    return one_line(getattr(exc, "strerror", None) or exc)
 
 
 def _open_rgb(path: Path, role: str) -> Image.Image:
@@ -42,7 +42,7 @@ def _open_rgb(path: Path, role: str) -> Image.Image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(
-            f"cannot read {role} `{path}` as an image ({_one_line(exc)}); pass a valid PNG, JPEG or WebP file"
+            f"cannot read {role} `{path}` as an image ({_av_message(exc)}); pass a valid PNG, JPEG or WebP file"
         ) from exc
 
 
@@ -248,7 +248,7 @@ def read_video(path: str | os.PathLike) -> list[Image.Image]:
     try:
         frames = decode(path)
     except (av.FFmpegError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        reason = _one_line(exc)
+        reason = _av_message(exc)
         raise ValueError(f"cannot read video `{path}` ({reason}); pass a valid mp4, webm, mov, gif or webp") from exc
     if not frames:
         raise ValueError(f"video `{path}` holds no frames; pass a video with at least one frame")
@@ -257,7 +257,7 @@ def read_video(path: str | os.PathLike) -> list[Image.Image]:
 
 def _cannot_read(path: Path, exc: BaseException) -> ValueError:
     return ValueError(
-        f"cannot read video `{path}` ({_one_line(exc)}); pass a valid mp4, webm, mov, mkv or frame folder"
+        f"cannot read video `{path}` ({_av_message(exc)}); pass a valid mp4, webm, mov, mkv or frame folder"
     )
 
 

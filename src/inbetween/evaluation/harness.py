@@ -19,7 +19,6 @@ results/<method>/<pair>.json, and the report files (summary.md, per_pair.csv, pe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -36,16 +35,18 @@ from tqdm.auto import tqdm
 
 from ..adapter import BackwardAdapter
 from ..config import SamplingConfig
+from ..dtypes import DTYPES, model_dtype
+from ..errors import one_line
 from ..files import atomic_output
 from ..hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, InbetweenPipeline
+from ..seeds import derive_seed
 from .flow import interpolate_flow
 from .metrics import frechet_distance_of_features, psnr, ssim
 from .networks import MissingWeightsError, load_i3d, load_inception, load_lpips, load_videomae
 from .pairs import KeyframePair, PairSpec, VideoShots, blend, draw_pairs, load_pair, read_manifest, save_manifest
 from .report import EvalSummary, write_contact_sheet, write_report
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FVD_CLIP_FRAMES = 16  # FVD's convention (Unterthiner et al. 2018); VideoMAE's position table is fixed to it
 SET_METRICS = ("fid", "fvd_i3d", "fvd_videomae")
 # Settings that change the generated frames: a re-run into the same out folder must keep them.
@@ -235,7 +236,6 @@ class Method:
 
     name: str
     run: Callable[[Keyframes, Runtime], np.ndarray]
-    uses_model: bool = False  # runs the video model (documentation; the model loads on first use)
     needs_adapter: bool = False  # needs EvalConfig.adapter
     needs_module: str | None = None  # an optional package it imports
 
@@ -244,10 +244,10 @@ class Method:
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("gi", gi, uses_model=True, needs_adapter=True),
-        Method("gi-no-ft", gi_no_ft, uses_model=True),
-        Method("trf", trf, uses_model=True),
-        Method("forward", forward, uses_model=True),
+        Method("gi", gi, needs_adapter=True),
+        Method("gi-no-ft", gi_no_ft),
+        Method("trf", trf),
+        Method("forward", forward),
         Method("blend", blend_frames),
         Method("flow", flow_frames, needs_module="cv2"),
     )
@@ -263,16 +263,13 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def pair_seed(seed: int, name: str) -> int:
-    """A 63-bit seed from the run's seed and a pair's name (a stable digest, not the salted `hash`)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+    """The seed of a pair's noise: the same in every method, run and process count."""
+    return derive_seed(seed, name)
 
 
 def load_pipeline(config: EvalConfig, device: torch.device) -> InbetweenPipeline:
     """The video model of `config` on `device`, progress bar off (the harness shows its own, over pairs)."""
-    if config.dtype != "auto":
-        dtype = DTYPES[config.dtype]
-    else:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = model_dtype(config.dtype, device)
     folder = resolve_model_folder(config.model, allow_patterns=pipeline_allow_patterns(config.variant))
     pipe = InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=config.variant)
     pipe.unload_backward_adapter()  # a folder's own adapter is loaded again by the methods that use it
@@ -327,7 +324,7 @@ def load_lpips_or_reason(config: EvalConfig, device: torch.device) -> tuple[torc
     try:
         return load_lpips(config.lpips_backbone_weights, config.lpips_linear_weights, device=device), None
     except MissingWeightsError as exc:
-        return None, _one_line(exc) + " (inbetween evaluate: --lpips-backbone-weights / --lpips-linear-weights)"
+        return None, one_line(exc) + " (inbetween evaluate: --lpips-backbone-weights / --lpips-linear-weights)"
 
 
 def score_frames(
@@ -345,10 +342,6 @@ def score_frames(
         with torch.no_grad():
             scores["lpips"] = lpips(fake.to(device) * 2 - 1, real.to(device) * 2 - 1).float().cpu().tolist()
     return scores
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass
@@ -372,7 +365,7 @@ def load_feature_networks(config: EvalConfig, device: torch.device) -> tuple[dic
         try:
             networks[metric] = load()
         except MissingWeightsError as exc:
-            skipped[metric] = f"{_one_line(exc)} (inbetween evaluate: {flag})"
+            skipped[metric] = f"{one_line(exc)} (inbetween evaluate: {flag})"
     return networks, skipped
 
 

@@ -11,7 +11,6 @@ ground truth (`scored_frames`); the other output frames are never compared with 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import torch
 
 from ..data import check_frame_size, find_sources, fit_frame
 from ..files import atomic_output
+from ..seeds import derive_seed
 from ..video_io import count_frames, read_frames
 from .shots import DETECTOR_SETTINGS, detect_shots
 
@@ -115,9 +115,8 @@ class VideoShots:
 
 
 def _source_rng(seed: int, key: str) -> np.random.Generator:
-    # A stable digest (not hash(), which is salted per process) so each video's draw depends on its path alone.
-    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-    return np.random.default_rng([seed, digest])
+    # Each video's draw depends on the run's seed and its path alone, so adding a video changes no other draw.
+    return np.random.default_rng(derive_seed(seed, key))
 
 
 def _relative_key(source: Path, root: Path) -> str:

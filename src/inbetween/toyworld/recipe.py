@@ -41,6 +41,7 @@ from ..files import atomic_folder
 from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from ..sampling import edm_scalings
+from ..seeds import derive_seed
 from ..training import TrainConfig, edm_loss, train_backward, unet_inputs
 from .world import WorldConfig, generate_video, write_dataset
 
@@ -192,7 +193,7 @@ def world_clips(seeds: list[int], world: WorldConfig) -> torch.Tensor:
 
 def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
     """The source of every random draw of one training step: resuming at ``step`` redraws the same numbers."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 10_000_019 + step) % 2**63)
+    return torch.Generator().manual_seed(derive_seed(seed, "stage", stage, step))
 
 
 def step_seeds(seed: int, step: int, batch_size: int) -> list[int]:
