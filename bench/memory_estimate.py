@@ -80,8 +80,16 @@ QUICK_ROWS = [
     ("unet-mid 4x8 64x64", "unet", dict(unet="mid", rows=4, frames=8, h=64, w=64)),
     ("pipe-tiny-world 1x8 128x128", "pipe", dict(batch=1, frames=8, height=128, width=128, chunk=None, split=False)),
     ("pipe-tiny-world 1x8 256x256", "pipe", dict(batch=1, frames=8, height=256, width=256, chunk=None, split=False)),
-    ("pipe-tiny-world 1x8 256x256 split", "pipe", dict(batch=1, frames=8, height=256, width=256, chunk=None, split=True)),
-    ("pipe-tiny-world 2x8 256x256 chunk 2", "pipe", dict(batch=2, frames=8, height=256, width=256, chunk=2, split=False)),
+    (
+        "pipe-tiny-world 1x8 256x256 split",
+        "pipe",
+        dict(batch=1, frames=8, height=256, width=256, chunk=None, split=True),
+    ),
+    (
+        "pipe-tiny-world 2x8 128x128 chunk 2",
+        "pipe",
+        dict(batch=2, frames=8, height=128, width=128, chunk=2, split=False),
+    ),
 ]
 SVD_ROWS = [
     ("unet-svd 2x8 8x8", "unet", dict(unet="svd", rows=2, frames=8, h=8, w=8)),
@@ -219,23 +227,25 @@ CHILDREN = {"unet": child_unet, "decode": child_decode, "encode": child_encode, 
 # parent: estimate, run the children, print the table ----------------------------------------------------------
 
 
-def estimate(kind: str, args: dict) -> int:
-    """The estimate of the same forward, from the same configs, with nothing allocated."""
-    from diffusers import UNetSpatioTemporalConditionModel
-
+def estimate(kind: str, args: dict, cpu_heap: bool) -> int:
+    """The estimate of the same forward (or call), from the same configs, with nothing allocated."""
     from inbetween import memory
 
     if kind == "unet":
         import torch
+        from diffusers import UNetSpatioTemporalConditionModel
 
-        with torch.device("meta"):
+        with torch.device("meta"):  # the full config, defaults included
             config = dict(UNetSpatioTemporalConditionModel(**UNETS[args["unet"]]).config)
-        images = args["rows"] * args["frames"]
-        return round(memory._unet_peak(config, images, 4, args["h"], args["w"], args["frames"], False) * 4)
+        return memory.unet_forward_bytes(
+            config, args["rows"], args["frames"], args["h"], args["w"], 4, cpu_heap=cpu_heap
+        )
     if kind == "decode":
-        return round(memory._decoder_peak(SVD_VAE, args["frames"], 4, args["h"], args["w"], False) * 4)
+        return memory.decode_forward_bytes(SVD_VAE, args["frames"], args["h"], args["w"], 4, cpu_heap=cpu_heap)
     if kind == "encode":
-        return round(memory._encoder_peak(SVD_VAE, args["images"], args["height"], args["width"], False) * 4)
+        return memory.encode_forward_bytes(
+            SVD_VAE, args["images"], args["height"], args["width"], 4, cpu_heap=cpu_heap
+        )
     if kind == "pipe":
         from inbetween.hub import TINY_WORLD_FOLDER
         from inbetween.layout import BatchLayout
@@ -254,6 +264,7 @@ def estimate(kind: str, args: dict) -> int:
             calls=len(layout.calls),
             decode_chunk_size=args["chunk"],
             dtype_bytes=4,
+            cpu_heap=cpu_heap,
         ).peak_bytes
     raise ValueError(kind)
 
@@ -286,22 +297,22 @@ def main() -> int:
     from inbetween.memory import format_bytes
 
     lines = [
-        "| row | estimate | measured live | est / live | measured malloc | est / malloc | s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| row | estimate | measured live | est / live | estimate, cpu_heap | measured malloc | est / malloc | s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     for name, kind, row in ROW_SETS[args.rows]:
         if args.only and args.only not in name:
             continue
         start = time.perf_counter()
-        guess = estimate(kind, row)
+        guess, guess_heap = estimate(kind, row, cpu_heap=False), estimate(kind, row, cpu_heap=True)
         live = run_child(kind, row, LIVE_ENV, args.threads)["peak"]
         malloc = None if args.no_malloc else run_child(kind, row, {}, args.threads)["peak"]
         seconds = time.perf_counter() - start
-        malloc_cells = ("-", "-") if malloc is None else (format_bytes(malloc), f"{guess / malloc:.2f}")
+        malloc_cells = ("-", "-") if malloc is None else (format_bytes(malloc), f"{guess_heap / malloc:.2f}")
         line = (
             f"| {name} | {format_bytes(guess)} | {format_bytes(live)} | {guess / live:.2f} | "
-            f"{malloc_cells[0]} | {malloc_cells[1]} | {seconds:.0f} |"
+            f"{format_bytes(guess_heap)} | {malloc_cells[0]} | {malloc_cells[1]} | {seconds:.0f} |"
         )
         lines.append(line)
         print(line, flush=True)
