@@ -12,11 +12,13 @@ import pytest
 from conftest import random_keyframe
 
 from inbetween import memory
+from inbetween.config import SamplingConfig
 from inbetween.hub import TINY_WORLD_FOLDER
 from inbetween.memory import (
     MemoryEstimate,
     available_memory,
     check_call_fits,
+    check_model_call,
     check_pipeline_call,
     estimate_call_memory,
     estimate_pipeline_call,
@@ -204,6 +206,18 @@ def test_the_pipeline_check_refuses_before_anything_is_allocated_and_names_the_l
         check_pipeline_call(tiny_pipe, small)
 
 
+def test_the_model_check_refuses_the_reported_call_before_the_model_loads(monkeypatch):
+    """`inbetween interpolate a.png b.png -o h.mp4 --model tiny-world --height 100000 --width 100000`."""
+    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * 10**9)
+    huge = SamplingConfig(height=100_000, width=100_000)
+    with pytest.raises(ValueError, match=r"needs about .* TB .*for 4 rows x 8 frames at 50000x50000 latents"):
+        check_model_call(TINY_WORLD_UNET, TINY_WORLD_VAE, huge, "cpu", 4)
+    estimate = check_model_call(TINY_WORLD_UNET, TINY_WORLD_VAE, huge, "cpu", 4, allow_oversize=True)
+    assert estimate.num_frames == 8 and estimate.decode_chunk_size == 8  # the model's frame count
+    fitting = check_model_call(TINY_WORLD_UNET, TINY_WORLD_VAE, SamplingConfig(height=32, width=32), "cpu", 4)
+    assert fitting.peak_bytes < 10**9
+
+
 # calibration: the estimate against a measured forward ------------------------------------------------------------
 
 MEASURE = r"""
@@ -232,7 +246,7 @@ print(json.dumps({"peak": status("VmHWM") - before, "config": {k: v for k, v in 
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
-@pytest.mark.parametrize("allocator", ["live", "malloc"])
+@pytest.mark.parametrize("allocator", ["live", pytest.param("malloc", marks=pytest.mark.slow)])
 def test_the_estimate_bounds_a_measured_unet_forward_within_3x(allocator):
     """One dual-mode forward of the tests' tiny UNet (4 rows x 8 frames at 32x32 latents), in its own process: its
     peak resident memory above what was resident before it, with every tensor its own mapping (``live``) or

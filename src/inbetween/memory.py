@@ -488,7 +488,7 @@ def estimate_pipeline_call(
     execution device) counts the largest component's weights, which offload brings onto the device for its stage.
     Attention maps are counted on MPS, glibc's heap on Linux CPUs.
     """
-    return estimate_call_memory(**_call_shape(pipe, config, batch_size, output_type, include_weights))
+    return estimate_call_memory(**_pipeline_shape(pipe, config, batch_size, output_type, include_weights))
 
 
 def check_pipeline_call(
@@ -497,17 +497,63 @@ def check_pipeline_call(
     """Refuse ``pipe``'s call on ``config`` with a one-line ``ValueError`` when its estimate does not fit the memory
     available on the pipeline's execution device (the message names the largest size that would fit); returns the
     estimate otherwise. Allocates nothing: call it before the keyframes are even preprocessed."""
-    shape = _call_shape(pipe, config, batch_size, output_type, None)
+    shape = _pipeline_shape(pipe, config, batch_size, output_type, None)
+    return _check(shape, pipe._execution_device, allow_oversize)
+
+
+def check_model_call(
+    unet_config: Mapping[str, Any],
+    vae_config: Mapping[str, Any],
+    config,
+    device,
+    dtype_bytes: int,
+    *,
+    batch_size: int = 1,
+    output_type: str = "pil",
+    weight_bytes: int = 0,
+    allow_oversize: bool = False,
+) -> MemoryEstimate:
+    """:func:`check_pipeline_call` before the model is loaded, from its configs (``hub.local_model_configs``):
+    ``config`` is a :class:`~inbetween.config.SamplingConfig` with its height and width set (a missing frame count
+    or chunk size is the model's default). The weights are not resident yet: a call refused without them
+    (``weight_bytes=0``) would be refused once they are loaded, so the CLI can refuse it before loading."""
+    import torch
+
+    from .layout import BatchLayout
+
+    device = torch.device(device)
+    num_frames = config.num_frames or int(unet_config.get("num_frames", 25))
+    layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
+    shape = dict(
+        unet_config=dict(unet_config),
+        vae_config=dict(vae_config),
+        batch_size=batch_size,
+        num_frames=num_frames,
+        height=config.height,
+        width=config.width,
+        rows_per_pair=layout.rows_per_pair,
+        calls=len(layout.calls),
+        decode_chunk_size=config.decode_chunk_size or num_frames,
+        dtype_bytes=dtype_bytes,
+        decode=output_type != "latent",
+        weight_bytes=weight_bytes,
+        **_device_options(device),
+        guided=config.guided,
+    )
+    return _check(shape, device, allow_oversize)
+
+
+def _check(shape: dict[str, Any], device, allow_oversize: bool) -> MemoryEstimate:
     estimate = estimate_call_memory(**shape)
-    available = None if allow_oversize else available_memory(pipe._execution_device)
+    available = None if allow_oversize else available_memory(device)
     if available is None or estimate.peak_bytes <= MARGIN * available:
         return estimate
     multiple = 2 ** (len(shape["vae_config"]["block_out_channels"]) - 1)
     multiple *= 2 ** (len(shape["unet_config"]["block_out_channels"]) - 1)
     size = largest_fitting_size(
         lambda height, width: estimate_call_memory(**{**shape, "height": height, "width": width}).peak_bytes,
-        config.height,
-        config.width,
+        shape["height"],
+        shape["width"],
         multiple,
         MARGIN * available,
     )
@@ -516,10 +562,10 @@ def check_pipeline_call(
     else:
         hint = f"about {size[1]}x{size[0]} fits at this aspect and these settings"
     check_call_fits(estimate, available, hint=hint)
-    return estimate  # not reached
+    raise AssertionError("check_call_fits accepted an estimate above the margin")  # pragma: no cover
 
 
-def _call_shape(pipe, config, batch_size: int, output_type: str, include_weights: bool | None) -> dict[str, Any]:
+def _pipeline_shape(pipe, config, batch_size: int, output_type: str, include_weights: bool | None) -> dict[str, Any]:
     """The arguments of :func:`estimate_call_memory` for a pipeline's call."""
     from .layout import BatchLayout
 
@@ -542,10 +588,17 @@ def _call_shape(pipe, config, batch_size: int, output_type: str, include_weights
         vae_dtype_bytes=pipe.vae.dtype.itemsize,
         decode=output_type != "latent",
         weight_bytes=max(_weight_bytes(module) for module in components) if include_weights else 0,
-        attention_matrices=device.type == "mps",
-        cpu_heap=device.type == "cpu" and sys.platform.startswith("linux"),
+        **_device_options(device),
         guided=config.guided,
     )
+
+
+def _device_options(device) -> dict[str, bool]:
+    """Attention maps where SDPA falls back to the math kernel (MPS); glibc's heap on Linux CPUs."""
+    return {
+        "attention_matrices": device.type == "mps",
+        "cpu_heap": device.type == "cpu" and sys.platform.startswith("linux"),
+    }
 
 
 def _device_type(module) -> str | None:
