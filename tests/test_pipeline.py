@@ -183,16 +183,23 @@ def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe, keyframes):
     assert torch.count_nonzero(out) == 0
 
 
-def test_warns_without_adapter(tiny_pipe, keyframes, caplog):
-    tiny_pipe.unload_backward_adapter()
+def fresh_pipe() -> InbetweenPipeline:
+    """A pipeline that has warned about nothing yet (the warnings come once per pipeline)."""
+    pipe = InbetweenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_warns_without_adapter(keyframes, caplog):
+    pipe = fresh_pipe()
     with caplog.at_level(logging.WARNING):
-        tiny_pipe(*keyframes, num_frames=4, output_type="latent", **{**FAST, "num_inference_steps": 1})
+        pipe(*keyframes, num_frames=4, output_type="latent", **{**FAST, "num_inference_steps": 1})
     assert "no backward adapter" in caplog.text
 
 
-def test_adapter_warnings_come_once_per_adapter_state(tiny_pipe, keyframes, caplog):
+def test_adapter_warnings_come_once_per_adapter_state(keyframes, caplog):
     run = dict(num_frames=4, output_type="latent", **{**FAST, "num_inference_steps": 1})
-    tiny_pipe.unload_backward_adapter()
+    tiny_pipe = fresh_pipe()
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
             tiny_pipe(*keyframes, **run)
@@ -204,10 +211,15 @@ def test_adapter_warnings_come_once_per_adapter_state(tiny_pipe, keyframes, capl
             tiny_pipe(*keyframes, rotation=False, **run)
         tiny_pipe(*keyframes, **run)  # the adapter is used: nothing to say
     assert caplog.text.count("the loaded adapter is unused") == 1 and "no backward adapter" not in caplog.text
-    tiny_pipe.unload_backward_adapter()
+    tiny_pipe.unload_backward_adapter()  # toggling the adapter (as the evaluation does per pair) says nothing new
     with caplog.at_level(logging.WARNING):
         tiny_pipe(*keyframes, **run)
-    assert "no backward adapter" in caplog.text  # a new state is said again
+    assert "no backward adapter" not in caplog.text
+
+
+def test_a_positional_size_is_refused_with_the_keyword_fix(tiny_pipe, keyframes):
+    with pytest.raises(ValueError, match="pass sampling options by keyword"):
+        tiny_pipe(*keyframes, 64)  # an old-style positional height
 
 
 def test_unknown_sampling_option_is_refused(tiny_pipe, keyframes):

@@ -113,6 +113,32 @@ def test_interpolate_cli_takes_the_tiny_world_name(tmp_path):
     assert len(written) == 8 and Image.open(written[0]).size == (32, 32)  # the model's own frame count and size
 
 
+def test_a_call_that_cannot_fit_is_refused_in_one_line_before_loading(tmp_path, capfd, monkeypatch):
+    """`--height 100000 --width 100000` used to be killed by the OOM killer (exit 137, no message)."""
+    from PIL import Image
+
+    video = heldout_videos(1)[0]
+    Image.fromarray(video.frames[0]).save(tmp_path / "a.png")
+    Image.fromarray(video.frames[-1]).save(tmp_path / "b.png")
+    out = tmp_path / "h.mp4"
+    args = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", TINY_WORLD]
+    loaded = []
+    monkeypatch.setattr(InbetweenPipeline, "from_pretrained", lambda *a, **k: loaded.append(a))
+    assert main([*args, "--height", "100000", "--width", "100000"]) == 2
+    error = capfd.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith("inbetween: error: this call needs about")
+    assert "is available" in error and "--allow-oversize" in error and "--split-guidance-batch" in error
+    assert not out.exists() and loaded == []  # refused before the model loaded, nothing written
+
+
+def test_the_pipeline_refuses_an_oversize_call_unless_allowed():
+    pipe, _ = load_tiny_world()
+    video = heldout_videos(1)[0]
+    first = torch.from_numpy(video.frames[0]).permute(2, 0, 1)[None].float() / 255
+    with pytest.raises(ValueError, match="this call needs about .* is available"):
+        pipe(first, first, height=65536, width=65536, num_inference_steps=1)
+
+
 @pytest.mark.slow
 def test_demo_writes_videos_and_the_comparison_sheet(tmp_path, capsys):
     out = tmp_path / "demo"

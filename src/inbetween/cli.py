@@ -58,6 +58,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     from .adapter import BackwardAdapter
     from .dtypes import model_dtype
     from .hub import local_model_configs
+    from .memory import check_model_call
     from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
     from .video_io import check_output_path, load_image, write_video
 
@@ -76,6 +77,11 @@ def _interpolate(args: argparse.Namespace) -> int:
     dtype = model_dtype(args.dtype, device)
     if args.cpu_offload and device != "cuda":
         raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+    if configs:  # refuse a call that cannot fit before spending minutes loading the model
+        try:
+            check_model_call(*configs, config, device, dtype.itemsize, allow_oversize=args.allow_oversize)
+        except ValueError as exc:
+            raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
 
     with _library_output(quiet=args.quiet):
         pipe = _load_pipeline(args.model, dtype=dtype, variant=args.variant)
@@ -88,7 +94,7 @@ def _interpolate(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        frames = pipe(first, last, config, generator=generator).frames[0]
+        frames = pipe(first, last, config, generator=generator, allow_oversize=args.allow_oversize).frames[0]
     output_fps = args.output_fps or args.fps
     path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
     print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
@@ -332,7 +338,8 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, def
     for field in dataclasses.fields(config_class):
         if field.name in nested:  # a nested config's options are flags of their own, defaulted from this default
             group = p.add_argument_group(f"{field.name} options") if hasattr(p, "add_argument_group") else p
-            _add_dataclass_arguments(group, nested[field.name], defaults=field.default_factory())
+            default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            _add_dataclass_arguments(group, nested[field.name], defaults=default)
             continue
         flag = _flag(field)
         kind = hints[field.name]
@@ -390,7 +397,10 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation.harness import EvalConfig, evaluate
 
-    config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in _flat_fields(EvalConfig)})
+    try:
+        config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in _flat_fields(EvalConfig)})
+    except ValueError as exc:
+        raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
         print(f"wrote {summary}")
@@ -454,6 +464,11 @@ def _add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
     _add_dataclass_arguments(p.add_argument_group("sampling (defaults: the paper's and SVD's)"), SamplingConfig)
     p.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
+    p.add_argument(
+        "--allow-oversize",
+        action="store_true",
+        help="run even when the estimated peak memory exceeds what is available (default: refuse, with the estimate)",
+    )
     m = p.add_argument_group("model and hardware")
     m.add_argument(
         "--model",

@@ -145,8 +145,11 @@ def config_from_flat(config_class: type, values: dict):
         )
     kwargs = {name: values[name] for name in own if name in values}
     for name, kind in nested.items():
-        default = next(f for f in fields(config_class) if f.name == name)
-        base = default.default_factory() if default.default_factory is not dataclasses.MISSING else kind()
+        declared = next(f for f in fields(config_class) if f.name == name)
+        if declared.default_factory is not dataclasses.MISSING:
+            base = declared.default_factory()
+        else:
+            base = kind() if declared.default is dataclasses.MISSING else declared.default
         options = {f.name: values[f.name] for f in fields(kind) if f.name in values}
         kwargs[name] = replace(base, **options)
     return config_class(**kwargs)

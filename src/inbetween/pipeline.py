@@ -42,6 +42,7 @@ from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, rotation_processors
 from .config import SamplingConfig
 from .layout import BACKWARD, FORWARD, BatchLayout
+from .memory import check_pipeline_call
 from .sampling import (
     apply_guidance,
     edm_scalings,
@@ -126,7 +127,7 @@ class InbetweenPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         _check_scheduler(scheduler)
         install_rotation(self.unet)
-        self._adapter_warnings: set[str] = set()  # adapter states already warned about (reset when it changes)
+        self._adapter_warnings: set[str] = set()  # adapter states already warned about, once per pipeline
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> InbetweenPipeline:
@@ -149,13 +150,11 @@ class InbetweenPipeline(DiffusionPipeline):
         if not isinstance(adapter, BackwardAdapter):
             adapter = BackwardAdapter.load(adapter)
         adapter.apply_to(self.unet)
-        self._adapter_warnings.clear()
 
     def unload_backward_adapter(self) -> None:
         """Back to base weights in the backward branch (rotation stays installed)."""
         for processor in rotation_processors(self.unet).values():
             processor.set_deltas(None, None, None)
-        self._adapter_warnings.clear()
 
     @property
     def has_backward_adapter(self) -> bool:
@@ -393,6 +392,7 @@ class InbetweenPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
         return_dict: bool = True,
+        allow_oversize: bool = False,
         **options: object,
     ) -> InbetweenPipelineOutput | tuple:
         r"""Generate the video from ``first_image`` to ``last_image`` (both included).
@@ -422,16 +422,26 @@ class InbetweenPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, sigma, {"latents": ...})`
                 after every step; may return `{"latents": new_latents}`.
             return_dict (`bool`, defaults to True): return an :class:`InbetweenPipelineOutput` instead of a tuple.
+            allow_oversize (`bool`, defaults to False): run even when the call's estimated peak memory
+                (:mod:`inbetween.memory`, from the shapes, before anything is allocated) exceeds the memory available
+                on the execution device; by default such a call is refused with a one-line `ValueError` that gives
+                the estimate, the available memory and the options that lower it.
 
         Returns:
             :class:`InbetweenPipelineOutput` or `(frames,)`.
         """
         # 0. The sampling options, with the size from the first keyframe and the frame count from the UNet
+        if not isinstance(config, SamplingConfig | None):
+            raise ValueError(
+                f"the third argument is a `SamplingConfig`, got {type(config).__name__}; pass sampling options by "
+                "keyword, e.g. `pipe(first, last, height=576, width=1024)`"
+            )
         self.check_keyframes(first_image, last_image)
         config = self.sampling_config(first_image, config, **options)
 
         # 1. Check inputs
         self.check_inputs(config, output_type, self.size_multiple)
+        check_pipeline_call(self, config, _batch_size(first_image), output_type, allow_oversize=allow_oversize)
         self._warn_about_adapter_state(config)
         device = self._execution_device
         layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
@@ -496,8 +506,8 @@ class InbetweenPipeline(DiffusionPipeline):
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
 
     def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
-        """Say once per adapter state (not per call) when the backward branch will not use a loaded adapter, or has
-        none to use."""
+        """Say once per pipeline (not per call, nor per load/unload: the evaluation toggles the adapter on purpose)
+        when the backward branch will not use a loaded adapter, or has none to use."""
         if not config.uses_backward:
             return
         if not config.rotation and self.has_backward_adapter:

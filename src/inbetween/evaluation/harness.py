@@ -83,6 +83,7 @@ class EvalConfig:
     videomae_weights: str | None = None  # VideoMAE folder, file or Hub id; None: MCG-NJU/videomae-base
     lpips_backbone_weights: str | None = None  # torchvision AlexNet file; None: cache or download
     lpips_linear_weights: str | None = None  # lpips v0.1 alex.pth; None: cache or download
+    allow_oversize: bool = False  # run calls whose estimated peak memory exceeds what is available
     contact_sheets: bool = True  # one PNG per pair: ground truth and every method, all frames
 
     def __post_init__(self) -> None:
@@ -107,6 +108,11 @@ class EvalConfig:
         sampling = self.sampling
         if sampling.num_frames is None or sampling.height is None or sampling.width is None:
             raise ValueError("`num_frames`, `height` and `width` must be given for an evaluation")
+        if not sampling.rotation:
+            raise ValueError(
+                "`rotation` is each method's own choice (gi and gi-no-ft rotate, trf does not); "
+                "leave `rotation` at its default"
+            )
         if sampling.fusion not in ("average", "linear"):
             raise ValueError(
                 f"`fusion` must be average or linear (the methods choose the branches), got {sampling.fusion!r}"
@@ -193,7 +199,14 @@ class Runtime:
             rotation=rotation,
             noise_injection_steps=config.sampling.noise_injection_steps if noise_injection else 0,
         )
-        frames = pipe(keyframes.first[None], keyframes.last[None], sampling, generator=generator, output_type="np")
+        frames = pipe(
+            keyframes.first[None],
+            keyframes.last[None],
+            sampling,
+            generator=generator,
+            output_type="np",
+            allow_oversize=config.allow_oversize,
+        )
         frames = frames.frames[0]  # (N, H, W, 3) float in [0, 1]
         return to_uint8(frames)
 
