@@ -10,13 +10,17 @@ whole pipeline call above what was resident before it: the kernel's high-water m
 * ``malloc``: with glibc's default (dynamic) threshold, what a plain process sees; tensors below 32 MB may then come
   from the heap, whose fragments can raise a first call's peak well above the live tensors at small sizes.
 
-Rows (``--rows all``, ~15 minutes on 2 shared CPU cores; ``--rows quick`` skips the SVD-sized ones):
+Rows (``--rows all``: ~25 minutes on 2 shared CPU cores; ``quick`` ~13 without the SVD-sized ones, ``svd`` ~10):
 
-* ``unet-*``: a tiny and a mid-size UNet (the tests' and tiny-world's shapes), and SVD's UNet architecture
+* ``unet-*``: the tests' tiny UNet, a mid-size one (SVD's layout at a fifth of its widths), SVD's UNet architecture
   (``UNetSpatioTemporalConditionModel()``, 1.5 B parameters) at 64x64 px (8x8 latents), 8 / 14 frames, 2 / 4 rows,
   with the pipeline's rotation installed and dual mode on (as the pipeline calls it), plus one 256x256 px row;
 * ``decode-*`` / ``encode-*``: SVD's VAE architecture;
 * ``pipe-*``: whole calls of the shipped tiny-world pipeline (encode, 1 step, decode).
+
+Measured with torch 2.13 / diffusers 0.42 on CPU (2 threads), float32: estimate / live 1.01-1.67 (UNet and whole
+calls from 400 MB up 1.01-1.10, VAE rows 1.12-1.32, 1.67 for a 38 MB forward where the fixed first-call overhead
+dominates), estimate with ``cpu_heap`` / malloc 1.09-1.80.
 
     python bench/memory_estimate.py                 # all rows, table to stdout
     python bench/memory_estimate.py --rows quick
