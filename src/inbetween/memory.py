@@ -25,7 +25,7 @@ values likewise) and flash / memory-efficient kernels on CUDA, none of which mat
 On Linux CPUs (``cpu_heap=True``) glibc's malloc serves blocks under 32 MiB from a heap that it does not give back
 within a call, and that fragments: a first call's resident peak was measured up to 1.8x its live tensors when they
 are small. The estimate then counts the heap at twice the largest total of such blocks seen so far, which brings it
-from below the measured peak to 1.0-1.4x of it; larger tensors are their own mappings, returned when freed.
+from below the measured peak to 1.1-1.8x of it; larger tensors are their own mappings, returned when freed.
 """
 
 from __future__ import annotations
