@@ -353,8 +353,9 @@ def load_manifest_free_pair(config: EvalConfig):
         ({"methods": "blend", "data": "EMPTY"}, "no keyframe pairs in"),
         ({"methods": "blend", "data": "MISSING"}, "not found"),
         ({"methods": "blend,blend"}, "lists a method twice"),
-        ({"methods": "blend", "num_frames": 2}, "`num_frames` must be at least 3"),
-        ({"methods": "blend", "gap": 3}, "`gap` 3 with `num_frames` 5: no in-between output frame falls on"),
+        # The CLI names the flags the user typed, as `interpolate` does.
+        ({"methods": "blend", "num_frames": 2}, "`--num-frames` must be at least 3"),
+        ({"methods": "blend", "gap": 3}, "`--gap` 3 with `--num-frames` 5: no in-between output frame falls on"),
         ({"methods": "blend", "lpips_linear_weights": "nowhere.pth"}, "`lpips_linear_weights` file"),
     ],
     ids=[

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .adapter import BackwardAdapter
 from .attention import dual_mode, install_rotation, recording_forward, replaying_backward
 from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .config import FPS, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, P_MEAN, P_STD
 from .data import ClipDataset, ClipSpec
 from .dtypes import DTYPES, resolve_dtype
 from .hub import SVD, resolve_model_folder
@@ -67,11 +68,11 @@ class TrainConfig:
     adam_beta2: float = 0.999
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
-    p_mean: float = 0.7  # log-normal sigma of SVD's EDM training
-    p_std: float = 1.6
-    fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
+    p_mean: float = P_MEAN  # log-normal sigma of SVD's EDM training
+    p_std: float = P_STD
+    fps: int = FPS
+    motion_bucket_id: int = MOTION_BUCKET_ID
+    noise_aug_strength: float = NOISE_AUG_STRENGTH
     train_bias: bool = False  # also train b_o of the output projection
     layout: str = "split"  # "split": no-grad forward call + backward call; "joint": one call, both halves
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16"

@@ -18,6 +18,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
+from .config import FPS
 from .errors import one_line
 from .files import atomic_folder, atomic_output
 
@@ -185,7 +186,7 @@ _FILE_WRITERS: dict[str, Callable[[list[Image.Image], Path, Fraction], None]] = 
 }
 
 
-def write_video(frames: Frames, path: str | os.PathLike, fps: int = 7, overwrite: bool = False) -> Path:
+def write_video(frames: Frames, path: str | os.PathLike, fps: int = FPS, overwrite: bool = False) -> Path:
     """Write frames atomically as mp4, gif, webp or a folder of `frame_0000.png`, ... chosen by `path`.
 
     `frames` are PIL images or an (N, H, W, 3) array, uint8 or float in [0, 1]. Odd-sized mp4 frames are

@@ -36,7 +36,16 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..checkpoints import optimizer_tensors, restore_optimizer
-from ..config import ADAPTER_SEEDS, FORWARD_SEEDS, HELDOUT_SEEDS
+from ..config import (
+    ADAPTER_SEEDS,
+    FORWARD_SEEDS,
+    FPS,
+    HELDOUT_SEEDS,
+    MOTION_BUCKET_ID,
+    NOISE_AUG_STRENGTH,
+    P_MEAN,
+    P_STD,
+)
 from ..files import atomic_folder
 from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
@@ -98,11 +107,11 @@ class TinyWorldRecipe:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     conditioning_dropout: float = 0.1  # zero image latent and embedding together, as SVD's unconditional branch
-    p_mean: float = 0.7  # SVD's log-normal training sigmas
-    p_std: float = 1.6
-    fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
+    p_mean: float = P_MEAN  # SVD's log-normal training sigmas
+    p_std: float = P_STD
+    fps: int = FPS
+    motion_bucket_id: int = MOTION_BUCKET_ID
+    noise_aug_strength: float = NOISE_AUG_STRENGTH
     # stage 3: backward adapter (the project's fine-tuning tool)
     adapter_videos: int = 100  # the paper fine-tunes on 100 videos
     adapter_steps: int = 1500
