@@ -94,7 +94,10 @@ def _interpolate(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        frames = pipe(first, last, config, generator=generator, allow_oversize=args.allow_oversize).frames[0]
+        try:
+            frames = pipe(first, last, config, generator=generator, allow_oversize=args.allow_oversize).frames[0]
+        except ValueError as exc:  # the pipeline names its options; the user typed flags
+            raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
     output_fps = args.output_fps or args.fps
     path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
     print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
