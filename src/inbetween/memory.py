@@ -210,27 +210,28 @@ def unet_forward_bytes(
     """Peak bytes of one UNet forward alone (``rows`` x ``frames`` latents of ``h x w``), its first-call overhead
     included: what ``bench/memory_estimate.py`` and the tests measure. ``options``: ``attention_matrices``,
     ``cpu_heap``."""
-    memory = _Memory(options.get("cpu_heap", False))
-    _unet_walk(memory, config, rows, frames, h, w, dtype_bytes, options.get("attention_matrices", False))
-    return round(memory.resident_peak + FIXED_BYTES)
+    return _walk_peak(_unet_walk, (config, rows, frames, h, w, dtype_bytes), options)
 
 
 def decode_forward_bytes(
     vae_config: Mapping[str, Any], frames: int, h: int, w: int, dtype_bytes: int = 4, **options: bool
 ) -> int:
     """Peak bytes of one VAE decode alone of ``frames`` latents of ``h x w``, as :func:`unet_forward_bytes`."""
-    memory = _Memory(options.get("cpu_heap", False))
     channels = int(vae_config.get("latent_channels", 4))
-    _decoder_walk(memory, vae_config, frames, channels, h, w, dtype_bytes, options.get("attention_matrices", False))
-    return round(memory.resident_peak + FIXED_BYTES)
+    return _walk_peak(_decoder_walk, (vae_config, frames, channels, h, w, dtype_bytes), options)
 
 
 def encode_forward_bytes(
     vae_config: Mapping[str, Any], images: int, height: int, width: int, dtype_bytes: int = 4, **options: bool
 ) -> int:
     """Peak bytes of one VAE encode alone of ``images`` of ``height x width``, as :func:`unet_forward_bytes`."""
+    return _walk_peak(_encoder_walk, (vae_config, images, height, width, dtype_bytes), options)
+
+
+def _walk_peak(walk, arguments: tuple, options: dict[str, bool]) -> int:
+    """Peak bytes of one stage's walk alone, its first-call overhead included."""
     memory = _Memory(options.get("cpu_heap", False))
-    _encoder_walk(memory, vae_config, images, height, width, dtype_bytes, options.get("attention_matrices", False))
+    walk(memory, *arguments, options.get("attention_matrices", False))
     return round(memory.resident_peak + FIXED_BYTES)
 
 
