@@ -28,6 +28,7 @@ from .science import (
     heldout_videos,
     interpolate_videos,
     load_tiny_world,
+    tiny_world_sampling,
 )
 
 DEMO_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL)
@@ -83,9 +84,8 @@ def run_demo(
     videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     for method in DEMO_METHODS:
-        rows[method.name] = interpolate_videos(
-            pipe, adapter, method, videos, num_inference_steps, seed, guidance_scale
-        )
+        sampling = tiny_world_sampling(num_inference_steps, guidance_scale)
+        rows[method.name] = interpolate_videos(pipe, adapter, method, videos, sampling, seed)
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for i, video in enumerate(videos):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapter import BackwardAdapter
-from ..config import HELDOUT_SEEDS, TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS
+from ..config import HELDOUT_SEEDS, TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS, SamplingConfig
 from ..evaluation.metrics import psnr, ssim
 from ..evaluation.pairs import blend
 from ..evaluation.report import mean_interval
@@ -57,6 +57,22 @@ class WorldMethod:
     rotation: bool = True
     adapter: bool = True
     reinjection: bool = True
+
+    def sampling(self, base: SamplingConfig) -> SamplingConfig:
+        """``base`` with this method's branches, rotation and re-injection."""
+        steps = base.noise_injection_steps if self.reinjection else 0
+        return replace(base, fusion=self.fusion, rotation=self.rotation, noise_injection_steps=steps)
+
+
+def tiny_world_sampling(
+    num_inference_steps: int = TINY_WORLD_STEPS, guidance_scale: float = TINY_WORLD_GUIDANCE
+) -> SamplingConfig:
+    """The tiny world's sampling: few steps, guidance ``guidance_scale`` (1: none), the paper's re-injection."""
+    return SamplingConfig(
+        num_inference_steps=num_inference_steps,
+        min_guidance_scale=min(1.0, guidance_scale),
+        max_guidance_scale=guidance_scale,
+    )
 
 
 CROSSFADE = WorldMethod("linear cross-fade", fusion=None)
@@ -102,11 +118,11 @@ def interpolate_videos(
     adapter: BackwardAdapter,
     method: WorldMethod,
     videos: list[WorldVideo],
-    num_inference_steps: int = TINY_WORLD_STEPS,
+    sampling: SamplingConfig | None = None,
     seed: int = 0,
-    guidance_scale: float = TINY_WORLD_GUIDANCE,
 ) -> np.ndarray:
-    """Frames ``(B, N, H, W, 3)`` uint8 of ``method`` between the first and last frames of ``videos`` (one batch)."""
+    """Frames ``(B, N, H, W, 3)`` uint8 of ``method`` between the first and last frames of ``videos`` (one batch),
+    sampled with ``sampling`` (default :func:`tiny_world_sampling`) under the method's own branches."""
     frames = np.stack([video.frames for video in videos])  # (B, N, H, W, 3)
     first, last = _as_float(frames[:, 0]), _as_float(frames[:, -1])
     num_frames, size = frames.shape[1], frames.shape[2]
@@ -116,21 +132,11 @@ def interpolate_videos(
         pipe.load_backward_adapter(adapter)
     else:
         pipe.unload_backward_adapter()
-    video = pipe(
-        first,
-        last,
-        height=size,
-        width=size,
-        num_frames=num_frames,
-        num_inference_steps=num_inference_steps,
-        min_guidance_scale=min(1.0, guidance_scale),
-        max_guidance_scale=guidance_scale,
-        fusion=method.fusion,
-        rotation=method.rotation,
-        noise_injection_steps=5 if method.reinjection else 0,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="pt",
-    ).frames  # (B, N, 3, H, W) in [0, 1]
+    config = replace(
+        method.sampling(sampling or tiny_world_sampling()), height=size, width=size, num_frames=num_frames
+    )
+    generator = torch.Generator().manual_seed(seed)
+    video = pipe(first, last, config, generator=generator, output_type="pt").frames  # (B, N, 3, H, W) in [0, 1]
     return _as_uint8(video)
 
 
@@ -201,9 +207,8 @@ def evaluate_methods(
     with tqdm(total=len(methods) * len(videos), desc="toy-world evaluation", unit="pair") as progress:
         for method in methods:
             for index, batch in enumerate(_batches(videos, batch_size)):
-                generated = interpolate_videos(
-                    pipe, adapter, method, batch, num_inference_steps, seed + index, guidance_scale
-                )
+                sampling = tiny_world_sampling(num_inference_steps, guidance_scale)
+                generated = interpolate_videos(pipe, adapter, method, batch, sampling, seed + index)
                 results[method.name] += [score_pair(g, v) for g, v in zip(generated, batch, strict=True)]
                 progress.update(len(batch))
     return results
