@@ -393,3 +393,15 @@ def test_convert_checkpoint_bad_inputs_are_one_line(unets, tmp_path: Path, capfd
         assert_one_line_error(capfd.readouterr().err, *fragments)
     assert sorted(os.listdir(tmp_path)) == before
     assert existing.read_bytes() == b"keep me"
+
+
+def test_top_level_help_imports_no_torch_or_diffusers():
+    """`inbetween --help` answers at once: it loads none of the heavy libraries (was 9.2 s of imports)."""
+    code = (
+        "import sys; from inbetween.cli import main; code = main(['--help']); "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "interpolate" in result.stdout
+    assert "HEAVY []" in result.stdout
