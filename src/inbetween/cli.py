@@ -29,6 +29,7 @@ from .config import (
     TINY_WORLD_STEPS,
     SamplingConfig,
     config_from_flat,
+    flat_option_names,
     nested_config_fields,
 )
 from .errors import USER_ERRORS, one_line
@@ -78,10 +79,8 @@ def _interpolate(args: argparse.Namespace) -> int:
     if args.cpu_offload and device != "cuda":
         raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
     if configs:  # refuse a call that cannot fit before spending minutes loading the model
-        try:
+        with _errors_name_flags():
             check_model_call(*configs, config, device, dtype.itemsize, allow_oversize=args.allow_oversize)
-        except ValueError as exc:
-            raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
 
     with _library_output(quiet=args.quiet):
         pipe = _load_pipeline(args.model, dtype=dtype, variant=args.variant)
@@ -94,10 +93,8 @@ def _interpolate(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        try:
+        with _errors_name_flags():
             frames = pipe(first, last, config, generator=generator, allow_oversize=args.allow_oversize).frames[0]
-        except ValueError as exc:  # the pipeline names its options; the user typed flags
-            raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
     output_fps = args.output_fps or args.fps
     path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
     print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
@@ -120,16 +117,23 @@ def _sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
     """The validated sampling config, before the model loads; its errors name the flags the user typed."""
     from .pipeline import InbetweenPipeline
 
-    try:
+    with _errors_name_flags():
         config = SamplingConfig(**values)
         InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
-    except ValueError as exc:
-        raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
     return config
 
 
 def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+@contextmanager
+def _errors_name_flags() -> Iterator[None]:
+    """The library's errors name options (`num_inference_steps`); the user typed flags (`--steps`)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
 
 
 def _with_flag_names(message: str, config_class: type) -> str:
@@ -377,15 +381,6 @@ def _add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, def
             )
 
 
-def _flat_fields(config_class: type) -> list[str]:
-    """The option names of ``config_class`` with nested configs flattened, as the flags are."""
-    nested = nested_config_fields(config_class)
-    names = []
-    for field in dataclasses.fields(config_class):
-        names.extend(_flat_fields(nested[field.name]) if field.name in nested else [field.name])
-    return names
-
-
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train_backward
 
@@ -400,10 +395,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation.harness import EvalConfig, evaluate
 
-    try:
-        config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in _flat_fields(EvalConfig)})
-    except ValueError as exc:
-        raise ValueError(_with_flag_names(str(exc), SamplingConfig)) from exc
+    with _errors_name_flags():
+        config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in flat_option_names(EvalConfig)})
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
         print(f"wrote {summary}")

@@ -132,13 +132,31 @@ def nested_config_fields(config_class: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(config_class) if dataclasses.is_dataclass(hints[f.name])}
 
 
+def flat_option_names(config_class: type) -> list[str]:
+    """The option names of ``config_class`` with nested configs flattened, as the command-line flags are."""
+    nested = nested_config_fields(config_class)
+    names = []
+    for f in fields(config_class):
+        names.extend(flat_option_names(nested[f.name]) if f.name in nested else [f.name])
+    return names
+
+
+def flat_values(config: object) -> dict[str, object]:
+    """A config instance's option values, nested configs flattened (the inverse of :func:`config_from_flat`)."""
+    values = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        values.update(flat_values(value) if dataclasses.is_dataclass(value) else {f.name: value})
+    return values
+
+
 def config_from_flat(config_class: type, values: dict):
     """``config_class`` from one flat dict of option values, nested configs included (the form the CLI and
     settings files have): ``EvalConfig`` from ``{"data": ..., "num_inference_steps": 25}``. Missing nested
     options keep the nested default's values."""
     nested = nested_config_fields(config_class)
     own = {f.name for f in fields(config_class)} - set(nested)
-    unknown = set(values) - own - {name for kind in nested.values() for name in (f.name for f in fields(kind))}
+    unknown = set(values) - set(flat_option_names(config_class))
     if unknown:
         raise ValueError(
             f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}"

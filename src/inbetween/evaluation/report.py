@@ -9,7 +9,6 @@ FID and FVD are one number per method over all its samples (no interval); their 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import flat_values
 from ..files import atomic_output
 from .pairs import KeyframePair, scored_frames
 
@@ -203,19 +203,10 @@ def summary_markdown(summary: EvalSummary, date: str | None = None) -> str:
         lines += [f"- {label}: skipped: {reason}" for label, reason in skipped.items()]
         lines.append("")
     lines += ["## Settings", ""]
-    lines += [f"- {name}: `{value}`" for name, value in flat_settings(config).items()]
+    lines += [f"- {name}: `{value}`" for name, value in flat_values(config).items()]
     lines += [f"- processes: {summary.num_processes}", "", "## Versions", ""]
     lines += [f"- {package}: {version}" for package, version in versions().items()]
     return "\n".join(lines) + "\n"
-
-
-def flat_settings(config: object) -> dict[str, object]:
-    """A config's options with nested configs (the sampling options) flattened, as the command-line flags are."""
-    values = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        values.update(flat_settings(value) if dataclasses.is_dataclass(value) else {field.name: value})
-    return values
 
 
 def per_pair_csv(summary: EvalSummary) -> str:
