@@ -2,12 +2,13 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from inbetween.cli import main
-from inbetween.config import HELDOUT_SEEDS
+from inbetween.config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING
 from inbetween.toyworld.recipe import model_world
 from inbetween.toyworld.science import (
     CROSSFADE,
@@ -115,7 +116,11 @@ def test_summary_table_has_one_row_per_method_with_intervals():
 def test_run_evaluation_writes_the_table_and_per_pair_scores(tmp_path):
     first_seed = HELDOUT_SEEDS + 1000
     table = run_evaluation(
-        tmp_path, pairs=2, num_inference_steps=2, methods=(CROSSFADE, FORWARD_ONLY), first_seed=first_seed
+        tmp_path,
+        pairs=2,
+        sampling=replace(TINY_WORLD_SAMPLING, num_inference_steps=2),
+        methods=(CROSSFADE, FORWARD_ONLY),
+        first_seed=first_seed,
     )
     assert CROSSFADE.name in table and FORWARD_ONLY.name in table
     record = json.loads((tmp_path / "per_pair.json").read_text())
@@ -125,7 +130,9 @@ def test_run_evaluation_writes_the_table_and_per_pair_scores(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert table in summary and f"seeds from {first_seed}" in summary
     with pytest.raises(FileExistsError, match="--overwrite"):
-        run_evaluation(tmp_path, pairs=2, num_inference_steps=2, methods=(CROSSFADE,))
+        run_evaluation(
+            tmp_path, pairs=2, sampling=replace(TINY_WORLD_SAMPLING, num_inference_steps=2), methods=(CROSSFADE,)
+        )
 
 
 def test_run_evaluation_scores_only_heldout_seeds(capsys):

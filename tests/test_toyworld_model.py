@@ -10,6 +10,7 @@ import torch
 
 from inbetween import InbetweenPipeline
 from inbetween.cli import main
+from inbetween.config import TINY_WORLD_SAMPLING
 from inbetween.evaluation.metrics import psnr
 from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
 from inbetween.toyworld.recipe import (
@@ -30,7 +31,6 @@ from inbetween.toyworld.science import (
     heldout_videos,
     interpolate_videos,
     load_tiny_world,
-    tiny_world_sampling,
 )
 
 KEYFRAME_PSNR = 20.0  # dB; measured on the shipped model: see the README (tiny world)
@@ -92,7 +92,7 @@ def test_shipped_model_fits_the_size_budget_and_loads_with_its_adapter():
 def test_shipped_model_interpolates_with_the_right_shape_and_keyframes():
     pipe, adapter = load_tiny_world()
     videos = heldout_videos(4)
-    frames = interpolate_videos(pipe, adapter, FULL, videos, tiny_world_sampling(num_inference_steps=10), seed=0)
+    frames = interpolate_videos(pipe, adapter, FULL, videos, TINY_WORLD_SAMPLING, seed=0)
     assert frames.shape == (4, 8, 32, 32, 3) and frames.dtype == np.uint8
 
     def as_tensor(x):

@@ -24,8 +24,6 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may 
 FORWARD_SEEDS = 0
 ADAPTER_SEEDS = 50_000_000
 HELDOUT_SEEDS = 90_000_000
-TINY_WORLD_STEPS = 10
-TINY_WORLD_GUIDANCE = 1.0  # max guidance; 1 = none
 
 
 def _option(default, help: str, flag: str | None = None, metavar: str | None = None, choices=None):
@@ -171,3 +169,7 @@ def config_from_flat(config_class: type, values: dict):
         options = {f.name: values[f.name] for f in fields(kind) if f.name in values}
         kwargs[name] = replace(base, **options)
     return config_class(**kwargs)
+
+
+# The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
+TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, min_guidance_scale=1.0, max_guidance_scale=1.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import TINY_WORLD_SAMPLING, SamplingConfig
 from ..evaluation.report import contact_sheet
 from ..files import atomic_folder
 from ..hub import TINY_WORLD
@@ -23,12 +24,9 @@ from .science import (
     DUAL_NO_FT,
     FORWARD_ONLY,
     FULL,
-    TINY_WORLD_GUIDANCE,
-    TINY_WORLD_STEPS,
     heldout_videos,
     interpolate_videos,
     load_tiny_world,
-    tiny_world_sampling,
 )
 
 DEMO_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL)
@@ -67,11 +65,10 @@ def comparison_sheet(rows: dict[str, np.ndarray], pair_names: list[str]) -> Imag
 def run_demo(
     out: str | Path = "inbetween-demo",
     pairs: int = 3,
-    num_inference_steps: int = TINY_WORLD_STEPS,
+    sampling: SamplingConfig = TINY_WORLD_SAMPLING,
     seed: int = 0,
     model: str = TINY_WORLD,
     overwrite: bool = False,
-    guidance_scale: float = TINY_WORLD_GUIDANCE,
 ) -> Path:
     """Interpolate ``pairs`` bundled pairs with every demo method into the folder ``out`` (written whole, atomically);
     returns ``out``."""
@@ -84,7 +81,6 @@ def run_demo(
     videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     for method in DEMO_METHODS:
-        sampling = tiny_world_sampling(num_inference_steps, guidance_scale)
         rows[method.name] = interpolate_videos(pipe, adapter, method, videos, sampling, seed)
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:

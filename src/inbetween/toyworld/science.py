@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapter import BackwardAdapter
-from ..config import HELDOUT_SEEDS, TINY_WORLD_GUIDANCE, TINY_WORLD_STEPS, SamplingConfig
+from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig, flat_values
 from ..evaluation.metrics import psnr, ssim
 from ..evaluation.pairs import blend
 from ..evaluation.report import mean_interval
@@ -62,17 +62,6 @@ class WorldMethod:
         """``base`` with this method's branches, rotation and re-injection."""
         steps = base.noise_injection_steps if self.reinjection else 0
         return replace(base, fusion=self.fusion, rotation=self.rotation, noise_injection_steps=steps)
-
-
-def tiny_world_sampling(
-    num_inference_steps: int = TINY_WORLD_STEPS, guidance_scale: float = TINY_WORLD_GUIDANCE
-) -> SamplingConfig:
-    """The tiny world's sampling: few steps, guidance ``guidance_scale`` (1: none), the paper's re-injection."""
-    return SamplingConfig(
-        num_inference_steps=num_inference_steps,
-        min_guidance_scale=min(1.0, guidance_scale),
-        max_guidance_scale=guidance_scale,
-    )
 
 
 CROSSFADE = WorldMethod("linear cross-fade", fusion=None)
@@ -118,11 +107,11 @@ def interpolate_videos(
     adapter: BackwardAdapter,
     method: WorldMethod,
     videos: list[WorldVideo],
-    sampling: SamplingConfig | None = None,
+    sampling: SamplingConfig = TINY_WORLD_SAMPLING,
     seed: int = 0,
 ) -> np.ndarray:
     """Frames ``(B, N, H, W, 3)`` uint8 of ``method`` between the first and last frames of ``videos`` (one batch),
-    sampled with ``sampling`` (default :func:`tiny_world_sampling`) under the method's own branches."""
+    sampled with ``sampling`` (default: the tiny world's) under the method's own branches."""
     frames = np.stack([video.frames for video in videos])  # (B, N, H, W, 3)
     first, last = _as_float(frames[:, 0]), _as_float(frames[:, -1])
     num_frames, size = frames.shape[1], frames.shape[2]
@@ -132,9 +121,7 @@ def interpolate_videos(
         pipe.load_backward_adapter(adapter)
     else:
         pipe.unload_backward_adapter()
-    config = replace(
-        method.sampling(sampling or tiny_world_sampling()), height=size, width=size, num_frames=num_frames
-    )
+    config = replace(method.sampling(sampling), height=size, width=size, num_frames=num_frames)
     generator = torch.Generator().manual_seed(seed)
     video = pipe(first, last, config, generator=generator, output_type="pt").frames  # (B, N, 3, H, W) in [0, 1]
     return _as_uint8(video)
@@ -195,10 +182,9 @@ def evaluate_methods(
     adapter: BackwardAdapter,
     videos: list[WorldVideo],
     methods: Iterable[WorldMethod] = WORLD_METHODS,
-    num_inference_steps: int = TINY_WORLD_STEPS,
+    sampling: SamplingConfig = TINY_WORLD_SAMPLING,
     seed: int = 0,
     batch_size: int = 16,
-    guidance_scale: float = TINY_WORLD_GUIDANCE,
 ) -> dict[str, list[dict[str, float]]]:
     """Per-pair scores of every method: ``{method name: [scores of pair 0, ...]}``; batch ``b`` is seeded
     ``seed + b`` for every method, so methods differ only in what they are."""
@@ -207,7 +193,6 @@ def evaluate_methods(
     with tqdm(total=len(methods) * len(videos), desc="toy-world evaluation", unit="pair") as progress:
         for method in methods:
             for index, batch in enumerate(_batches(videos, batch_size)):
-                sampling = tiny_world_sampling(num_inference_steps, guidance_scale)
                 generated = interpolate_videos(pipe, adapter, method, batch, sampling, seed + index)
                 results[method.name] += [score_pair(g, v) for g, v in zip(generated, batch, strict=True)]
                 progress.update(len(batch))
@@ -243,11 +228,10 @@ def run_evaluation(
     out: str | Path | None = None,
     model: str = TINY_WORLD,
     pairs: int = 50,
-    num_inference_steps: int = TINY_WORLD_STEPS,
+    sampling: SamplingConfig = TINY_WORLD_SAMPLING,
     seed: int = 0,
     methods: Iterable[WorldMethod] = WORLD_METHODS,
     overwrite: bool = False,
-    guidance_scale: float = TINY_WORLD_GUIDANCE,
     first_seed: int = HELDOUT_SEEDS,
 ) -> str:
     """Evaluate ``methods`` on the first ``pairs`` interesting held-out videos from seed ``first_seed`` up;
@@ -265,17 +249,10 @@ def run_evaluation(
                 raise FileExistsError(f"`{out / name}` already exists; pass --overwrite to replace it")
     pipe, adapter = load_tiny_world(model)
     videos = heldout_videos(pairs, first_seed, model_world(model))
-    settings = dict(
-        model=str(model),
-        pairs=pairs,
-        first_seed=first_seed,
-        num_inference_steps=num_inference_steps,
-        seed=seed,
-        guidance=guidance_scale,
-    )
+    settings = {"model": str(model), "pairs": pairs, "first_seed": first_seed, "seed": seed} | flat_values(sampling)
     results: dict[str, list[dict[str, float]]] = {}
     for method in methods:  # the files are rewritten after each method: a long run shows its progress
-        results |= evaluate_methods(pipe, adapter, videos, [method], num_inference_steps, seed, 25, guidance_scale)
+        results |= evaluate_methods(pipe, adapter, videos, [method], sampling, seed, batch_size=25)
         if out is not None:
             write_results(out, results, settings, methods, videos)
     return summary_table(results)

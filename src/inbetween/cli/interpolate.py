@@ -1,0 +1,158 @@
+"""``inbetween interpolate FIRST LAST -o OUT``: the video between two keyframes."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+from ..config import DTYPE_NAMES, SamplingConfig
+from ..errors import one_line
+from ..hub import SVD_XT, TINY_WORLD
+from .options import add_dataclass_arguments, errors_name_flags, library_output, pick_device
+
+if typing.TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..pipeline import InbetweenPipeline
+
+HELP = "generate the video between two keyframes"
+DESCRIPTION = "Generate the video from FIRST to LAST (both included)."
+# Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
+# variant and the Hub repo's single-file checkpoints (several GB each).
+PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("first", metavar="FIRST", help="first keyframe (PNG, JPEG, WebP)")
+    p.add_argument("last", metavar="LAST", help="last keyframe, same aspect ratio as FIRST")
+    p.add_argument("-o", "--output", required=True, help="out.mp4, out.gif, out.webp or a folder for PNG frames")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
+    add_dataclass_arguments(p.add_argument_group("sampling (defaults: the paper's and SVD's)"), SamplingConfig)
+    p.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
+    p.add_argument(
+        "--allow-oversize",
+        action="store_true",
+        help="run even when the estimated peak memory exceeds what is available (default: refuse, with the estimate)",
+    )
+    add_model_arguments(p.add_argument_group("model and hardware"))
+
+
+def add_model_arguments(m: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--model``, ``--variant``, ``--adapter``, ``--device``, ``--dtype``, ``--cpu-offload``."""
+    m.add_argument(
+        "--model",
+        default=SVD_XT,
+        help=f"Hub id or folder of an SVD model, or `{TINY_WORLD}` (the small offline model shipped with inbetween; "
+        "default: %(default)s)",
+    )
+    m.add_argument("--variant", help="weights variant, e.g. fp16")
+    m.add_argument("--adapter", metavar="PATH", help="backward adapter .safetensors (see convert-checkpoint)")
+    m.add_argument(
+        "--device",
+        choices=("auto", "cuda", "mps", "cpu"),
+        default="auto",
+        help="auto: cuda, else mps, else cpu (default: %(default)s)",
+    )
+    m.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPE_NAMES),
+        default="auto",
+        help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)",
+    )
+    m.add_argument("--cpu-offload", action="store_true", help="keep models in CPU memory until used (cuda only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..adapter import BackwardAdapter
+    from ..dtypes import model_dtype
+    from ..hub import local_model_configs
+    from ..memory import check_model_call
+    from ..pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
+    from ..video_io import check_output_path, load_image, write_video
+
+    first, last = load_image(args.first), load_image(args.last)
+    check_keyframe_files(args.first, first, args.last, last)
+    configs = local_model_configs(args.model)  # a model on disk fixes its size rules before it loads
+    long_side, multiple = size_rules(*configs) if configs else (DEFAULT_LONG_SIDE, SIZE_MULTIPLE)
+    height, width = InbetweenPipeline.default_size(first, args.height, args.width, long_side, multiple)
+    values = {name: getattr(args, name) for name in SamplingConfig.field_names()}
+    config = sampling_config(dict(values, height=height, width=width), size_multiple=multiple)
+    if args.output_fps is not None and not args.output_fps > 0:
+        raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
+    check_output_path(args.output, overwrite=args.overwrite)
+    adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
+    device = pick_device(args.device)
+    dtype = model_dtype(args.dtype, device)
+    if args.cpu_offload and device != "cuda":
+        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+    if configs:  # refuse a call that cannot fit before spending minutes loading the model
+        with errors_name_flags():
+            check_model_call(*configs, config, device, dtype.itemsize, allow_oversize=args.allow_oversize)
+
+    with library_output(quiet=args.quiet):
+        pipe = load_pipeline(args.model, dtype=dtype, variant=args.variant)
+        if adapter is not None:
+            pipe.load_backward_adapter(adapter)
+        if args.cpu_offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=args.quiet)
+        # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
+        generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        with errors_name_flags():
+            frames = pipe(first, last, config, generator=generator, allow_oversize=args.allow_oversize).frames[0]
+    output_fps = args.output_fps or args.fps
+    path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
+    print(f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps")
+    return 0
+
+
+def check_keyframe_files(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
+    """The pipeline's keyframe check, with the file names in the error (the pipeline cannot know them)."""
+    from ..pipeline import InbetweenPipeline
+
+    try:
+        InbetweenPipeline.check_keyframes(first, last)
+    except ValueError as exc:
+        raise ValueError(
+            f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
+            f"({last.width}x{last.height}): {exc}"
+        ) from exc
+
+
+def sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
+    """The validated sampling config, before the model loads; its errors name the flags the user typed."""
+    from ..pipeline import InbetweenPipeline
+
+    with errors_name_flags():
+        config = SamplingConfig(**values)
+        InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
+    return config
+
+
+def load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> InbetweenPipeline:
+    """The pipeline from a folder or Hub id (configs and one variant's weights only); a load failure is one line."""
+    from ..hub import resolve_model_folder
+    from ..pipeline import InbetweenPipeline
+
+    folder = resolve_model_folder(model, allow_patterns=[*PIPELINE_CONFIGS, *_weight_files(variant)])
+    try:
+        return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
+    except (OSError, ValueError, KeyError) as exc:
+        wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
+        if variant:
+            wanted += f" that has the `{variant}` variant"
+        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({one_line(exc)}); pass {wanted}") from exc
+
+
+def _weight_files(variant: str | None) -> list[str]:
+    if variant:
+        return [f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
+    names = ("model", "diffusion_pytorch_model")
+    return [pattern for name in names for pattern in (f"*/{name}.safetensors", f"*/{name}-*.safetensors")]

@@ -1,0 +1,116 @@
+"""Command-line options generated from the config dataclasses, and what every command shares: flag names in
+errors, the device choice, quiet library output."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..config import SamplingConfig, nested_config_fields
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+@contextmanager
+def errors_name_flags(config_class: type = SamplingConfig) -> Iterator[None]:
+    """The library's errors name options (`num_inference_steps`); the user typed flags (`--steps`)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(with_flag_names(str(exc), config_class)) from exc
+
+
+def with_flag_names(message: str, config_class: type) -> str:
+    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
+    flags = {field.name: flag_of(field) for field in dataclasses.fields(config_class)}
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
+
+
+def add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, defaults: object | None = None) -> None:
+    """One ``--flag`` per field of ``config_class``, typed and defaulted from the dataclass itself (or from the
+    instance ``defaults``); nested configs are flattened."""
+    hints = typing.get_type_hints(config_class)
+    nested = nested_config_fields(config_class)
+    for field in dataclasses.fields(config_class):
+        if field.name in nested:  # a nested config's options are flags of their own, defaulted from this default
+            group = p.add_argument_group(f"{field.name} options") if hasattr(p, "add_argument_group") else p
+            default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            add_dataclass_arguments(group, nested[field.name], defaults=default)
+            continue
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else field.default
+        if defaults is not None:
+            default = getattr(defaults, field.name)
+        _add_field_argument(p, field, hints[field.name], default, required)
+
+
+def _add_field_argument(
+    p: argparse.ArgumentParser, field: dataclasses.Field, kind: type, default: object, required: bool
+) -> None:
+    flag = flag_of(field)
+    help_text = "required" if required else "default: %(default)s"
+    if "help" in field.metadata:
+        help_text = field.metadata["help"]
+        if not required and default is not None:  # a concrete default replaces the help's own default note
+            help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
+    extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
+    if kind is bool:
+        p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
+        p.add_argument(
+            flag.removesuffix("s"),
+            dest=field.name,
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("FIRST", "LAST"),
+            help="repeatable",
+        )
+    else:
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        p.add_argument(flag, dest=field.name, type=base, default=default, required=required, help=help_text, **extra)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> cuda, else mps, else cpu; a named device that is missing is a user error."""
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ValueError(f"`--device {name}` is not available in this torch build or machine; use `--device cpu`")
+    return name
+
+
+@contextmanager
+def library_output(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, silence warnings and loading bars of inbetween, diffusers and transformers; restore after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    own_logger = logging.getLogger(__package__.rpartition(".")[0])
+    own_level = own_logger.level
+    if quiet:
+        own_logger.setLevel(logging.ERROR)
+        for lib in libraries:
+            lib.set_verbosity_error()
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        own_logger.setLevel(own_level)
+        for lib, (verbosity, bar) in zip(libraries, saved, strict=True):
+            lib.set_verbosity(verbosity)
+            if bar:
+                lib.enable_progress_bar()

@@ -1,0 +1,108 @@
+"""``inbetween demo`` and ``inbetween toyworld train|evaluate``: the tiny world of bouncing balls."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig
+from ..hub import TINY_WORLD
+from .options import add_dataclass_arguments, errors_name_flags
+
+DEMO_HELP = "see the method work offline in under a minute (the bundled tiny-world model)"
+DEMO_DESCRIPTION = (
+    "Interpolate bundled toy-world keyframe pairs with the shipped tiny model; write the videos and a comparison "
+    "sheet (ground truth, cross-fade, forward-only, dual without fine-tuning, full method)."
+)
+HELP = "train the tiny-world model, or check the paper's claims with it"
+DESCRIPTION = "The toy world of bouncing balls: reproduce the shipped model, or evaluate the methods on it."
+TRAIN_HELP = "train autoencoder, forward I2V model and backward adapter from a seed (resumable)"
+TRAIN_DESCRIPTION = (
+    "Three resumable stages into OUT (re-run the same command to resume); about two hours on 2 CPU cores. "
+    "Settings: inbetween.toyworld.recipe.TinyWorldRecipe."
+)
+EVALUATE_HELP = "hit rate, ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs"
+EVALUATE_DESCRIPTION = "Interpolate held-out toy-world pairs with every method and print a table with 95 %% intervals."
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling flags with the tiny world's defaults (few steps, no guidance), and the seed; each method then
+    sets its own branches. Size and frame count are the world's."""
+    p.add_argument("--seed", type=int, default=0, help="same seed, same videos (default: %(default)s)")
+    group = p.add_argument_group("sampling (defaults: the tiny world's)")
+    add_dataclass_arguments(group, SamplingConfig, defaults=TINY_WORLD_SAMPLING)
+
+
+def sampling_of(args: argparse.Namespace) -> SamplingConfig:
+    """The sampling config the tiny-world flags ask for; its errors name the flags."""
+    with errors_name_flags():
+        return SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.field_names()})
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="inbetween-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default: %(default)s)")
+    add_sampling_arguments(p)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..toyworld.demo import run_demo
+
+    out = run_demo(args.out, args.pairs, sampling_of(args), args.seed, overwrite=args.overwrite)
+    print(
+        f"wrote {out}/: comparison.png (rows: ground truth, cross-fade, forward-only, dual no fine-tuning, full "
+        f"method), one mp4 per pair and method, and the keyframes as PNG"
+    )
+    print(f"try: inbetween interpolate {out}/pair0-first.png {out}/pair0-last.png -o pair0.mp4 --model {TINY_WORLD}")
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, the model)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument(
+        "--install", action="store_true", help="copy the finished model into the package (what `tiny-world` loads)"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..toyworld.recipe import TinyWorldRecipe, install_tiny_world, train_tiny_world
+
+    model = train_tiny_world(args.out, TinyWorldRecipe(seed=args.seed))
+    print(f"wrote {model} and {Path(args.out) / 'loss_curves.png'}")
+    if args.install:
+        print(f"installed into {install_tiny_world(model)}")
+    return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=50, help="held-out pairs (default: %(default)s)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=HELDOUT_SEEDS,
+        help="first held-out seed: the pairs are the interesting videos from it up (default: %(default)s)",
+    )
+    add_sampling_arguments(p)
+    p.add_argument("--out", help="also write summary.md and per_pair.json here")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUT")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..toyworld.science import run_evaluation
+
+    table = run_evaluation(
+        args.out,
+        args.model,
+        args.pairs,
+        sampling_of(args),
+        args.seed,
+        overwrite=args.overwrite,
+        first_seed=args.first_seed,
+    )
+    print(table)
+    if args.out:
+        print(f"wrote {args.out}/summary.md and per_pair.json")
+    return 0
