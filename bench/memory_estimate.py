@@ -256,7 +256,7 @@ def estimate(kind: str, args: dict, cpu_heap: bool) -> int:
 
         unet_config = json.loads((TINY_WORLD_FOLDER / "unet" / "config.json").read_text())
         vae_config = json.loads((TINY_WORLD_FOLDER / "vae" / "config.json").read_text())
-        layout = BatchLayout.plan(True, "average", True, args["split"])
+        layout = BatchLayout.plan(True, ("forward", "backward"), True, args["split"])
         return memory.estimate_call_memory(
             unet_config,
             vae_config,

@@ -2,7 +2,12 @@
 
 import pytest
 
+from inbetween.config import SamplingConfig
 from inbetween.layout import BACKWARD, FORWARD, BatchLayout, Group
+
+
+def branches(fusion: str) -> tuple[str, ...]:
+    return SamplingConfig(fusion=fusion).branches
 
 
 def names(layout: BatchLayout) -> list[list[str]]:
@@ -14,7 +19,7 @@ def names(layout: BatchLayout) -> list[list[str]]:
 
 
 def test_guided_dual_layout_is_the_papers_four_groups_in_one_call():
-    layout = BatchLayout.plan(guided=True, fusion="average", rotation=True)
+    layout = BatchLayout.plan(guided=True, branches=branches("average"), rotation=True)
     assert layout.groups == (
         Group(FORWARD, False),
         Group(FORWARD, True),
@@ -27,14 +32,14 @@ def test_guided_dual_layout_is_the_papers_four_groups_in_one_call():
 
 
 def test_split_guidance_keeps_forward_then_backward_halves_in_each_call():
-    layout = BatchLayout.plan(guided=True, fusion="linear", rotation=True, split_guidance_batch=True)
+    layout = BatchLayout.plan(guided=True, branches=branches("linear"), rotation=True, split_guidance_batch=True)
     assert names(layout) == [["fwd-uncond", "bwd-uncond"], ["fwd-cond", "bwd-cond"]]
     assert layout.dual and layout.rows_per_pair == 4
     assert layout.branch_groups(BACKWARD) == (2, 3)  # unconditional first, as guidance expects
 
 
 def test_without_guidance_only_conditional_groups():
-    layout = BatchLayout.plan(guided=False, fusion="average", rotation=True, split_guidance_batch=True)
+    layout = BatchLayout.plan(guided=False, branches=branches("average"), rotation=True, split_guidance_batch=True)
     assert names(layout) == [["fwd-cond", "bwd-cond"]] and layout.rows_per_pair == 2
 
 
@@ -48,7 +53,7 @@ def test_without_guidance_only_conditional_groups():
     ],
 )
 def test_one_branch_and_unrotated_layouts(fusion, rotation, expected, dual):
-    layout = BatchLayout.plan(guided=True, fusion=fusion, rotation=rotation)
+    layout = BatchLayout.plan(guided=True, branches=branches(fusion), rotation=rotation)
     assert names(layout) == expected and layout.dual == dual
     kept = {FORWARD: fusion != "backward", BACKWARD: fusion != "forward"}
     assert all(layout.branch_groups(branch) for branch in layout.branches)

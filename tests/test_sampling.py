@@ -9,6 +9,7 @@ from inbetween.sampling import (
     euler_step,
     fuse,
     fusion_weights,
+    gaussian_noise,
     guidance_scales,
     is_injection_step,
     reinject_noise,
@@ -51,10 +52,10 @@ def test_euler_step_closed_form():
 def test_reinject_noise_has_the_right_std_and_is_seeded():
     x = torch.zeros(200_000)
     sigma_from, sigma_to = torch.tensor(3.0), torch.tensor(5.0)
-    out = reinject_noise(x, sigma_from, sigma_to, torch.Generator().manual_seed(0))
+    out = reinject_noise(x, sigma_from, sigma_to, gaussian_noise(torch.Generator().manual_seed(0)))
     assert abs(out.std().item() - 4.0) < 0.04  # sqrt(25 - 9)
-    again = reinject_noise(x, sigma_from, sigma_to, torch.Generator().manual_seed(0))
-    other = reinject_noise(x, sigma_from, sigma_to, torch.Generator().manual_seed(1))
+    again = reinject_noise(x, sigma_from, sigma_to, gaussian_noise(torch.Generator().manual_seed(0)))
+    other = reinject_noise(x, sigma_from, sigma_to, gaussian_noise(torch.Generator().manual_seed(1)))
     assert torch.equal(out, again)
     assert not torch.equal(out, other)
 
@@ -77,7 +78,7 @@ def test_sampler_redoes_each_injection_step():
         denoise,
         torch.ones(3),
         sigmas,
-        generator=torch.Generator().manual_seed(0),
+        noise=gaussian_noise(torch.Generator().manual_seed(0)),
         noise_injection_steps=3,
         noise_injection_ratio=0.5,
     )
@@ -118,6 +119,6 @@ def test_fusion_weights_and_fuse():
     with pytest.raises(ValueError, match="fusion"):
         fusion_weights("max", 3)
     fwd = torch.arange(3.0).view(1, 3, 1)
-    bwd = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1)  # in reversed time order
+    bwd = torch.tensor([30.0, 20.0, 10.0]).view(1, 3, 1)  # mapped back to forward time
     out = fuse(fwd, bwd, torch.tensor([1.0, 0.5, 0.0]))
     torch.testing.assert_close(out.flatten(), torch.tensor([0.0, 0.5 * 1 + 0.5 * 20, 10.0]))

@@ -16,7 +16,8 @@ MOTION_BUCKET_ID = 127
 NOISE_AUG_STRENGTH = 0.02
 P_MEAN, P_STD = 0.7, 1.6  # log-normal training sigmas of SVD's EDM loss
 
-FUSIONS = ("average", "linear", "forward", "backward")  # the last two: one branch alone (baselines)
+FORWARD, BACKWARD = "forward", "backward"  # the branches: conditioned on the first keyframe / on the last, in reverse
+FUSIONS = ("average", "linear", FORWARD, BACKWARD)  # the last two: one branch alone (baselines)
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
 
 # The tiny world (inbetween.toyworld): seed ranges of its videos, far apart so training, adapter and evaluation
@@ -106,7 +107,12 @@ class SamplingConfig:
 
     @property
     def uses_backward(self) -> bool:
-        return self.fusion != "forward"
+        return self.fusion != FORWARD
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The branches whose estimates the fusion uses, forward first."""
+        return (self.fusion,) if self.fusion in (FORWARD, BACKWARD) else (FORWARD, BACKWARD)
 
     def with_defaults(self, num_frames: int, height: int, width: int) -> SamplingConfig:
         """This config with its model- and keyframe-dependent ``None`` fields filled in."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORWARD, BACKWARD = "forward", "backward"
+from .config import BACKWARD, FORWARD
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,18 @@ class BatchLayout:
     dual: bool
 
     @classmethod
-    def plan(cls, guided: bool, fusion: str, rotation: bool, split_guidance_batch: bool = False) -> BatchLayout:
-        """The layout for one evaluation.
+    def plan(
+        cls, guided: bool, branches: tuple[str, ...], rotation: bool, split_guidance_batch: bool = False
+    ) -> BatchLayout:
+        """The layout for one evaluation of ``branches`` (``SamplingConfig.branches``, or what a sampler asks for).
 
-        ``fusion="forward"`` evaluates only the forward groups; ``"backward"`` only the backward ones, unless the
-        backward branch is rotated, which needs the forward rows as its attention source. ``split_guidance_batch``
-        runs the unconditional and the conditional groups as two calls (lower peak memory, same result).
+        The forward groups are evaluated for the forward branch, and for a rotated backward branch, which needs the
+        forward rows as its attention source. ``split_guidance_batch`` runs the unconditional and the conditional
+        groups as two calls (lower peak memory, same result).
         """
         conditionals = (False, True) if guided else (True,)
         groups = tuple(Group(branch, c) for branch in (FORWARD, BACKWARD) for c in conditionals)
-        wanted = {FORWARD: fusion != "backward" or rotation, BACKWARD: fusion != "forward"}
+        wanted = {FORWARD: FORWARD in branches or rotation, BACKWARD: BACKWARD in branches}
         run = [i for i, group in enumerate(groups) if wanted[group.branch]]
         dual = rotation and wanted[FORWARD] and wanted[BACKWARD]
         if guided and split_guidance_batch:

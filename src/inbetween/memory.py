@@ -524,7 +524,7 @@ def check_model_call(
 
     device = torch.device(device)
     num_frames = config.num_frames or int(unet_config.get("num_frames", 25))
-    layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
+    layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
     shape = dict(
         unet_config=dict(unet_config),
         vae_config=dict(vae_config),
@@ -570,7 +570,7 @@ def _pipeline_shape(pipe, config, batch_size: int, output_type: str, include_wei
     """The arguments of :func:`estimate_call_memory` for a pipeline's call."""
     from .layout import BatchLayout
 
-    layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
+    layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
     device = pipe._execution_device
     components = [pipe.unet, pipe.vae, pipe.image_encoder]
     if include_weights is None:  # model CPU offload: the weights come onto the device for their stage

@@ -44,11 +44,12 @@ from .config import SamplingConfig
 from .layout import BACKWARD, FORWARD, BatchLayout
 from .memory import check_pipeline_call
 from .sampling import (
-    apply_guidance,
+    BranchDenoiser,
+    BranchEstimates,
+    Coupling,
     edm_scalings,
-    fuse,
-    fusion_weights,
-    guidance_scales,
+    gaussian_noise,
+    make_fused_denoiser,
     sample_euler_with_reinjection,
 )
 
@@ -290,43 +291,40 @@ class InbetweenPipeline(DiffusionPipeline):
         with _vae_upcast(self.vae):
             return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
 
-    def make_denoiser(
-        self, cond: KeyframeConditioning, layout: BatchLayout, config: SamplingConfig
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The fused denoiser ``(x (B, N, 4, h, w), sigma) -> denoised (B, N, 4, h, w)`` of one step.
+    def make_branch_denoiser(self, cond: KeyframeConditioning, config: SamplingConfig) -> BranchDenoiser:
+        """The branch denoiser ``(x (B, N, 4, h, w), sigma, branches) -> BranchEstimates`` over ``cond``.
 
-        Evaluates ``layout``'s calls (backward rows see the time-reversed ``x``), guides each branch with SVD's
-        per-frame scale and fuses them; ``fusion="forward"`` / ``"backward"`` return one branch alone (the
-        backward one mapped back to forward time).
+        Each request evaluates the :class:`BatchLayout` of the requested branches (backward rows see the
+        time-reversed ``x``; a rotated backward branch brings the forward rows it attends with) and returns the
+        raw conditional / unconditional estimates of those branches in forward frame order. Guidance and fusion are
+        the sampler's (:func:`~inbetween.sampling.make_fused_denoiser` for the paper's).
         """
         num_frames = config.num_frames
-        guidance_scale = guidance_scales(
-            config.min_guidance_scale, config.max_guidance_scale, num_frames, config.fusion
-        ).to(self._execution_device)
-        weights = fusion_weights(config.fusion, num_frames).to(self._execution_device)
-        # The conditioning of each call is the same at every step: build it once.
-        call_conditioning = [cond.select(list(call), num_frames) for call in layout.calls]
+        layouts: dict[tuple[str, ...], tuple[BatchLayout, list[dict[str, torch.Tensor]]]] = {}
 
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        def planned(branches: tuple[str, ...]) -> tuple[BatchLayout, list[dict[str, torch.Tensor]]]:
+            if branches not in layouts:  # the conditioning of each call is the same at every step: build it once
+                layout = BatchLayout.plan(config.guided, branches, config.rotation, config.split_guidance_batch)
+                layouts[branches] = (layout, [cond.select(list(call), num_frames) for call in layout.calls])
+            return layouts[branches]
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor, branches: tuple[str, ...]) -> BranchEstimates:
+            layout, call_conditioning = planned(tuple(b for b in (FORWARD, BACKWARD) if b in branches))
             c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
             x_of = {FORWARD: x, BACKWARD: x.flip(1)}  # the backward branch runs in reversed time
-            denoised = {}
+            estimates: dict[bool, dict[str, torch.Tensor]] = {True: {}, False: {}}
             for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
                 x_in = torch.stack([x_of[layout.groups[g].branch] for g in call])  # (G', B, N, 4, h, w)
                 v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, layout.dual)
                 v = v.unflatten(0, x_in.shape[:2]).float()
                 for j, g in enumerate(call):
-                    denoised[g] = c_skip * x_in[j] + c_out * v[j]
-            out = {}
-            for branch in layout.branches:
-                groups = layout.branch_groups(branch)  # [uncond, cond] or [cond]
-                parts = [denoised[g] for g in groups]
-                out[branch] = apply_guidance(*parts, guidance_scale) if len(parts) == 2 else parts[0]
-            if config.fusion == "forward":
-                return out[FORWARD]
-            if config.fusion == "backward":
-                return out[BACKWARD].flip(1)
-            return fuse(out[FORWARD], out[BACKWARD], weights)
+                    group = layout.groups[g]
+                    if group.branch in branches:
+                        denoised = c_skip * x_in[j] + c_out * v[j]
+                        estimates[group.conditional][group.branch] = (
+                            denoised.flip(1) if group.branch == BACKWARD else denoised
+                        )
+            return BranchEstimates(cond=estimates[True], uncond=estimates[False])
 
         return denoise
 
@@ -443,8 +441,44 @@ class InbetweenPipeline(DiffusionPipeline):
         self.check_inputs(config, output_type, self.size_multiple)
         check_pipeline_call(self, config, _batch_size(first_image), output_type, allow_oversize=allow_oversize)
         self._warn_about_adapter_state(config)
+
+        # 2-6. Encode the keyframes, sample the latents
+        x = self.sample_latents(
+            first_image,
+            last_image,
+            config,
+            generator=generator,
+            latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+        # 7. Decode
+        if output_type == "latent":
+            frames = x
+        else:
+            video = self.decode_latents(x, config.decode_chunk_size)
+            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def sample_latents(
+        self,
+        first_image: KeyframeInput,
+        last_image: KeyframeInput,
+        config: SamplingConfig,
+        *,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        coupling: Coupling | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+    ) -> torch.Tensor:
+        """The sampled latents ``(B, N, 4, H/8, W/8)`` of checked keyframes and a filled-in ``config`` (what
+        :meth:`__call__` does between its checks and the decode). ``coupling`` ties the B videos to each other
+        (:mod:`inbetween.sequence`: shared boundary frames); by default they are independent."""
         device = self._execution_device
-        layout = BatchLayout.plan(config.guided, config.fusion, config.rotation, config.split_guidance_batch)
+        layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
 
         # 2. Encode keyframes (draws the noise augmentation from `generator`)
         first = self.preprocess_keyframes(first_image, config.height, config.width)
@@ -466,15 +500,17 @@ class InbetweenPipeline(DiffusionPipeline):
             config.height // self.vae_scale_factor,
             config.width // self.vae_scale_factor,
         )
+        noise = gaussian_noise(generator, coupling)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            latents = noise(torch.empty(shape, device=device, dtype=torch.float32))
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
         # SVD's pipeline starts from init_noise_sigma (sqrt(sigma_max^2 + 1) for its "leading" spacing).
         x = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
-        # 5. The fused denoiser: guidance ramp and fusion weights per frame
-        denoise = self.make_denoiser(cond, layout, config)
+        # 5. The branch denoiser, fused with the paper's guidance ramp and per-frame weights
+        share = coupling.share if coupling is not None else Coupling().share
+        denoise = make_fused_denoiser(self.make_branch_denoiser(cond, config), config, config.num_frames, share)
 
         # 6. Dual-directional Euler sampling with noise re-injection
         with self.progress_bar(total=config.num_inference_steps) as progress_bar:
@@ -486,24 +522,15 @@ class InbetweenPipeline(DiffusionPipeline):
                 tensors = {name: x for name in callback_on_step_end_tensor_inputs if name == "latents"}
                 return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
 
-            x = sample_euler_with_reinjection(
+            return sample_euler_with_reinjection(
                 denoise,
                 x,
                 sigmas,
-                generator=generator,
+                noise=noise,
                 noise_injection_steps=config.noise_injection_steps,
                 noise_injection_ratio=config.noise_injection_ratio,
                 callback=on_step_end,
             )
-
-        # 7. Decode
-        if output_type == "latent":
-            frames = x
-        else:
-            video = self.decode_latents(x, config.decode_chunk_size)
-            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
-        self.maybe_free_model_hooks()
-        return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
 
     def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say once per pipeline (not per call, nor per load/unload: the evaluation toggles the adapter on purpose)
