@@ -49,8 +49,7 @@ from .sampling import (
     Coupling,
     edm_scalings,
     gaussian_noise,
-    make_fused_denoiser,
-    sample_euler_with_reinjection,
+    sample,
 )
 
 logger = logging.get_logger(__name__)
@@ -508,11 +507,9 @@ class InbetweenPipeline(DiffusionPipeline):
         # SVD's pipeline starts from init_noise_sigma (sqrt(sigma_max^2 + 1) for its "leading" spacing).
         x = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
-        # 5. The branch denoiser, fused with the paper's guidance ramp and per-frame weights
+        # 5-6. The branch denoiser, handed to the sampler (the paper's: fused Euler with noise re-injection)
+        model = self.make_branch_denoiser(cond, config)
         share = coupling.share if coupling is not None else Coupling().share
-        denoise = make_fused_denoiser(self.make_branch_denoiser(cond, config), config, config.num_frames, share)
-
-        # 6. Dual-directional Euler sampling with noise re-injection
         with self.progress_bar(total=config.num_inference_steps) as progress_bar:
 
             def on_step_end(step: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
@@ -522,15 +519,7 @@ class InbetweenPipeline(DiffusionPipeline):
                 tensors = {name: x for name in callback_on_step_end_tensor_inputs if name == "latents"}
                 return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
 
-            return sample_euler_with_reinjection(
-                denoise,
-                x,
-                sigmas,
-                noise=noise,
-                noise_injection_steps=config.noise_injection_steps,
-                noise_injection_ratio=config.noise_injection_ratio,
-                callback=on_step_end,
-            )
+            return sample(config, model, x, sigmas, noise=noise, share=share, callback=on_step_end)
 
     def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say once per pipeline (not per call, nor per load/unload: the evaluation toggles the adapter on purpose)

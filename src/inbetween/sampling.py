@@ -196,3 +196,27 @@ def make_fused_denoiser(
         return share(fuse(guided[FORWARD](), guided[BACKWARD](), weights))
 
     return denoise
+
+
+def sample(
+    config: SamplingConfig,
+    model: BranchDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise,
+    share: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the sampler ``config`` asks for over ``model`` from ``x`` (at ``sigmas[0]``) to ``sigmas[-1] = 0``: the
+    one entry point of the pipeline and of any other denoiser (the tiny world's exact one)."""
+    denoise = make_fused_denoiser(model, config, x.shape[1], share)
+    return sample_euler_with_reinjection(
+        denoise,
+        x,
+        sigmas,
+        noise=noise,
+        noise_injection_steps=config.noise_injection_steps,
+        noise_injection_ratio=config.noise_injection_ratio,
+        callback=callback,
+    )
