@@ -86,7 +86,7 @@ def test_load_refuses_files_that_are_not_adapters(tmp_path):
     with pytest.raises(ValueError, match="format version 9"):
         BackwardAdapter.load(tmp_path / "v9.safetensors")
     with pytest.raises(ValueError, match="is not a temporal attention"):
-        BackwardAdapter({"down_blocks.0.attn1.to_q.weight": torch.zeros(2, 2)})
+        BackwardAdapter({"down_blocks.0.attn1.norm_cross.weight": torch.zeros(2, 2)})
 
 
 def test_adapter_that_does_not_fit_is_refused():
@@ -212,3 +212,21 @@ def test_from_unets_default_dtype_follows_the_base_and_dtype_overrides_it(tmp_pa
     assert BackwardAdapter.load(half.save(tmp_path / "h.safetensors", dtype="float32")).dtype == torch.float32
     with pytest.raises(ValueError, match="adapter dtype must be auto, float32, float16, bfloat16; got 'int8'"):
         BackwardAdapter.from_unets(base, tuned, dtype="int8")
+
+
+def test_query_key_deltas_make_an_own_attention_adapter_and_survive_a_round_trip(tmp_path):
+    base = tiny_unet()
+    rotated = BackwardAdapter.from_unets(base, finetuned_copy(base))
+    assert rotated.backward_attention == "rotated"  # unchanged W_q / W_k are not stored
+    tuned = finetuned_copy(base)
+    with torch.no_grad():
+        for name in temporal_self_attention_names(tuned):
+            attn = tuned.get_submodule(name)
+            attn.to_q.weight.add_(0.01)
+            attn.to_k.weight.sub_(0.01)
+    own = BackwardAdapter.load(BackwardAdapter.from_unets(base, tuned).save(tmp_path / "own.safetensors"))
+    assert own.backward_attention == "own"
+    assert sum(key.endswith(("to_q.weight", "to_k.weight")) for key in own.deltas) == 2 * len(own.layers)
+    unet = tiny_unet()
+    own.apply_to(unet)
+    assert all(p.backward_attention == "own" for p in rotation_processors(unet).values())

@@ -194,3 +194,32 @@ def test_record_then_replay_equals_the_dual_call():
     assert all(p._recorded_qk is None for p in rotation_processors(unet).values())
     with pytest.raises(ValueError, match="recorded forward call"), replaying_backward(unet), torch.no_grad():
         unet(**{k: v[1] for k, v in halves.items()})
+
+
+def naive_own_attention(attn, x, delta_q, delta_k, delta_v, delta_o):
+    """The "w/o RA" backward rows: plain attention with every projection adapted, no rotation."""
+    q = x @ (attn.to_q.weight + delta_q).T
+    k = x @ (attn.to_k.weight + delta_k).T
+    probs = _attention_probs(attn, q, k)
+    v = (x @ (attn.to_v.weight + delta_v).T).view(*x.shape[:2], attn.heads, -1).transpose(1, 2)
+    out = (probs @ v).transpose(1, 2).reshape(*x.shape[:2], -1)
+    return out @ (attn.to_out[0].weight + delta_o).T + attn.to_out[0].bias
+
+
+def test_own_attention_adapter_runs_the_backward_half_with_its_own_maps():
+    attn = make_attention()
+    processor = RotatedTemporalAttnProcessor()
+    g = torch.Generator().manual_seed(3)
+    dv, do, dq, dk = (torch.randn(16, 16, generator=g) * 0.1 for _ in range(4))
+    processor.set_deltas(dv, do, None, dq, dk)
+    assert processor.backward_attention == "own"
+    x = torch.randn(2 * 3, 6, 16, generator=g)
+    processor.mode = "dual"
+    out = processor(attn, x)
+    x_fwd, x_bwd = x.chunk(2)
+    torch.testing.assert_close(out.chunk(2)[0], AttnProcessor2_0()(attn, x_fwd), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.chunk(2)[1], naive_own_attention(attn, x_bwd, dq, dk, dv, do), rtol=1e-5, atol=1e-5)
+    # It differs from the rotated branch with the same W_v / W_o, and replay needs no recorded forward call.
+    assert not torch.allclose(out.chunk(2)[1], naive_dual_attention(attn, x, dv, do).chunk(2)[1], atol=1e-3)
+    processor.mode = "replay"
+    torch.testing.assert_close(processor(attn, x_bwd), out.chunk(2)[1], rtol=1e-5, atol=1e-5)

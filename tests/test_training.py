@@ -417,3 +417,30 @@ def test_fine_tuning_lowers_the_heldout_backward_loss(workspace, tmp_path):
     train_backward(config, pipe=pipe)
     after = heldout_loss(pipe, held, config, accelerator)
     assert after <= 0.85 * before, f"held-out loss {before:.4f} -> {after:.4f}"
+
+
+def test_own_attention_ablation_trains_query_and_key_deltas_too(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "run", max_steps=2, learning_rate=1e-2, backward_attention="own")
+    pipe = InbetweenPipeline.from_pretrained(str(workspace["model"]))
+    adapter = BackwardAdapter.load(train_backward(config, pipe=pipe))
+    layers = len(rotation_processors(pipe.unet))
+    assert adapter.backward_attention == "own" and len(adapter.deltas) == 4 * layers
+    assert all(delta.abs().max() > 0 for delta in adapter.deltas.values())
+
+
+def test_heldout_loss_is_logged_and_patience_stops_the_run(workspace, tmp_path):
+    config = tiny_config(
+        workspace,
+        tmp_path / "run",
+        max_steps=6,
+        learning_rate=1e-12,  # nothing learns: the held-out loss never improves after its first evaluation
+        heldout_data=str(workspace["data"]),
+        heldout_every=1,
+        heldout_patience=2,
+    )
+    train_backward(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "heldout_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # best at step 1, two evaluations without improvement
+    assert max(r["heldout_loss"] for r in log) - min(r["heldout_loss"] for r in log) < 1e-5  # fixed draws
+    with pytest.raises(ValueError, match="heldout_patience"):
+        tiny_config(workspace, tmp_path / "x", heldout_patience=2)

@@ -38,12 +38,17 @@ FORMAT_VERSION = "1"
 VALUE_WEIGHT = "to_v.weight"
 OUTPUT_WEIGHT = "to_out.0.weight"
 OUTPUT_BIAS = "to_out.0.bias"
-ADAPTED_PARAMETERS = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS)
+QUERY_WEIGHT = "to_q.weight"  # only in the "w/o RA" ablation's adapter (own attention)
+KEY_WEIGHT = "to_k.weight"
+# In the order of RotatedTemporalAttnProcessor.deltas() / set_deltas().
+ADAPTED_PARAMETERS = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS, QUERY_WEIGHT, KEY_WEIGHT)
+OPTIONAL_PARAMETERS = (OUTPUT_BIAS, QUERY_WEIGHT, KEY_WEIGHT)  # stored only where the fine-tuning changed them
 
 
 @dataclass
 class BackwardAdapter:
-    """Deltas of the backward model's temporal self-attention W_v / W_o (and optionally b_o).
+    """Deltas of the backward model's temporal self-attention W_v / W_o (and optionally b_o; W_q / W_k only in
+    the paper's "w/o RA" ablation, whose backward branch attends with its own queries and keys).
 
     Args:
         deltas: ``{"<layer>.to_v.weight": (C, C), "<layer>.to_out.0.weight": (C, C), ...}`` where
@@ -74,8 +79,14 @@ class BackwardAdapter:
     def dtype(self) -> torch.dtype:
         return next(iter(self.deltas.values())).dtype
 
-    def layer_deltas(self, layer: str) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(delta W_v, delta W_o, delta b_o)`` of one layer (``None`` where absent)."""
+    @property
+    def backward_attention(self) -> str:
+        """``"rotated"`` (the paper's adapter: W_v / W_o) or ``"own"`` (W_q / W_k deltas too: the ablation)."""
+        own = any(_split_key(key)[1] in (QUERY_WEIGHT, KEY_WEIGHT) for key in self.deltas)
+        return "own" if own else "rotated"
+
+    def layer_deltas(self, layer: str) -> tuple[torch.Tensor | None, ...]:
+        """``(delta W_v, delta W_o, delta b_o, delta W_q, delta W_k)`` of one layer (``None`` where absent)."""
         return tuple(self.deltas.get(f"{layer}.{param}") for param in ADAPTED_PARAMETERS)
 
     # construction -------------------------------------------------------------------------
@@ -121,7 +132,7 @@ class BackwardAdapter:
     ) -> BackwardAdapter:
         """An adapter that leaves the backward branch equal to the base weights (the start of training)."""
         state = unet.state_dict()
-        params = ADAPTED_PARAMETERS if include_bias else ADAPTED_PARAMETERS[:2]
+        params = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS) if include_bias else (VALUE_WEIGHT, OUTPUT_WEIGHT)
         deltas = {
             f"{layer}.{param}": torch.zeros_like(state[f"{layer}.{param}"], dtype=dtype, device="cpu")
             for layer in temporal_self_attention_names(unet)
@@ -157,8 +168,10 @@ class BackwardAdapter:
                         f"`{key}` is {tuple(tuned[key].shape)} in the fine-tuned UNet but "
                         f"{tuple(base[key].shape)} in the base; they are different architectures"
                     )
-                if param == OUTPUT_BIAS and (not include_bias or _equal_at_coarser_precision(base[key], tuned[key])):
-                    continue  # an fp32 bias next to its fp16 copy differs by rounding only: unchanged
+                if param == OUTPUT_BIAS and not include_bias:
+                    continue
+                if param in OPTIONAL_PARAMETERS and _equal_at_coarser_precision(base[key], tuned[key]):
+                    continue  # unchanged (an fp32 copy next to its fp16 one differs by rounding only)
                 delta = tuned[key].float() - base[key].float()
                 deltas[key] = delta.to(dtype)
         return cls(deltas, base_model=base_model)

@@ -10,6 +10,10 @@ uses the forward half's attention probabilities rotated by 180 degrees (paper se
 
 so the forward queries/keys serve both halves, the backward values are time-flipped, and no
 attention map is ever materialised or stored.
+
+The paper's "w/o RA" ablation (section 4.3) fine-tunes W_q, W_k, W_v, W_o of the backward model and lets it attend
+with its own queries and keys: a processor with ``backward_attention = "own"`` (set by an adapter that holds W_q /
+W_k deltas) runs the backward half that way, in the same call.
 """
 
 from __future__ import annotations
@@ -52,19 +56,42 @@ class RotatedTemporalAttnProcessor(nn.Module):
         self.delta_v: nn.Parameter | None = None
         self.delta_o: nn.Parameter | None = None
         self.delta_o_bias: nn.Parameter | None = None
+        self.delta_q: nn.Parameter | None = None
+        self.delta_k: nn.Parameter | None = None
         self._default = AttnProcessor2_0()
 
     def set_deltas(
-        self, delta_v: torch.Tensor | None, delta_o: torch.Tensor | None, delta_o_bias: torch.Tensor | None = None
+        self,
+        delta_v: torch.Tensor | None,
+        delta_o: torch.Tensor | None,
+        delta_o_bias: torch.Tensor | None = None,
+        delta_q: torch.Tensor | None = None,
+        delta_k: torch.Tensor | None = None,
     ) -> None:
-        """Set the backward branch's weight deltas (``None`` removes them)."""
+        """Set the backward branch's weight deltas (``None`` removes them). W_q / W_k deltas make the backward
+        branch attend with its own queries and keys (the "w/o RA" ablation)."""
         self.delta_v = _as_parameter(delta_v)
         self.delta_o = _as_parameter(delta_o)
         self.delta_o_bias = _as_parameter(delta_o_bias)
+        self.delta_q = _as_parameter(delta_q)
+        self.delta_k = _as_parameter(delta_k)
 
-    def deltas(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(delta W_v, delta W_o, delta b_o)``, ``None`` where absent."""
-        return self.delta_v, self.delta_o, self.delta_o_bias
+    def deltas(self) -> tuple[torch.Tensor | None, ...]:
+        """``(delta W_v, delta W_o, delta b_o, delta W_q, delta W_k)``, ``None`` where absent."""
+        return self.delta_v, self.delta_o, self.delta_o_bias, self.delta_q, self.delta_k
+
+    @property
+    def backward_attention(self) -> str:
+        """``"rotated"`` (the paper: the forward rows' maps, rotated) or ``"own"`` (W_q / W_k deltas present)."""
+        return "own" if self.delta_q is not None or self.delta_k is not None else "rotated"
+
+    def backward_own_attention(self, attn: Attention, x_bwd: torch.Tensor) -> torch.Tensor:
+        """The backward rows ``(R, N, C)`` attending with their own adapted queries and keys."""
+        q = _split_heads(F.linear(x_bwd, _plus(attn.to_q.weight, self.delta_q), attn.to_q.bias), attn.heads)
+        k = _split_heads(F.linear(x_bwd, _plus(attn.to_k.weight, self.delta_k), attn.to_k.bias), attn.heads)
+        v = _split_heads(F.linear(x_bwd, self.backward_value_weight(attn), attn.to_v.bias), attn.heads)
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        return _project_out(attn, _merge_heads(out, x_bwd.dtype), *self.backward_output_weight(attn))
 
     def backward_value_weight(self, attn: Attention) -> torch.Tensor:
         """``W_v`` of the backward branch, shape ``(inner_dim, C)``."""
@@ -94,6 +121,8 @@ class RotatedTemporalAttnProcessor(nn.Module):
             v = _split_heads(attn.to_v(hidden_states), attn.heads)
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
             return _project_out(attn, _merge_heads(out, hidden_states.dtype), *attn_output_weight(attn))
+        if self.mode == "replay" and self.backward_attention == "own":
+            return self.backward_own_attention(attn, hidden_states)  # needs no recorded forward maps
         if self.mode == "replay":
             if self._recorded_qk is None or self._recorded_qk[0].shape[0] != hidden_states.shape[0]:
                 raise ValueError("replay needs a recorded forward call over the same rows first")
@@ -103,6 +132,10 @@ class RotatedTemporalAttnProcessor(nn.Module):
             raise ValueError(
                 f"dual mode needs a batch of [forward | backward] halves, got {hidden_states.shape[0]} rows"
             )
+        if self.backward_attention == "own":
+            x_fwd, x_bwd = hidden_states.chunk(2)
+            y_fwd = self._default(attn, x_fwd, None, None, temb, **kwargs)
+            return torch.cat([y_fwd, self.backward_own_attention(attn, x_bwd)])
         return rotated_attention(
             attn, hidden_states, self.backward_value_weight(attn), *self.backward_output_weight(attn)
         )

@@ -44,6 +44,8 @@ from .seeds import derive_seed
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("split", "joint")
+BACKWARD_ATTENTIONS = ("rotated", "own")  # the paper: W_v/W_o, rotated maps; "w/o RA": W_q,k,v,o, own maps
+HELDOUT_MIN_IMPROVEMENT = 1e-3  # a held-out loss falling by less than 0.1 % of the best is noise, not progress
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -74,6 +76,13 @@ class TrainConfig:
     motion_bucket_id: int = MOTION_BUCKET_ID
     noise_aug_strength: float = NOISE_AUG_STRENGTH
     train_bias: bool = False  # also train b_o of the output projection
+    # "rotated": the paper (W_v / W_o deltas, the forward rows' rotated attention); "own": its "w/o RA" ablation
+    # (W_q, W_k, W_v, W_o deltas, the backward rows attend with their own queries and keys)
+    backward_attention: str = "rotated"
+    heldout_data: str | None = None  # videos never trained on: their backward loss is logged every heldout_every
+    heldout_every: int = 100
+    # stop once the held-out loss has not improved for this many evaluations in a row (None: run max_steps)
+    heldout_patience: int | None = None
     layout: str = "split"  # "split": no-grad forward call + backward call; "joint": one call, both halves
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
@@ -106,6 +115,15 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}")
+        if self.backward_attention not in BACKWARD_ATTENTIONS:
+            raise ValueError(
+                f"`backward_attention` must be one of {', '.join(BACKWARD_ATTENTIONS)}, "
+                f"got {self.backward_attention!r}"
+            )
+        if self.heldout_every < 1:
+            raise ValueError(f"`heldout_every` must be at least 1, got {self.heldout_every}")
+        if self.heldout_patience is not None and (self.heldout_patience < 1 or self.heldout_data is None):
+            raise ValueError("`heldout_patience` must be at least 1 and needs `heldout_data` (videos to score on)")
         if self.layout not in LAYOUTS:
             raise ValueError(f"`layout` must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -260,9 +278,11 @@ def backward_branch_step(
 
     if config.layout == "split":
         # The forward branch needs no gradient: one no-grad call records its queries/keys, then the
-        # backward rows alone go through the graph, so autograd never touches the forward rows.
-        with torch.no_grad(), accelerator.autocast(), recording_forward(unet):
-            run(x_fwd, emb_first, lat_first, time_ids)
+        # backward rows alone go through the graph, so autograd never touches the forward rows. With its own
+        # attention the backward branch needs nothing of the forward rows.
+        if config.backward_attention == "rotated":
+            with torch.no_grad(), accelerator.autocast(), recording_forward(unet):
+                run(x_fwd, emb_first, lat_first, time_ids)
         context = replaying_backward(unet)
         rows = (x_bwd, emb_last, lat_last, time_ids)
     else:
@@ -299,19 +319,27 @@ def heldout_loss(
 # trainable deltas
 
 
-def trainable_deltas(unet: torch.nn.Module, train_bias: bool) -> list[torch.nn.Parameter]:
-    """Fresh zero deltas (float32, trainable) on every rotated layer; everything else frozen."""
+def trainable_deltas(
+    unet: torch.nn.Module, train_bias: bool, backward_attention: str = "rotated"
+) -> list[torch.nn.Parameter]:
+    """Fresh zero deltas (float32, trainable) on every rotated layer; everything else frozen. ``"own"``
+    attention adds W_q / W_k deltas (the "w/o RA" ablation)."""
     unet.requires_grad_(False)
     parameters = []
     device = next(unet.parameters()).device
+
+    def zeros(weight: torch.Tensor) -> torch.nn.Parameter:
+        return torch.nn.Parameter(torch.zeros_like(weight, device=device, dtype=torch.float32))
+
     for name, processor in install_rotation(unet).items():
         attn = unet.get_submodule(name)
-        deltas = [torch.zeros_like(attn.to_v.weight), torch.zeros_like(attn.to_out[0].weight)]
+        deltas = {"delta_v": zeros(attn.to_v.weight), "delta_o": zeros(attn.to_out[0].weight)}
         if train_bias:
-            deltas.append(torch.zeros_like(attn.to_out[0].bias))
-        deltas = [torch.nn.Parameter(d.to(device, torch.float32)) for d in deltas]
-        processor.set_deltas(*deltas)
-        parameters += deltas
+            deltas["delta_o_bias"] = zeros(attn.to_out[0].bias)
+        if backward_attention == "own":
+            deltas |= {"delta_q": zeros(attn.to_q.weight), "delta_k": zeros(attn.to_k.weight)}
+        processor.set_deltas(**deltas)
+        parameters += deltas.values()
     return parameters
 
 
@@ -391,7 +419,8 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
 
     # model: one frozen UNet; the only trainable tensors are the backward W_v / W_o deltas
     pipe = load_training_pipeline(config, accelerator) if pipe is None else prepare_frozen(pipe, config, accelerator)
-    parameters = trainable_deltas(pipe.unet, config.train_bias)
+    parameters = trainable_deltas(pipe.unet, config.train_bias, config.backward_attention)
+    heldout = ClipDataset(config.heldout_data, spec) if config.heldout_data else None
     optimizer = accelerator.prepare(make_optimizer(config, parameters))
     start_step = 0
     if config.resume:
@@ -416,6 +445,8 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
             dataset, batch_sampler=sampler, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
         )
     )
+    heldout_log = output_dir / "heldout_log.jsonl"
+    best, since_best = heldout_progress(heldout_log, start_step, rewrite=accelerator.is_main_process)
     # training loop
     progress = tqdm(
         range(start_step, config.max_steps),
@@ -458,6 +489,17 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
             prune_checkpoints(checkpoints, config.keep_checkpoints)
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
+        if heldout is not None and (done % config.heldout_every == 0 or done == config.max_steps):
+            held = heldout_loss(pipe, heldout, config, accelerator)  # every process: same draws, same number
+            if accelerator.is_main_process:
+                _append_log(heldout_log, {"step": done, "heldout_loss": held})
+            best, since_best = _track_best(best, since_best, held)
+            if config.heldout_patience is not None and since_best >= config.heldout_patience:
+                logger.info("held-out loss has not improved for %d evaluations: stopping at step %d", since_best, done)
+                if accelerator.is_main_process and saved is None:
+                    save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config.model, asdict(config))
+                    prune_checkpoints(checkpoints, config.keep_checkpoints)
+                break
 
     final = output_dir / ADAPTER_FILE
     if accelerator.is_main_process:
@@ -466,6 +508,24 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def heldout_progress(log: Path, start_step: int, rewrite: bool = True) -> tuple[float, int]:
+    """``(best held-out loss, evaluations since it)`` logged up to ``start_step`` (a resumed run goes on counting);
+    later records, from a run that went past its last checkpoint, are dropped."""
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    kept = [r for r in records if r["step"] <= start_step]
+    if rewrite and len(kept) != len(records):
+        log.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    best, since_best = float("inf"), 0
+    for record in kept:
+        best, since_best = _track_best(best, since_best, record["heldout_loss"])
+    return best, since_best
+
+
+def _track_best(best: float, since_best: int, loss: float) -> tuple[float, int]:
+    improved = loss < best - HELDOUT_MIN_IMPROVEMENT * abs(best) if best != float("inf") else True
+    return (loss, 0) if improved else (best, since_best + 1)
 
 
 def _average_gradients(parameters: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
