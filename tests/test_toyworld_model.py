@@ -90,9 +90,9 @@ def test_shipped_model_fits_the_size_budget_and_loads_with_its_adapter():
 
 @pytest.mark.slow
 def test_shipped_model_interpolates_with_the_right_shape_and_keyframes():
-    pipe, adapter = load_tiny_world()
+    pipe, adapters = load_tiny_world()
     videos = heldout_videos(4)
-    frames = interpolate_videos(pipe, adapter, FULL, videos, TINY_WORLD_SAMPLING, seed=0)
+    frames = interpolate_videos(pipe, adapters, FULL, videos, TINY_WORLD_SAMPLING, seed=0)
     assert frames.shape == (4, 8, 32, 32, 3) and frames.dtype == np.uint8
 
     def as_tensor(x):
@@ -161,3 +161,34 @@ def test_demo_writes_videos_and_the_comparison_sheet(tmp_path, capsys):
     # never overwrite without being asked
     assert main(["demo", "--out", str(out), "--pairs", "1", "--steps", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_whole_recipe_runs_all_four_stages_and_ships_both_adapters(tmp_path):
+    from dataclasses import replace as replace_field
+
+    from inbetween import BackwardAdapter
+    from inbetween.toyworld.recipe import ABLATION_ADAPTER_FILE, TinyWorldRecipe, train_tiny_world
+
+    recipe = TinyWorldRecipe(
+        world=replace_field(TinyWorldRecipe().world, num_frames=4),
+        vae_steps=2,
+        unet_steps=2,
+        warmup_steps=1,
+        adapter_videos=4,
+        adapter_steps=6,
+        adapter_batch_size=2,
+        adapter_heldout_videos=2,
+        adapter_heldout_every=1,
+        adapter_patience=1,
+        adapter_learning_rate=1e-12,  # no progress: the held-out patience stops stage 3 after two evaluations
+        checkpoint_every=1,
+    )
+    model = train_tiny_world(tmp_path / "run", recipe)
+    heldout = (tmp_path / "run" / "adapter" / "heldout_log.jsonl").read_text().splitlines()
+    assert len(heldout) == 2
+    ablation_log = (tmp_path / "run" / "adapter_own_attention" / "train_log.jsonl").read_text().splitlines()
+    assert len(ablation_log) == 2  # as many steps as the adapter ran
+    assert BackwardAdapter.load(model / "backward_adapter.safetensors").backward_attention == "rotated"
+    assert BackwardAdapter.load(model / ABLATION_ADAPTER_FILE).backward_attention == "own"
+    assert (tmp_path / "run" / "loss_curves.png").is_file()

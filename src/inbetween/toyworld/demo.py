@@ -77,11 +77,11 @@ def run_demo(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"`{out}` already exists; pass --overwrite to replace it or choose another --out")
-    pipe, adapter = load_tiny_world(model)
+    pipe, adapters = load_tiny_world(model)
     videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     for method in DEMO_METHODS:
-        rows[method.name] = interpolate_videos(pipe, adapter, method, videos, sampling, seed)
+        rows[method.name] = interpolate_videos(pipe, adapters, method, videos, sampling, seed)
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for i, video in enumerate(videos):

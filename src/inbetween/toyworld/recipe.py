@@ -1,6 +1,6 @@
 """The tiny-world model: a small SVD-architecture image-to-video stack trained from scratch on the toy world.
 
-Three stages, each resumable from its own checkpoints, all randomness a pure function of (seed, step):
+Four stages, each resumable from its own checkpoints, all randomness a pure function of (seed, step):
 
 1. ``vae``: an AutoencoderKLTemporalDecoder (2x downsampling, 4 latent channels) learns to reconstruct
    world frames, so the UNet works on smooth latents; its ``scaling_factor`` is set to 1 / latent std.
@@ -9,7 +9,10 @@ Three stages, each resumable from its own checkpoints, all randomness a pure fun
    (CLIP embedding through cross-attention, noise-augmented first-frame latent concatenated to the input,
    micro-conditioning ids), with 10 % conditioning dropout so guidance works. Exported from EMA weights.
 3. ``adapter``: the backward adapter, trained with the project's own fine-tuning tool
-   (:func:`inbetween.training.train_backward`) on exactly 100 world videos: the paper's data regime.
+   (:func:`inbetween.training.train_backward`) on exactly 100 world videos (the paper's data regime) until its
+   backward loss on 20 held-out videos stops falling (``heldout_log.jsonl``; patience in evaluations).
+4. ``adapter_own_attention``: the paper's "w/o RA" ablation (section 4.3): W_q, W_k, W_v, W_o fine-tuned with the
+   backward branch's own attention, on the same videos for the same number of steps as stage 3.
 
 Run it (about two hours on two CPU cores):
 
@@ -117,10 +120,14 @@ class TinyWorldRecipe:
     adapter_steps: int = 1500
     adapter_batch_size: int = 8
     adapter_learning_rate: float = 5e-4
+    adapter_heldout_videos: int = 20  # never trained on: the held-out backward loss that decides when to stop
+    adapter_heldout_every: int = 50
+    adapter_patience: int = 4  # held-out evaluations without a 0.1 % improvement before stopping
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("vae_steps", "unet_steps", "adapter_steps", "adapter_videos", "checkpoint_every"):
+        positive = ("vae_steps", "unet_steps", "adapter_steps", "adapter_videos", "adapter_heldout_videos")
+        for name in (*positive, "adapter_heldout_every", "adapter_patience", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
 
@@ -460,40 +467,69 @@ def export_forward_model(
 # stage 3: the backward adapter, with the project's fine-tuning tool on exactly 100 videos
 
 
-def adapter_config(recipe: TinyWorldRecipe, folder: Path, model: Path) -> TrainConfig:
+ABLATION_ADAPTER_FILE = "backward_adapter_own_attention.safetensors"  # the "w/o RA" ablation, beside the adapter
+# Adapter held-out videos: a seed range of their own, apart from the adapter's training videos and the evaluation's.
+ADAPTER_HELDOUT_SEEDS = ADAPTER_SEEDS + 5_000_000
+
+
+def adapter_config(
+    recipe: TinyWorldRecipe, folder: Path, model: Path, attention: str = "rotated", max_steps: int | None = None
+) -> TrainConfig:
+    """Stage 3 (``attention="rotated"``, stopped by the held-out loss) or stage 4 (``"own"``, ``max_steps``)."""
+    output = folder / ("adapter" if attention == "rotated" else "adapter_own_attention")
     return TrainConfig(
         data=str(folder / "adapter_videos"),
-        output_dir=str(folder / "adapter"),
+        output_dir=str(output),
         model=str(model),
         num_frames=recipe.world.num_frames,
         stride=1,
         height=recipe.world.size,
         width=recipe.world.size,
         batch_size=recipe.adapter_batch_size,
-        max_steps=recipe.adapter_steps,
+        max_steps=max_steps or recipe.adapter_steps,
         learning_rate=recipe.adapter_learning_rate,
         fps=recipe.fps,
         motion_bucket_id=recipe.motion_bucket_id,
         noise_aug_strength=recipe.noise_aug_strength,
+        backward_attention=attention,
+        heldout_data=str(folder / "adapter_heldout_videos"),
+        heldout_every=recipe.adapter_heldout_every,
+        heldout_patience=recipe.adapter_patience if attention == "rotated" else None,
         seed=recipe.seed,
         checkpoint_every=recipe.checkpoint_every,
         keep_checkpoints=1,
-        resume="latest" if (folder / "adapter" / "checkpoints").is_dir() else None,
+        resume="latest" if (output / "checkpoints").is_dir() else None,
         adapter_dtype="float16",
         num_workers=0,
     )
 
 
+def write_adapter_videos(recipe: TinyWorldRecipe, folder: Path) -> None:
+    """The adapter's 100 training videos and its held-out videos, each from its own seed range (once)."""
+    sets = [
+        ("adapter_videos", ADAPTER_SEEDS, recipe.adapter_videos),
+        ("adapter_heldout_videos", ADAPTER_HELDOUT_SEEDS, recipe.adapter_heldout_videos),
+    ]
+    for name, first, count in sets:
+        if not (folder / name).is_dir():
+            with atomic_folder(folder / name) as tmp:
+                write_dataset(tmp, range(first + recipe.seed * count, first + (recipe.seed + 1) * count), recipe.world)
+
+
 def train_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
-    videos = folder / "adapter_videos"
-    if not videos.is_dir():
-        seeds = range(
-            ADAPTER_SEEDS + recipe.seed * recipe.adapter_videos,
-            ADAPTER_SEEDS + (recipe.seed + 1) * recipe.adapter_videos,
-        )
-        with atomic_folder(videos) as tmp:
-            write_dataset(tmp, seeds, recipe.world)
+    write_adapter_videos(recipe, folder)
     return train_backward(adapter_config(recipe, folder, model))
+
+
+def train_ablation_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
+    """The "w/o RA" ablation, for exactly as many steps as the adapter ran (same videos, same draws)."""
+    steps = _last_step(folder / "adapter" / "train_log.jsonl")
+    return train_backward(adapter_config(recipe, folder, model, attention="own", max_steps=steps))
+
+
+def _last_step(log: Path) -> int:
+    lines = log.read_text().splitlines()
+    return json.loads(lines[-1])["step"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,10 +546,12 @@ def train_tiny_world(folder: str | Path, recipe: TinyWorldRecipe = TinyWorldReci
     unet, image_encoder = train_forward(recipe, folder, vae)
     forward_model = export_forward_model(folder, vae, unet, image_encoder, recipe)
     adapter = train_adapter(recipe, folder, forward_model)
+    ablation = train_ablation_adapter(recipe, folder, forward_model)
     final = folder / "tiny_world"
     with atomic_folder(final, overwrite=True) as tmp:
         shutil.copytree(forward_model, tmp, dirs_exist_ok=True)
         shutil.copy(adapter, tmp / ADAPTER_FILE)
+        shutil.copy(ablation, tmp / ABLATION_ADAPTER_FILE)
         save_world(tmp, recipe.world)
     plot_loss_curves(folder, folder / "loss_curves.png")
     return final
@@ -526,9 +564,9 @@ def install_tiny_world(model: Path, target: Path = TINY_WORLD_FOLDER, overwrite:
     return target
 
 
-def read_loss_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_loss_log(path: Path, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return np.array([r["step"] for r in records]), np.array([r["loss"] for r in records])
+    return np.array([r["step"] for r in records]), np.array([r[key] for r in records])
 
 
 def plot_loss_curves(folder: Path, output: Path) -> None:
@@ -547,6 +585,7 @@ def plot_loss_curves(folder: Path, output: Path) -> None:
         ("autoencoder (MSE + KL)", folder / "vae" / "loss.jsonl"),
         ("forward I2V (EDM loss)", folder / "forward" / "loss.jsonl"),
         ("backward adapter (EDM loss)", folder / "adapter" / "train_log.jsonl"),
+        ("w/o RA ablation (EDM loss)", folder / "adapter_own_attention" / "train_log.jsonl"),
     ]
     figure, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.6))
     for axis, (title, path) in zip(axes, logs, strict=True):
@@ -560,6 +599,9 @@ def plot_loss_curves(folder: Path, output: Path) -> None:
         window = min(50, len(losses))
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         axis.plot(steps[window - 1 :], smooth, lw=1.5, label=f"{window}-step mean")
+        heldout_steps, heldout = read_loss_log(path.parent / "heldout_log.jsonl", "heldout_loss")
+        if len(heldout):
+            axis.plot(heldout_steps, heldout, "o-", ms=3, lw=1.5, label="held-out videos")
         axis.set_yscale("log")
         axis.legend()
     figure.tight_layout()

@@ -20,8 +20,9 @@ Run it:
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,8 +38,10 @@ from ..evaluation.report import mean_interval
 from ..files import atomic_output
 from ..hub import TINY_WORLD, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, InbetweenPipeline
-from .recipe import model_world
+from .recipe import ABLATION_ADAPTER_FILE, model_world
 from .world import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
+
+logger = logging.getLogger(__name__)
 
 # The tiny model samples by default with few steps and no classifier-free guidance (TINY_WORLD_*: half the UNet
 # batch; the conditioning latent already pins the colours), with the paper's re-injection (5 per step, first half).
@@ -55,7 +58,7 @@ class WorldMethod:
     name: str
     fusion: str | None = "average"
     rotation: bool = True
-    adapter: bool = True
+    adapter: str | None = ADAPTER_FILE  # the backward adapter file of the model folder; None: base weights
     reinjection: bool = True
 
     def sampling(self, base: SamplingConfig) -> SamplingConfig:
@@ -65,21 +68,34 @@ class WorldMethod:
 
 
 CROSSFADE = WorldMethod("linear cross-fade", fusion=None)
-FORWARD_ONLY = WorldMethod("forward-only I2V", fusion="forward", adapter=False, reinjection=False)  # plain SVD
+FORWARD_ONLY = WorldMethod("forward-only I2V", fusion="forward", adapter=None, reinjection=False)  # plain SVD
 BACKWARD_ONLY = WorldMethod("backward-only (adapter)", fusion="backward")
-TIME_REVERSAL = WorldMethod("dual, own attention, no FT (TRF)", rotation=False, adapter=False)
-DUAL_NO_FT = WorldMethod("dual, rotated, no fine-tuning", adapter=False)
+TIME_REVERSAL = WorldMethod("dual, own attention, no FT (TRF)", rotation=False, adapter=None)
+DUAL_NO_FT = WorldMethod("dual, rotated, no fine-tuning", adapter=None)
+# The paper's "w/o RA": a backward model fine-tuned on W_q, W_k, W_v, W_o that attends with its own maps.
+WITHOUT_RA = WorldMethod("w/o RA (own attention, W_q,k,v,o FT)", adapter=ABLATION_ADAPTER_FILE)
 FULL_NO_REINJECTION = WorldMethod("full method, no re-injection", reinjection=False)
 FULL = WorldMethod("full method")
-WORLD_METHODS = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT, FULL, FULL_NO_REINJECTION, BACKWARD_ONLY, TIME_REVERSAL)
+WORLD_METHODS = (
+    CROSSFADE,
+    FORWARD_ONLY,
+    DUAL_NO_FT,
+    FULL,
+    FULL_NO_REINJECTION,
+    BACKWARD_ONLY,
+    TIME_REVERSAL,
+    WITHOUT_RA,
+)
 
 
-def load_tiny_world(model: str = TINY_WORLD) -> tuple[InbetweenPipeline, BackwardAdapter]:
-    """The tiny-world pipeline (float32, CPU, no progress bars) and its backward adapter (kept loaded)."""
+def load_tiny_world(model: str = TINY_WORLD) -> tuple[InbetweenPipeline, dict[str, BackwardAdapter]]:
+    """The tiny-world pipeline (float32, CPU, no progress bars) and the backward adapters of its folder, by file
+    name (the adapter; the "w/o RA" ablation's where the model has one)."""
     folder = resolve_model_folder(model)
     pipe = InbetweenPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
-    return pipe, BackwardAdapter.load(folder / ADAPTER_FILE)
+    files = (ADAPTER_FILE, ABLATION_ADAPTER_FILE)
+    return pipe, {name: BackwardAdapter.load(folder / name) for name in files if (folder / name).is_file()}
 
 
 def heldout_videos(count: int, start: int = HELDOUT_SEEDS, world: WorldConfig | None = None) -> list[WorldVideo]:
@@ -104,7 +120,7 @@ def _as_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def interpolate_videos(
     pipe: InbetweenPipeline,
-    adapter: BackwardAdapter,
+    adapters: Mapping[str, BackwardAdapter],
     method: WorldMethod,
     videos: list[WorldVideo],
     sampling: SamplingConfig = TINY_WORLD_SAMPLING,
@@ -117,10 +133,12 @@ def interpolate_videos(
     num_frames, size = frames.shape[1], frames.shape[2]
     if method.fusion is None:
         return np.stack([_as_uint8(blend(a, b, num_frames)) for a, b in zip(first, last, strict=True)])
-    if method.adapter:
-        pipe.load_backward_adapter(adapter)
-    else:
+    if method.adapter is None:
         pipe.unload_backward_adapter()
+    elif method.adapter in adapters:
+        pipe.load_backward_adapter(adapters[method.adapter])
+    else:
+        raise ValueError(f"method `{method.name}` needs `{method.adapter}`, which this tiny-world model does not have")
     config = replace(method.sampling(sampling), height=size, width=size, num_frames=num_frames)
     generator = torch.Generator().manual_seed(seed)
     video = pipe(first, last, config, generator=generator, output_type="pt").frames  # (B, N, 3, H, W) in [0, 1]
@@ -179,7 +197,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def evaluate_methods(
     pipe: InbetweenPipeline,
-    adapter: BackwardAdapter,
+    adapters: Mapping[str, BackwardAdapter],
     videos: list[WorldVideo],
     methods: Iterable[WorldMethod] = WORLD_METHODS,
     sampling: SamplingConfig = TINY_WORLD_SAMPLING,
@@ -193,7 +211,7 @@ def evaluate_methods(
     with tqdm(total=len(methods) * len(videos), desc="toy-world evaluation", unit="pair") as progress:
         for method in methods:
             for index, batch in enumerate(_batches(videos, batch_size)):
-                generated = interpolate_videos(pipe, adapter, method, batch, sampling, seed + index)
+                generated = interpolate_videos(pipe, adapters, method, batch, sampling, seed + index)
                 results[method.name] += [score_pair(g, v) for g, v in zip(generated, batch, strict=True)]
                 progress.update(len(batch))
     return results
@@ -247,12 +265,16 @@ def run_evaluation(
         for name in ("summary.md", "per_pair.json"):
             if (out / name).exists() and not overwrite:
                 raise FileExistsError(f"`{out / name}` already exists; pass --overwrite to replace it")
-    pipe, adapter = load_tiny_world(model)
+    pipe, adapters = load_tiny_world(model)
+    missing = [m for m in methods if m.adapter is not None and m.adapter not in adapters]
+    for method in missing:  # the shipped v1 model predates the ablation
+        logger.warning("skipping `%s`: the model has no `%s`", method.name, method.adapter)
+    methods = tuple(m for m in methods if m not in missing)
     videos = heldout_videos(pairs, first_seed, model_world(model))
     settings = {"model": str(model), "pairs": pairs, "first_seed": first_seed, "seed": seed} | flat_values(sampling)
     results: dict[str, list[dict[str, float]]] = {}
     for method in methods:  # the files are rewritten after each method: a long run shows its progress
-        results |= evaluate_methods(pipe, adapter, videos, [method], sampling, seed, batch_size=25)
+        results |= evaluate_methods(pipe, adapters, videos, [method], sampling, seed, batch_size=25)
         if out is not None:
             write_results(out, results, settings, methods, videos)
     return summary_table(results)
