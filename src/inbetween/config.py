@@ -17,7 +17,16 @@ NOISE_AUG_STRENGTH = 0.02
 P_MEAN, P_STD = 0.7, 1.6  # log-normal training sigmas of SVD's EDM loss
 
 FORWARD, BACKWARD = "forward", "backward"  # the branches: conditioned on the first keyframe / on the last, in reverse
-FUSIONS = ("average", "linear", FORWARD, BACKWARD)  # the last two: one branch alone (baselines)
+# How the branches' estimates combine (sampling.make_fused_denoiser): per-frame weights (0.5 each, or linspace(1, 0, N)
+# for the forward branch), one branch alone (baselines), or their product of experts.
+FUSIONS = ("average", "linear", FORWARD, BACKWARD, "poe")
+# The update rule (sampling.sample dispatches on it): Generative Inbetweening's fused step with re-injection, ViBiD's
+# sequential bidirectional step, time-reversal fusion (gi's step, backward branch unrotated), plain image-to-video.
+SAMPLERS = ("gi", "vibid", "trf", FORWARD)
+SOLVERS = ("euler", "dpmpp-2m")  # first order, or DPM-Solver++(2M): second order at one evaluation per step
+# Per-frame guidance scale of each branch (sampling.branch_guidance_scales); auto: symmetric for the average and
+# product fusions, each branch's own SVD ramp otherwise.
+GUIDANCE_RAMPS = ("auto", "svd", "symmetric", "weighted")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
 
 # The tiny world (inbetween.toyworld): seed ranges of its videos, far apart so training, adapter and evaluation
@@ -78,6 +87,25 @@ class SamplingConfig:
     split_guidance_batch: bool = _option(
         False, "two UNet calls per step instead of one: lower peak memory, same video"
     )
+    sampler: str = _option(
+        "gi",
+        "gi: the paper's fused step; vibid: ViBiD's forward then backward half-steps; trf: gi without rotation; "
+        "forward: plain SVD image-to-video",
+        choices=SAMPLERS,
+    )
+    solver: str = _option("euler", "euler, or dpmpp-2m (second order, same evaluations)", choices=SOLVERS)
+    guidance_ramp: str = _option(
+        "auto",
+        "per-frame guidance of each branch: svd (its own ramp), symmetric (ramp and its mirror averaged), weighted "
+        "(symmetric times 2w, w the linear fusion weight); auto: symmetric for average and poe fusion, else svd",
+        choices=GUIDANCE_RAMPS,
+    )
+    cfg_pp: bool = _option(
+        False, "vibid: CFG++, the update's noise direction from the unconditional estimate (evaluates its rows)"
+    )
+    keyframe_consistency: bool = _option(
+        False, "vibid: ViBiD's DDS step, each half-step's estimate takes the far keyframe's latent at its end"
+    )
 
     def __post_init__(self) -> None:
         # height and width are checked by the pipeline, which knows the model's size multiple.
@@ -99,10 +127,22 @@ class SamplingConfig:
             raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
         if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
             raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
+        for name, allowed in (("sampler", SAMPLERS), ("solver", SOLVERS), ("guidance_ramp", GUIDANCE_RAMPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        # A sampler name that fixes another option sets it (frozen: once, here): trf is gi's step with the backward
+        # branch's own attention, forward is the forward branch alone.
+        if self.sampler == "trf":
+            object.__setattr__(self, "rotation", False)
+        if self.sampler == FORWARD:
+            object.__setattr__(self, "fusion", FORWARD)
 
     @property
     def guided(self) -> bool:
-        """Whether the unconditional rows are needed at all (SVD: any frame's scale above 1)."""
+        """Whether the unconditional rows are needed at all: any frame's guidance scale above 1 (SVD's rule), a
+        product-of-experts fusion (it divides by the unconditional model), or vibid's CFG++ (its noise direction)."""
+        if self.fusion == "poe" or (self.sampler == "vibid" and self.cfg_pp):
+            return True
         return max(self.min_guidance_scale, self.max_guidance_scale) > 1.0
 
     @property
@@ -127,6 +167,14 @@ class SamplingConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def preset(cls, name: str, base: SamplingConfig | None = None, **overrides: object) -> SamplingConfig:
+        """``base`` (default: the paper's config) with the options of preset ``name`` (:data:`PRESETS`), then
+        ``overrides``: ``SamplingConfig.preset("fast", height=576, width=1024)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
+        return replace(base or cls(), **{**PRESETS[name], **overrides})
 
 
 def nested_config_fields(config_class: type) -> dict[str, type]:
@@ -176,6 +224,39 @@ def config_from_flat(config_class: type, values: dict):
         kwargs[name] = replace(base, **options)
     return config_class(**kwargs)
 
+
+# Named sampler settings (SamplingConfig.preset, --preset): the options each sets; every other option keeps its value.
+# UNet rows per video at SVD's guidance (inbetween.cost.unet_rows_per_video): paper 700, fast 148, vibid 100,
+# vibid-adapter 150. `fast` is PROVISIONAL (the paper's sampler with DPM-Solver++(2M), half the steps, one
+# re-injection per early step) until the exact-denoiser world's table (`inbetween toyworld samplers`) picks it:
+# change it here only.
+PAPER_SAMPLER = dict(
+    sampler="gi",
+    solver="euler",
+    num_inference_steps=50,
+    noise_injection_steps=5,
+    noise_injection_ratio=0.5,
+    cfg_pp=False,
+    keyframe_consistency=False,
+)
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
+    "fast": dict(PAPER_SAMPLER, solver="dpmpp-2m", num_inference_steps=25, noise_injection_steps=1),
+    # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
+    # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).
+    "vibid": dict(
+        PAPER_SAMPLER,
+        sampler="vibid",
+        num_inference_steps=25,
+        noise_injection_steps=0,
+        min_guidance_scale=1.0,
+        max_guidance_scale=1.0,
+        cfg_pp=True,
+        keyframe_consistency=True,
+        rotation=False,
+    ),
+}
+PRESETS["vibid-adapter"] = dict(PRESETS["vibid"], rotation=True)
 
 # The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
 TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, min_guidance_scale=1.0, max_guidance_scale=1.0)

@@ -520,11 +520,11 @@ def check_model_call(
     (``weight_bytes=0``) would be refused once they are loaded, so the CLI can refuse it before loading."""
     import torch
 
-    from .layout import BatchLayout
+    from .cost import largest_request
 
     device = torch.device(device)
     num_frames = config.num_frames or int(unet_config.get("num_frames", 25))
-    layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
+    layout = largest_request(config)  # the sampler's request with the most rows sets the peak
     shape = dict(
         unet_config=dict(unet_config),
         vae_config=dict(vae_config),
@@ -568,9 +568,9 @@ def _check(shape: dict[str, Any], device, allow_oversize: bool) -> MemoryEstimat
 
 def _pipeline_shape(pipe, config, batch_size: int, output_type: str, include_weights: bool | None) -> dict[str, Any]:
     """The arguments of :func:`estimate_call_memory` for a pipeline's call."""
-    from .layout import BatchLayout
+    from .cost import largest_request
 
-    layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
+    layout = largest_request(config)  # the sampler's request with the most rows sets the peak
     device = pipe._execution_device
     components = [pipe.unet, pipe.vae, pipe.image_encoder]
     if include_weights is None:  # model CPU offload: the weights come onto the device for their stage

@@ -507,8 +507,9 @@ class InbetweenPipeline(DiffusionPipeline):
         # SVD's pipeline starts from init_noise_sigma (sqrt(sigma_max^2 + 1) for its "leading" spacing).
         x = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma
 
-        # 5-6. The branch denoiser, handed to the sampler (the paper's: fused Euler with noise re-injection)
+        # 5-6. The branch denoiser, handed to the sampler `config.sampler` (the paper's: fused Euler with re-injection)
         model = self.make_branch_denoiser(cond, config)
+        keyframe_latents = self.keyframe_latents(first, last) if config.keyframe_consistency else None
         share = coupling.share if coupling is not None else Coupling().share
         with self.progress_bar(total=config.num_inference_steps) as progress_bar:
 
@@ -519,7 +520,23 @@ class InbetweenPipeline(DiffusionPipeline):
                 tensors = {name: x for name in callback_on_step_end_tensor_inputs if name == "latents"}
                 return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
 
-            return sample(config, model, x, sigmas, noise=noise, share=share, callback=on_step_end)
+            return sample(
+                config,
+                model,
+                x,
+                sigmas,
+                noise=noise,
+                share=share,
+                callback=on_step_end,
+                keyframe_latents=keyframe_latents,
+            )
+
+    def keyframe_latents(self, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The clean preprocessed keyframes ``(B, 3, H, W)`` in the sampler's latent space (VAE mode times its scaling
+        factor, no noise augmentation), stacked ``(B, 2, 4, h, w)``: ViBiD's keyframe-consistency targets."""
+        device = self._execution_device
+        latents = self.encode_image_latents(torch.cat([first, last]).to(device)).float()
+        return torch.stack(latents.chunk(2), 1) * self.vae.config.scaling_factor
 
     def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say once per pipeline (not per call, nor per load/unload: the evaluation toggles the adapter on purpose)

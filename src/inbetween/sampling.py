@@ -16,12 +16,18 @@ What a sampler is handed (the pipeline builds them once per call):
   goes through it (it draws from the caller's generator, and :class:`Coupling` may tie draws across videos);
 - a :class:`Coupling`'s ``share``, applied to every denoised estimate before an update uses it (identity for
   independent videos; keyframe sequences tie the shared boundary frames with it).
+
+The samplers (:func:`sample` dispatches on ``SamplingConfig.sampler``): :func:`sample_gi` (the paper's; ``trf`` is the
+same step with the backward branch unrotated, which the branch denoiser decides), :func:`sample_forward` (plain
+image-to-video) and :func:`sample_vibid` (ViBiD's sequential bidirectional step). Each takes a first- or second-order
+solver (:func:`solver_estimate`) and, but ``forward``, the paper's re-injection (:func:`run_steps`). UNet rows per
+video of a config: :mod:`inbetween.cost`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -31,6 +37,10 @@ from .config import BACKWARD, FORWARD, FUSIONS, SamplingConfig
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Noise = Callable[[torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+Share = Callable[[torch.Tensor], torch.Tensor]
+# One step of a sampler from sigmas[i] to sigmas[i + 1]: ``step(x, i, restart)``; ``restart`` is True when x was just
+# re-noised (a re-injection), so a multistep solver has no history on its trajectory.
+Step = Callable[[torch.Tensor, int, bool], torch.Tensor]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +116,36 @@ def is_injection_step(step: int, num_steps: int, noise_injection_ratio: float) -
     return step < int(noise_injection_ratio * num_steps)
 
 
+def run_steps(
+    step: Step,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise,
+    noise_injection_steps: int = 0,
+    noise_injection_ratio: float = 0.5,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Take ``step`` over ``sigmas`` (last one 0) with the paper's noise re-injection (Wang et al. 2025, sec. 3.3).
+
+    On the first ``int(ratio * steps)`` steps, after the update, noise from ``noise`` takes the sample back to
+    ``sigmas[i]`` and the step is redone, ``noise_injection_steps`` times. ``callback(step, sigma, x)`` runs after
+    each step and may return a replacement for ``x``.
+    """
+    num_steps = len(sigmas) - 1
+    for i in range(num_steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x_next = step(x, i, False)
+        if is_injection_step(i, num_steps, noise_injection_ratio):
+            for _ in range(noise_injection_steps):
+                x_next = step(reinject_noise(x_next, sigma_next, sigma, noise), i, True)
+        x = x_next
+        if callback is not None:
+            replaced = callback(i, sigma, x)
+            x = x if replaced is None else replaced
+    return x
+
+
 def sample_euler_with_reinjection(
     denoise: Denoiser,
     x: torch.Tensor,
@@ -116,27 +156,57 @@ def sample_euler_with_reinjection(
     noise_injection_ratio: float = 0.5,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Euler sampling over ``sigmas`` (last one 0) with the paper's noise re-injection.
+    """Euler sampling over ``sigmas`` (last one 0) of the (already fused) ``denoise(x, sigma)``, with the paper's
+    noise re-injection (:func:`run_steps`; ``noise`` defaults to unseeded Gaussian draws)."""
 
-    ``denoise(x, sigma)`` returns the (already fused) denoised video. On injection steps, after
-    the update, noise from ``noise`` (default: unseeded Gaussian) takes the sample back to ``sigma`` and the step is
-    redone, ``noise_injection_steps`` times. ``callback(step, sigma, x)`` runs after each step and may
-    return a replacement for ``x``.
+    def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
+        return euler_step(x, denoise(x, sigmas[i]), sigmas[i], sigmas[i + 1])
+
+    return run_steps(
+        step,
+        x,
+        sigmas,
+        noise=noise or gaussian_noise(None),
+        noise_injection_steps=noise_injection_steps,
+        noise_injection_ratio=noise_injection_ratio,
+        callback=callback,
+    )
+
+
+def dpmpp_2m_denoised(
+    denoised: torch.Tensor,
+    previous: torch.Tensor,
+    sigma_previous: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+) -> torch.Tensor:
+    """DPM-Solver++(2M)'s data estimate (Lu et al. 2022, "DPM-Solver++", algorithm 2): with lambda = -log sigma,
+    ``h = lambda_next - lambda``, ``r = h_previous / h``, ``D' = D + (D - D_previous) / (2 r)``. An Euler step with
+    ``D'`` is the 2M step: in EDM's parametrisation Euler, DDIM and DPM-Solver++(1) are one update,
+    ``x_next = D + sigma_next / sigma * (x - D)``."""
+    h = (sigma / sigma_next).log()
+    r = (sigma_previous / sigma).log() / h
+    return denoised + (denoised - previous) / (2 * r)
+
+
+def solver_estimate(
+    solver: str, history: dict, key: object, denoised: torch.Tensor, sigmas: torch.Tensor, i: int, restart: bool
+) -> torch.Tensor:
+    """The data estimate an update from ``sigmas[i]`` uses: ``denoised`` itself (``euler``), or DPM-Solver++(2M)'s
+    (:func:`dpmpp_2m_denoised`) from the estimate ``key`` had at ``sigmas[i - 1]`` (``history``, the caller's own
+    dict, updated here).
+
+    Why DPM-Solver++(2M) and not EDM's Heun (Karras et al. 2022, algorithm 1): Heun is second order at two
+    evaluations per step (its corrector evaluates at ``sigma_next``), 2M at one, reusing the previous step's estimate;
+    a budget of UNet rows buys 2M twice Heun's steps. 2M falls back to first order where the previous estimate is not
+    on the sample's trajectory (the first step, a step redone after a re-injection) and on the last step to
+    ``sigma = 0`` (``h`` is infinite there).
     """
-    noise = noise or gaussian_noise(None)
-    num_steps = len(sigmas) - 1
-    for i in range(num_steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x_next = euler_step(x, denoise(x, sigma), sigma, sigma_next)
-        if is_injection_step(i, num_steps, noise_injection_ratio):
-            for _ in range(noise_injection_steps):
-                x_back = reinject_noise(x_next, sigma_next, sigma, noise)
-                x_next = euler_step(x_back, denoise(x_back, sigma), sigma, sigma_next)
-        x = x_next
-        if callback is not None:
-            replaced = callback(i, sigma, x)
-            x = x if replaced is None else replaced
-    return x
+    previous = history.get(key)
+    history[key] = (i, denoised)
+    if solver == "euler" or restart or previous is None or previous[0] != i - 1 or sigmas[i + 1] == 0:
+        return denoised
+    return dpmpp_2m_denoised(denoised, previous[1], sigmas[i - 1], sigmas[i], sigmas[i + 1])
 
 
 def fusion_weights(fusion: str, num_frames: int) -> torch.Tensor:
@@ -162,9 +232,35 @@ def guidance_scales(min_scale: float, max_scale: float, num_frames: int, fusion:
     return (g + g.flip(0)) / 2 if fusion == "average" else g
 
 
+def branch_guidance_scales(config: SamplingConfig, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-frame guidance scales ``(g_fwd, g_bwd)``, each ``(N,)`` in FORWARD frame order, of ``config``'s
+    ``guidance_ramp``: ``svd``, each branch's own SVD ramp from ``min`` at its keyframe to ``max`` at the far one;
+    ``symmetric``, the ramp and its mirror averaged (the paper's for average fusion); ``weighted``, the symmetric scale
+    times ``2 w`` for the forward branch and ``2 (1 - w)`` for the backward one, ``w = linspace(1, 0, N)``: each
+    keyframe's own branch alone at its frame, both at the symmetric scale mid-video. ``auto``: symmetric for average
+    and product-of-experts fusion (where the branches add up frame by frame), svd otherwise."""
+    ramp = config.guidance_ramp
+    if ramp == "auto":
+        ramp = "symmetric" if config.fusion in ("average", "poe") and config.sampler != "vibid" else "svd"
+    g = guidance_scales(config.min_guidance_scale, config.max_guidance_scale, num_frames, "linear")
+    if ramp in ("symmetric", "weighted"):
+        g = (g + g.flip(0)) / 2
+    # The backward branch's ramp runs in its own (reversed) time: in forward order it is flipped.
+    g_fwd, g_bwd = g, g.flip(0)
+    if ramp == "weighted":
+        w = fusion_weights("linear", num_frames)
+        g_fwd, g_bwd = 2 * w * g_fwd, 2 * (1 - w) * g_bwd
+    return g_fwd, g_bwd
+
+
 def apply_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``uncond + scale * (cond - uncond)`` with ``scale`` of shape ``(N,)`` over the frame axis of ``(B, N, ...)``."""
-    return uncond + scale.view(1, -1, *([1] * (cond.ndim - 2))) * (cond - uncond)
+    return uncond + _per_frame(scale, cond) * (cond - uncond)
+
+
+def _per_frame(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` values shaped to broadcast over the frame axis of ``like`` ``(B, N, ...)``."""
+    return values.view(1, -1, *([1] * (like.ndim - 2)))
 
 
 def fuse(denoised_fwd: torch.Tensor, denoised_bwd: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -173,29 +269,169 @@ def fuse(denoised_fwd: torch.Tensor, denoised_bwd: torch.Tensor, weights: torch.
     return w * denoised_fwd + (1 - w) * denoised_bwd
 
 
-def make_fused_denoiser(
-    model: BranchDenoiser, config: SamplingConfig, num_frames: int, share: Callable[[torch.Tensor], torch.Tensor]
-) -> Denoiser:
-    """The paper's fused denoiser over ``model``: each branch guided with SVD's per-frame scale (in the branch's
-    own frame order), then ``w * fwd + (1 - w) * bwd`` per frame (``fusion="forward"`` / ``"backward"``: that
-    branch alone), then ``share``."""
-    scale = guidance_scales(config.min_guidance_scale, config.max_guidance_scale, num_frames, config.fusion)
-    branches = {"forward": (FORWARD,), "backward": (BACKWARD,)}.get(config.fusion, (FORWARD, BACKWARD))
+def product_of_experts(estimates: BranchEstimates, g_fwd: torch.Tensor, g_bwd: torch.Tensor) -> torch.Tensor:
+    """``D_u + g_f (D_f - D_u) + g_b (D_b - D_u)`` per frame, ``D_u`` the mean of both unconditional estimates.
+
+    The keyframes are independent given the video, so ``p(x | first, last) = p(x | first) p(x | last) / p(x)`` up to
+    a constant (Hinton 2002's product of experts); with Tweedie's ``D = x + sigma^2 grad log p`` its denoiser is
+    ``D_f + D_b - D_u``, exact as sigma -> 0 (above it the noisy marginals do not factorise). Guidance scales each
+    keyframe's likelihood, ``p(first | x)^g_f p(last | x)^g_b``: g_f = g_b = 1 is the plain product. Needs both
+    unconditional estimates (``SamplingConfig.guided`` is True for this fusion)."""
+    uncond = 0.5 * (estimates.uncond[FORWARD] + estimates.uncond[BACKWARD])
+    fwd, bwd = estimates.cond[FORWARD] - uncond, estimates.cond[BACKWARD] - uncond
+    return uncond + _per_frame(g_fwd, fwd) * fwd + _per_frame(g_bwd, bwd) * bwd
+
+
+def make_fused_denoiser(model: BranchDenoiser, config: SamplingConfig, num_frames: int, share: Share) -> Denoiser:
+    """The paper's fused denoiser over ``model``: each branch guided with its per-frame scale
+    (:func:`branch_guidance_scales`), then ``w * fwd + (1 - w) * bwd`` per frame (``fusion="forward"`` /
+    ``"backward"``: that branch alone; ``"poe"``: :func:`product_of_experts`), then ``share``."""
+    g_fwd, g_bwd = branch_guidance_scales(config, num_frames)
+    branches = config.branches
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         estimates = model(x, sigma, branches)
-        g = scale.to(x.device)
-        # The backward branch's ramp runs in its own (reversed) time: in forward order it is flipped.
-        guided = {
-            FORWARD: lambda: estimates.guided(FORWARD, g),
-            BACKWARD: lambda: estimates.guided(BACKWARD, g.flip(0)),
-        }
+        scale = {FORWARD: g_fwd.to(x.device), BACKWARD: g_bwd.to(x.device)}
+        if config.fusion == "poe":
+            return share(product_of_experts(estimates, scale[FORWARD], scale[BACKWARD]))
         if len(branches) == 1:
-            return share(guided[branches[0]]())
+            return share(estimates.guided(branches[0], scale[branches[0]]))
         weights = fusion_weights(config.fusion, num_frames).to(x.device)
-        return share(fuse(guided[FORWARD](), guided[BACKWARD](), weights))
+        return share(
+            fuse(estimates.guided(FORWARD, scale[FORWARD]), estimates.guided(BACKWARD, scale[BACKWARD]), weights)
+        )
 
     return denoise
+
+
+def sample_gi(
+    config: SamplingConfig,
+    model: BranchDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise,
+    share: Share = _identity,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Generative Inbetweening's sampler (Wang et al. 2025, sec. 3.3): per step one evaluation of both branches,
+    fused (:func:`make_fused_denoiser`), an Euler (or DPM-Solver++(2M)) step, and on the first
+    ``noise_injection_ratio`` of the steps ``noise_injection_steps`` re-noise-and-redo rounds. ``trf`` (Feng et al.
+    2024) is this sampler with ``rotation=False``, which only the branch denoiser sees."""
+    denoise = make_fused_denoiser(model, config, x.shape[1], share)
+    history: dict = {}
+
+    def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
+        denoised = solver_estimate(config.solver, history, "fused", denoise(x, sigmas[i]), sigmas, i, restart)
+        return euler_step(x, denoised, sigmas[i], sigmas[i + 1])
+
+    return run_steps(
+        step,
+        x,
+        sigmas,
+        noise=noise,
+        noise_injection_steps=config.noise_injection_steps,
+        noise_injection_ratio=config.noise_injection_ratio,
+        callback=callback,
+    )
+
+
+def sample_forward(
+    config: SamplingConfig,
+    model: BranchDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise,
+    share: Share = _identity,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Plain SVD image-to-video (Blattmann et al. 2023): the forward branch alone with SVD's guidance ramp, its
+    solver, never a re-injection (``noise_injection_*`` are ignored)."""
+    plain = replace(config, fusion=FORWARD, noise_injection_steps=0)
+    return sample_gi(plain, model, x, sigmas, noise=noise, share=share, callback=callback)
+
+
+def keep_keyframe(denoised: torch.Tensor, keyframe: torch.Tensor, frame: int) -> torch.Tensor:
+    """ViBiD's keyframe-consistency (DDS) step: the estimate ``(B, N, C, h, w)`` with frame ``frame`` set to the
+    keyframe's latent ``(B, C, h, w)``.
+
+    DDS (Chung, Lee, Ye 2024) moves the denoised estimate towards ``A x = y`` with conjugate-gradient steps on
+    ``||y - A x||^2`` started at the estimate; for ``A`` = "take frame ``frame``" the normal operator ``A^T A`` is a
+    projection, and CG from the estimate converges in one iteration to this replacement (what the authors' 5
+    iterations compute)."""
+    frames = list(denoised.unbind(1))
+    frames[frame] = keyframe.to(denoised.dtype)
+    return torch.stack(frames, 1)
+
+
+def sample_vibid(
+    config: SamplingConfig,
+    model: BranchDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise,
+    share: Share = _identity,
+    callback: StepCallback | None = None,
+    keyframe_latents: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ViBiDSampler (Yang, Kwon, Ye, ICLR 2025, sec. 3): per step from sigma to sigma_next, a half-step on the
+    forward branch (conditioned on the first keyframe), noise back to sigma once, ``sqrt(sigma^2 - sigma_next^2)``,
+    then a half-step on the backward branch (the time-reversed video conditioned on the last keyframe; the branch
+    denoiser flips the video and its estimate back, and the update is frame-wise, so "flip, step, flip back" is this).
+    A half-step asks only for its own branch (``rotation=True``: the backward request also evaluates the forward rows
+    its attention reads). Options: ``cfg_pp``, CFG++ (Chung et al. 2024): ``x_next = D_g + sigma_next / sigma *
+    (x - D_u)``, the guided estimate with the UNguided noise direction (off: Euler's ``x - D_g``);
+    ``keyframe_consistency``: :func:`keep_keyframe` on each half's estimate, at the far end (forward half: the last
+    frame takes ``keyframe_latents[:, 1]``; backward half: the first takes ``keyframe_latents[:, 0]``); ``solver``
+    ``dpmpp-2m``: each branch's estimates (guided and unconditional) extrapolated from its own previous half-step,
+    a heuristic here, since consecutive half-steps of one branch are joined by the other's; re-injection rounds
+    redo the whole bidirectional step, as in :func:`sample_gi` (ViBiD has none: the preset sets 0).
+
+    Where ours differs from the authors' code (github.com/vibidsampler/vibid, ``vibidsampler.py``): the guidance
+    scale is our per-frame ramp in each branch's own time (theirs: one constant per branch, ``cfg_scale`` /
+    ``cfg_scale_flip``, both 1 by default, which the ``vibid`` preset's ``min = max = 1`` reproduces); CFG++ and DDS
+    are options (always on there); the DDS target is the VAE mode of the clean keyframe times the scaling factor
+    (theirs: a posterior sample, and their DDS runs CG to the same replacement); every draw comes from ``noise``
+    (theirs: the global RNG); the backward branch may rotate attention with the backward adapter (``vibid-adapter``;
+    theirs: base SVD with its own attention, our ``rotation=False``); batches of pairs, any size, optional 2M
+    solver and re-injection; no stochastic churn (their ``s_churn`` is 0 by default, so the same update).
+    """
+    g_fwd, g_bwd = branch_guidance_scales(config, x.shape[1])
+    scale = {FORWARD: g_fwd.to(x.device), BACKWARD: g_bwd.to(x.device)}
+    far_end = {FORWARD: (-1, 1), BACKWARD: (0, 0)}  # (frame of the estimate, keyframe index) the DDS step sets
+    if config.keyframe_consistency and keyframe_latents is None:
+        raise ValueError("`keyframe_consistency` needs the keyframes' latents (`keyframe_latents`)")
+    history: dict = {}
+
+    def half_step(branch: str, x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        estimates = model(x, sigma, (branch,))
+        denoised = share(estimates.guided(branch, scale[branch]))
+        if config.keyframe_consistency:
+            frame, keyframe = far_end[branch]
+            denoised = keep_keyframe(denoised, keyframe_latents[:, keyframe], frame)
+        denoised = solver_estimate(config.solver, history, branch, denoised, sigmas, i, restart)
+        direction = denoised
+        if config.cfg_pp:
+            uncond = share(estimates.uncond[branch])
+            direction = solver_estimate(config.solver, history, (branch, "uncond"), uncond, sigmas, i, restart)
+        return denoised + (sigma_next / sigma) * (x - direction)
+
+    def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
+        x_half = half_step(FORWARD, x, i, restart)
+        return half_step(BACKWARD, reinject_noise(x_half, sigmas[i + 1], sigmas[i], noise), i, restart)
+
+    return run_steps(
+        step,
+        x,
+        sigmas,
+        noise=noise,
+        noise_injection_steps=config.noise_injection_steps,
+        noise_injection_ratio=config.noise_injection_ratio,
+        callback=callback,
+    )
 
 
 def sample(
@@ -205,18 +441,20 @@ def sample(
     sigmas: torch.Tensor,
     *,
     noise: Noise,
-    share: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    share: Share = _identity,
     callback: StepCallback | None = None,
+    keyframe_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the sampler ``config`` asks for over ``model`` from ``x`` (at ``sigmas[0]``) to ``sigmas[-1] = 0``: the
-    one entry point of the pipeline and of any other denoiser (the tiny world's exact one)."""
-    denoise = make_fused_denoiser(model, config, x.shape[1], share)
-    return sample_euler_with_reinjection(
-        denoise,
-        x,
-        sigmas,
-        noise=noise,
-        noise_injection_steps=config.noise_injection_steps,
-        noise_injection_ratio=config.noise_injection_ratio,
-        callback=callback,
-    )
+    """Run the sampler ``config.sampler`` asks for over ``model`` from ``x`` ``(B, N, C, h, w)`` at ``sigmas[0]`` to
+    ``sigmas[-1] = 0``: the one entry point of the pipeline and of any other denoiser (the tiny world's exact one).
+
+    ``keyframe_latents`` ``(B, 2, C, h, w)``: the first and last keyframe in ``x``'s space, needed by vibid's
+    ``keyframe_consistency``. With ``fusion="forward"`` / ``"backward"`` there is one branch and nothing to fuse or
+    alternate: every sampler but ``forward`` runs :func:`sample_gi` on it (re-injection included).
+    """
+    options = dict(noise=noise, share=share, callback=callback)
+    if config.sampler == FORWARD:
+        return sample_forward(config, model, x, sigmas, **options)
+    if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):
+        return sample_vibid(config, model, x, sigmas, keyframe_latents=keyframe_latents, **options)
+    return sample_gi(config, model, x, sigmas, **options)

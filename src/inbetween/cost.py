@@ -1,0 +1,54 @@
+"""What a sampling config costs: the branch-denoiser requests of one video and the UNet rows they evaluate.
+
+A request is one UNet call (two with ``split_guidance_batch``) on the rows of its
+:class:`~inbetween.layout.BatchLayout`: per keyframe pair, 1 or 2 rows per branch (conditional, and unconditional when
+guided), plus the forward rows a rotated backward branch attends with. UNet time is close to proportional to rows
+(``bench/samplers.py`` measures it), so rows per video is the sampler's price. With SVD's guidance:
+
+    paper (gi, 50 steps, 5 re-injections on the first 25)   175 requests x 4 rows  = 700 rows
+    fast (gi, DPM-Solver++(2M), 25 steps, 1 re-injection on the first 12)   37 x 4 = 148 rows
+    vibid (25 steps, unrotated)                              25 x (2 + 2) rows     = 100 rows
+    vibid-adapter (rotated backward half-steps)              25 x (2 + 4) rows     = 150 rows
+
+Imports no torch: the CLI and the memory check use it before any model loads.
+"""
+
+from __future__ import annotations
+
+from .config import BACKWARD, FORWARD, SamplingConfig
+from .layout import BatchLayout
+
+
+def requests_per_video(config: SamplingConfig) -> dict[tuple[str, ...], int]:
+    """How often the sampler of ``config`` asks the branch denoiser for each set of branches over one video
+    (mirrors :func:`inbetween.sampling.sample`; ``tests/test_samplers.py`` counts the real calls)."""
+    steps = config.num_inference_steps
+    redone = int(config.noise_injection_ratio * steps) * config.noise_injection_steps  # sampling.is_injection_step
+    if config.sampler == FORWARD:  # never re-injects
+        return {(FORWARD,): steps}
+    if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):  # two half-steps, one branch each
+        return {(FORWARD,): steps + redone, (BACKWARD,): steps + redone}
+    return {config.branches: steps + redone}
+
+
+def request_layout(config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
+    """The UNet batch of one request for ``branches`` under ``config`` (what the pipeline's branch denoiser plans)."""
+    return BatchLayout.plan(config.guided, branches, config.rotation, config.split_guidance_batch)
+
+
+def evaluations_per_video(config: SamplingConfig) -> int:
+    """Branch-denoiser requests of one video (each one UNet call, two with ``split_guidance_batch``)."""
+    return sum(requests_per_video(config).values())
+
+
+def unet_rows_per_video(config: SamplingConfig, batch_size: int = 1) -> int:
+    """UNet rows (one row: one video of ``num_frames`` latents) the sampling of ``batch_size`` videos evaluates."""
+    rows = sum(count * request_layout(config, b).rows_per_pair for b, count in requests_per_video(config).items())
+    return rows * batch_size
+
+
+def largest_request(config: SamplingConfig) -> BatchLayout:
+    """The layout of ``config``'s request with the most rows per pair: the one that sets the denoise stage's peak
+    memory (:mod:`inbetween.memory`)."""
+    layouts = [request_layout(config, branches) for branches in requests_per_video(config)]
+    return max(layouts, key=lambda layout: layout.rows_per_pair)
