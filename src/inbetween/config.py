@@ -258,5 +258,43 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 PRESETS["vibid-adapter"] = dict(PRESETS["vibid"], rotation=True)
 
+
+def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, SamplingConfig]:
+    """Every sampler, preset and fusion candidate to judge side by side (the exact-denoiser world's table), by name,
+    over ``base`` (default: the paper's config): the presets; the paper's sampler without re-injection; the per-frame
+    linear fusion; the product of experts, plain (g = 1) and guided over a few scales and ramps, with and without
+    re-injection; the solver alone (Euler at fast's steps); ViBiD without its options; plain image-to-video."""
+    base = base or SamplingConfig()
+    paper = SamplingConfig.preset("paper", base)
+    candidates = {name: SamplingConfig.preset(name, base) for name in PRESETS}
+    variants = {
+        "paper, no re-injection": dict(noise_injection_steps=0),
+        "gi linear": dict(fusion="linear"),
+        "gi linear, no re-injection": dict(fusion="linear", noise_injection_steps=0),
+        "poe g=1": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
+        "poe g=1, no re-injection": dict(
+            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, noise_injection_steps=0
+        ),
+        "poe g=1.5": dict(fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5),
+        "poe g=1->2 svd ramp": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=2.0, guidance_ramp="svd"),
+        "poe g=1 weighted": dict(
+            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, guidance_ramp="weighted"
+        ),
+        "poe g=1.5 weighted": dict(
+            fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted"
+        ),
+        "fast, euler": dict(PRESETS["fast"], solver="euler"),
+        "fast, no re-injection": dict(PRESETS["fast"], noise_injection_steps=0),
+        "poe g=1, fast": dict(PRESETS["fast"], fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
+        "trf": dict(sampler="trf"),
+    }
+    candidates |= {name: replace(paper, **options) for name, options in variants.items()}
+    vibid = candidates["vibid"]
+    candidates["vibid, plain (no CFG++, no DDS)"] = replace(vibid, cfg_pp=False, keyframe_consistency=False)
+    candidates["vibid, dpmpp-2m"] = replace(vibid, solver="dpmpp-2m")
+    candidates["forward"] = replace(paper, sampler=FORWARD)
+    return candidates
+
+
 # The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
 TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, min_guidance_scale=1.0, max_guidance_scale=1.0)
