@@ -20,7 +20,7 @@ What a sampler is handed (the pipeline builds them once per call):
 The samplers (:func:`sample` dispatches on ``SamplingConfig.sampler``): :func:`sample_gi` (the paper's; ``trf`` is the
 same step with the backward branch unrotated, which the branch denoiser decides), :func:`sample_forward` (plain
 image-to-video) and :func:`sample_vibid` (ViBiD's sequential bidirectional step). Each takes a first- or second-order
-solver (:func:`solver_estimate`) and, but ``forward``, the paper's re-injection (:func:`run_steps`). UNet rows per
+solver (:func:`solver_step`) and, but ``forward``, the paper's re-injection (:func:`run_steps`). UNet rows per
 video of a config: :mod:`inbetween.cost`.
 """
 
@@ -189,24 +189,63 @@ def dpmpp_2m_denoised(
     return denoised + (denoised - previous) / (2 * r)
 
 
-def solver_estimate(
-    solver: str, history: dict, key: object, denoised: torch.Tensor, sigmas: torch.Tensor, i: int, restart: bool
-) -> torch.Tensor:
-    """The data estimate an update from ``sigmas[i]`` uses: ``denoised`` itself (``euler``), or DPM-Solver++(2M)'s
-    (:func:`dpmpp_2m_denoised`) from the estimate ``key`` had at ``sigmas[i - 1]`` (``history``, the caller's own
-    dict, updated here).
+# What a step's solver evaluates at (x, sigma): the guided estimate D and the noise direction's estimate U (None:
+# D itself; vibid's CFG++ passes the unconditional one).
+Estimate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
-    Why DPM-Solver++(2M) and not EDM's Heun (Karras et al. 2022, algorithm 1): Heun is second order at two
-    evaluations per step (its corrector evaluates at ``sigma_next``), 2M at one, reusing the previous step's estimate;
-    a budget of UNet rows buys 2M twice Heun's steps. 2M falls back to first order where the previous estimate is not
-    on the sample's trajectory (the first step, a step redone after a re-injection) and on the last step to
-    ``sigma = 0`` (``h`` is infinite there).
+
+def denoised_update(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    direction: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+) -> torch.Tensor:
+    """``x_next = D + sigma_next / sigma * (x - U)``: with ``U = D`` (``direction=None``) Euler's step (computed as
+    :func:`euler_step`), which in EDM's parametrisation is also DDIM's and DPM-Solver++(1)'s; with ``U`` the
+    unconditional estimate, CFG++'s (Chung et al. 2024, eq. 9 in EDM form: the guided data estimate, the unguided
+    noise)."""
+    if direction is None:
+        return euler_step(x, denoised, sigma, sigma_next)
+    return denoised + (sigma_next / sigma) * (x - direction)
+
+
+def solver_step(
+    solver: str,
+    estimate: Estimate,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    i: int,
+    restart: bool,
+    history: dict,
+) -> torch.Tensor:
+    """One step of ``solver`` from ``sigmas[i]`` to ``sigmas[i + 1]`` over ``estimate(x, sigma) -> (D, U)``.
+
+    - ``euler``: :func:`denoised_update` with the estimates at ``x``: one evaluation.
+    - ``dpmpp-2m`` (Lu et al. 2022, "DPM-Solver++", algorithm 2): the same update with the estimates extrapolated
+      from the previous step's (``history``, the caller's dict; :func:`dpmpp_2m_denoised`): second order at ONE
+      evaluation per step, which is why it is our second-order solver for gi, where the rows are the price (EDM's
+      Heun, Karras et al. 2022 algorithm 1, is second order at two evaluations per step). First order where the
+      previous estimate is not on the sample's path: the first step, a step redone after a re-injection
+      (``restart``), and the last step to ``sigma = 0`` (``h`` is infinite there).
+    - ``dpmpp-2s`` (ibid., algorithm 1 with ``r = 1/2``): an update to the log-midpoint ``sqrt(sigma sigma_next)``,
+      then the full update with the estimates there: second order at two evaluations per step (one on the last
+      step), needing no history, so it also serves vibid, whose half-steps never continue a path.
     """
-    previous = history.get(key)
-    history[key] = (i, denoised)
-    if solver == "euler" or restart or previous is None or previous[0] != i - 1 or sigmas[i + 1] == 0:
-        return denoised
-    return dpmpp_2m_denoised(denoised, previous[1], sigmas[i - 1], sigmas[i], sigmas[i + 1])
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    denoised, direction = estimate(x, sigma)
+    if solver == "dpmpp-2s" and sigma_next > 0:
+        sigma_mid = (sigma * sigma_next).sqrt()
+        denoised, direction = estimate(denoised_update(x, denoised, direction, sigma, sigma_mid), sigma_mid)
+    if solver == "dpmpp-2m":
+        previous = history.get("previous")
+        history["previous"] = (i, denoised, direction)
+        if not restart and previous is not None and previous[0] == i - 1 and sigma_next > 0:
+            sigma_previous = sigmas[i - 1]
+            denoised = dpmpp_2m_denoised(denoised, previous[1], sigma_previous, sigma, sigma_next)
+            if direction is not None:
+                direction = dpmpp_2m_denoised(direction, previous[2], sigma_previous, sigma, sigma_next)
+    return denoised_update(x, denoised, direction, sigma, sigma_next)
 
 
 def fusion_weights(fusion: str, num_frames: int) -> torch.Tensor:
@@ -321,9 +360,11 @@ def sample_gi(
     denoise = make_fused_denoiser(model, config, x.shape[1], share)
     history: dict = {}
 
+    def estimate(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return denoise(x, sigma), None
+
     def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
-        denoised = solver_estimate(config.solver, history, "fused", denoise(x, sigmas[i]), sigmas, i, restart)
-        return euler_step(x, denoised, sigmas[i], sigmas[i + 1])
+        return solver_step(config.solver, estimate, x, sigmas, i, restart, history)
 
     return run_steps(
         step,
@@ -385,9 +426,9 @@ def sample_vibid(
     (x - D_u)``, the guided estimate with the UNguided noise direction (off: Euler's ``x - D_g``);
     ``keyframe_consistency``: :func:`keep_keyframe` on each half's estimate, at the far end (forward half: the last
     frame takes ``keyframe_latents[:, 1]``; backward half: the first takes ``keyframe_latents[:, 0]``); ``solver``
-    ``dpmpp-2m``: each branch's estimates (guided and unconditional) extrapolated from its own previous half-step,
-    a heuristic here, since consecutive half-steps of one branch are joined by the other's; re-injection rounds
-    redo the whole bidirectional step, as in :func:`sample_gi` (ViBiD has none: the preset sets 0).
+    ``dpmpp-2s`` makes each half-step second order (:func:`solver_step`; ``dpmpp-2m`` is refused: no half-step
+    continues a path, and on a Gaussian, whose answer is closed form, it inflates the samples' spread); re-injection
+    rounds redo the whole bidirectional step, as in :func:`sample_gi` (ViBiD has none: its presets set 0).
 
     Where ours differs from the authors' code (github.com/vibidsampler/vibid, ``vibidsampler.py``): the guidance
     scale is our per-frame ramp in each branch's own time (theirs: one constant per branch, ``cfg_scale`` /
@@ -403,25 +444,24 @@ def sample_vibid(
     far_end = {FORWARD: (-1, 1), BACKWARD: (0, 0)}  # (frame of the estimate, keyframe index) the DDS step sets
     if config.keyframe_consistency and keyframe_latents is None:
         raise ValueError("`keyframe_consistency` needs the keyframes' latents (`keyframe_latents`)")
-    history: dict = {}
 
-    def half_step(branch: str, x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        estimates = model(x, sigma, (branch,))
-        denoised = share(estimates.guided(branch, scale[branch]))
-        if config.keyframe_consistency:
-            frame, keyframe = far_end[branch]
-            denoised = keep_keyframe(denoised, keyframe_latents[:, keyframe], frame)
-        denoised = solver_estimate(config.solver, history, branch, denoised, sigmas, i, restart)
-        direction = denoised
-        if config.cfg_pp:
-            uncond = share(estimates.uncond[branch])
-            direction = solver_estimate(config.solver, history, (branch, "uncond"), uncond, sigmas, i, restart)
-        return denoised + (sigma_next / sigma) * (x - direction)
+    def estimate(branch: str) -> Estimate:
+        def branch_estimate(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            estimates = model(x, sigma, (branch,))
+            denoised = share(estimates.guided(branch, scale[branch]))
+            if config.keyframe_consistency:
+                frame, keyframe = far_end[branch]
+                denoised = keep_keyframe(denoised, keyframe_latents[:, keyframe], frame)
+            return denoised, share(estimates.uncond[branch]) if config.cfg_pp else None
+
+        return branch_estimate
+
+    halves = {branch: estimate(branch) for branch in (FORWARD, BACKWARD)}
 
     def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
-        x_half = half_step(FORWARD, x, i, restart)
-        return half_step(BACKWARD, reinject_noise(x_half, sigmas[i + 1], sigmas[i], noise), i, restart)
+        x_half = solver_step(config.solver, halves[FORWARD], x, sigmas, i, True, {})
+        x_back = reinject_noise(x_half, sigmas[i + 1], sigmas[i], noise)
+        return solver_step(config.solver, halves[BACKWARD], x_back, sigmas, i, True, {})
 
     return run_steps(
         step,
