@@ -23,12 +23,16 @@ def requests_per_video(config: SamplingConfig) -> dict[tuple[str, ...], int]:
     """How often the sampler of ``config`` asks the branch denoiser for each set of branches over one video
     (mirrors :func:`inbetween.sampling.sample`; ``tests/test_samplers.py`` counts the real calls)."""
     steps = config.num_inference_steps
-    redone = int(config.noise_injection_ratio * steps) * config.noise_injection_steps  # sampling.is_injection_step
-    if config.sampler == FORWARD:  # never re-injects
-        return {(FORWARD,): steps}
+    injected = int(config.noise_injection_ratio * steps)  # sampling.is_injection_step: the first int(ratio * steps)
+    redone = 0 if config.sampler == FORWARD else config.noise_injection_steps  # forward never re-injects
+    evaluations = 0
+    for i in range(steps):
+        # dpmpp-2s evaluates twice per step but on the last one, to sigma = 0
+        per_step = 2 if config.solver == "dpmpp-2s" and i < steps - 1 else 1
+        evaluations += per_step * (1 + (redone if i < injected else 0))
     if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):  # two half-steps, one branch each
-        return {(FORWARD,): steps + redone, (BACKWARD,): steps + redone}
-    return {config.branches: steps + redone}
+        return {(FORWARD,): evaluations, (BACKWARD,): evaluations}
+    return {config.branches: evaluations}
 
 
 def request_layout(config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
