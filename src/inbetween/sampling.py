@@ -448,11 +448,12 @@ def sample_vibid(
     def estimate(branch: str) -> Estimate:
         def branch_estimate(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             estimates = model(x, sigma, (branch,))
-            denoised = share(estimates.guided(branch, scale[branch]))
+            denoised = estimates.guided(branch, scale[branch])
             if config.keyframe_consistency:
                 frame, keyframe = far_end[branch]
                 denoised = keep_keyframe(denoised, keyframe_latents[:, keyframe], frame)
-            return denoised, share(estimates.uncond[branch]) if config.cfg_pp else None
+            # share last, after DDS: the shared frames of tied videos (Coupling) must see one estimate
+            return share(denoised), share(estimates.uncond[branch]) if config.cfg_pp else None
 
         return branch_estimate
 
