@@ -36,7 +36,7 @@ frames at a time: the temporal decoder sees the frames across a join as neighbou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -50,6 +50,7 @@ from .sampling import Coupling
 Keyframes = list[PIL.Image.Image] | torch.Tensor  # n PIL images, or a (n, 3, H, W) tensor in [0, 1]
 Join = tuple[int, int]  # (a, b): segment a's last frame is segment b's first frame
 Pin = tuple[int, int, torch.Tensor]  # (segment, frame 0 or -1, its known clean latent (C, h, w))
+StepEndCallback = Callable[[InbetweenPipeline, int, torch.Tensor, dict], dict | None]  # the pipeline's
 
 
 def sequence_length(num_keyframes: int, num_frames: int, loop: bool = False) -> int:
@@ -158,9 +159,11 @@ def sample_segment_latents(
     loop: bool = False,
     generator: torch.Generator | None = None,
     segment_batch: int | None = None,
+    callback_on_step_end: StepEndCallback | None = None,
 ) -> torch.Tensor:
     """The sampled latents of every segment, ``(S, N, 4, H/8, W/8)`` float32 (each boundary frame in both of its
-    segments; bit-equal copies within a chunk), from checked keyframes and a filled-in ``config``."""
+    segments; bit-equal copies within a chunk), from checked keyframes and a filled-in ``config``.
+    ``callback_on_step_end`` is the pipeline's, called after every step of every chunk (chunks run in turn)."""
     firsts, lasts = _segment_keyframes(keyframes, loop)
     num_segments = len(firsts)
     chunks = plan_chunks(num_segments, segment_batch)
@@ -175,7 +178,12 @@ def sample_segment_latents(
         if loop and b == num_segments and not whole:  # close the loop on the first chunk's first frame
             pins.append((len(chunk) - 1, -1, segments[0][0]))
         latents = pipe.sample_latents(
-            firsts[a:b], lasts[a:b], config, generator=generator, coupling=shared_frame_coupling(joins, pins)
+            firsts[a:b],
+            lasts[a:b],
+            config,
+            generator=generator,
+            coupling=shared_frame_coupling(joins, pins),
+            callback_on_step_end=callback_on_step_end,
         )
         segments.extend(latents)
     return torch.stack(segments)
@@ -192,6 +200,7 @@ def interpolate_sequence(
     segment_batch: int | None = None,
     output_type: str = "pil",
     allow_oversize: bool = False,
+    callback_on_step_end: StepEndCallback | None = None,
     **options: object,
 ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
     r"""The video through ``keyframes`` (all included), sampled jointly (see the module docstring).
@@ -210,6 +219,9 @@ def interpolate_sequence(
             previous one.
         output_type (`str`): ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         allow_oversize (`bool`): run even when the estimated peak memory of one chunk exceeds what is available.
+        callback_on_step_end (`Callable`, *optional*): the pipeline's `callback(pipe, step, sigma, {"latents": ...})`,
+            after every denoising step of every chunk in turn (``step`` counts from 0 in each chunk); progress bars
+            and cancelling (raise from it) hook in here.
 
     Returns:
         ``L = (n - 1)(N - 1) + 1`` frames (``n (N - 1)`` with ``loop``): a list of PIL images, an array
@@ -229,6 +241,7 @@ def interpolate_sequence(
             generator=generator,
             output_type=output_type,
             allow_oversize=allow_oversize,
+            callback_on_step_end=callback_on_step_end,
             **options,
         )
         return video.frames[0]
@@ -240,7 +253,13 @@ def interpolate_sequence(
     pipe._warn_about_adapter_state(config)
 
     segments = sample_segment_latents(
-        pipe, keyframes, config, loop=loop, generator=generator, segment_batch=segment_batch
+        pipe,
+        keyframes,
+        config,
+        loop=loop,
+        generator=generator,
+        segment_batch=segment_batch,
+        callback_on_step_end=callback_on_step_end,
     )
     latents = join_segments(segments, loop)  # (L, 4, h, w)
     if output_type == "latent":

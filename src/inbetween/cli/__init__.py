@@ -64,6 +64,13 @@ COMMANDS = (
                 toyworld.add_evaluate_arguments,
                 toyworld.run_evaluate,
             ),
+            Command(
+                "sequences",
+                toyworld.SEQUENCES_HELP,
+                toyworld.SEQUENCES_DESCRIPTION,
+                toyworld.add_sequences_arguments,
+                toyworld.run_sequences,
+            ),
         ),
     ),
 )

@@ -106,3 +106,48 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {args.out}/summary.md and per_pair.json")
     return 0
+
+
+SEQUENCES_HELP = "keyframe sequences: joint sampling vs independent segments vs cross-fade on long held-out videos"
+SEQUENCES_DESCRIPTION = (
+    "Interpolate long held-out toy-world videos through keyframes every N-1 frames (N: the model's segment length) "
+    "with joint sampling, independent segments and a cross-fade; print ball-centre error and the velocity jump at "
+    "the joins with 95 % intervals and, with --out, write summary.md, per_sequence.json and contact sheets of one "
+    "sequence and one loop. See inbetween.toyworld.sequences."
+)
+
+
+def add_sequences_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    p.add_argument("--sequences", type=int, default=40, help="held-out long videos (default: %(default)s)")
+    p.add_argument("--segments", type=int, default=3, help="segments per video (default: %(default)s)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=HELDOUT_SEEDS,
+        help="first held-out seed: the videos are the interesting ones from it up (default: %(default)s)",
+    )
+    add_sampling_arguments(p)
+    p.add_argument("--out", help="also write summary.md, per_sequence.json, sequence.png, loop.png, loop.gif here")
+    p.add_argument("--overwrite", action="store_true", help="replace those files in OUT")
+
+
+def run_sequences(args: argparse.Namespace) -> int:
+    from ..toyworld.sequences import run_sequences
+
+    if args.first_seed < HELDOUT_SEEDS:
+        raise ValueError(f"`--first-seed` must be a held-out seed, at least {HELDOUT_SEEDS}, got {args.first_seed}")
+    table = run_sequences(
+        args.out,
+        args.model,
+        args.sequences,
+        args.segments,
+        sampling_of(args),
+        args.seed,
+        first_seed=args.first_seed,
+        overwrite=args.overwrite,
+    )
+    print(table)
+    if args.out:
+        print(f"wrote {args.out}/summary.md, per_sequence.json, sequence.png, loop.png and loop.gif")
+    return 0
