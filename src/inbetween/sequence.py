@@ -189,6 +189,19 @@ def sample_segment_latents(
     return torch.stack(segments)
 
 
+def decode_sequence(
+    pipe: InbetweenPipeline, latents: torch.Tensor, decode_chunk_size: int, output_type: str
+) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """Joined latents ``(L, 4, h, w)`` -> the frames as ``output_type``, decoded as ONE video ``decode_chunk_size``
+    frames at a time (the pipeline's chunks), each chunk moved to the CPU as soon as it is decoded: the device
+    holds one chunk's frames however long the sequence."""
+    chunks = [
+        pipe.decode_latents(chunk.unsqueeze(0), decode_chunk_size).cpu() for chunk in latents.split(decode_chunk_size)
+    ]
+    video = torch.cat(chunks, dim=2)  # (1, 3, L, H, W) in [-1, 1]
+    return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
+
+
 @torch.no_grad()
 def interpolate_sequence(
     pipe: InbetweenPipeline,
@@ -225,8 +238,8 @@ def interpolate_sequence(
 
     Returns:
         ``L = (n - 1)(N - 1) + 1`` frames (``n (N - 1)`` with ``loop``): a list of PIL images, an array
-        ``(L, H, W, 3)`` or a tensor ``(L, 3, H, W)`` in [0, 1], or the latents ``(L, 4, H/8, W/8)``. Two keyframes
-        without ``loop`` are the pipeline's own call, frame for frame.
+        ``(L, H, W, 3)`` or a tensor ``(L, 3, H, W)`` in [0, 1] (on the CPU), or the latents ``(L, 4, H/8, W/8)``.
+        Two keyframes without ``loop`` are the pipeline's own call, frame for frame.
     """
     check_sequence(keyframes, loop)
     if not isinstance(config, SamplingConfig | None):
@@ -265,7 +278,6 @@ def interpolate_sequence(
     if output_type == "latent":
         frames = latents
     else:
-        video = pipe.decode_latents(latents.unsqueeze(0), config.decode_chunk_size)  # (1, 3, L, H, W)
-        frames = pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
+        frames = decode_sequence(pipe, latents, config.decode_chunk_size, output_type)
     pipe.maybe_free_model_hooks()
     return frames
