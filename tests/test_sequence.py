@@ -154,6 +154,11 @@ def test_frame_counts_and_shared_boundaries_through_the_pipeline(tiny_pipe, fram
         tiny_pipe, keyframes, loop=loop, generator=generator(), output_type="latent", **FAST
     )
     torch.testing.assert_close(latents, join_segments(segments, loop), atol=0, rtol=0)
+    # Decoded as one video: each frame once, in the pipeline's chunks of `decode_chunk_size` across the joins.
+    with torch.no_grad():
+        decoded = tiny_pipe.decode_latents(latents.unsqueeze(0), config.decode_chunk_size)
+    expected = tiny_pipe.video_processor.postprocess_video(video=decoded, output_type="np")[0]
+    np.testing.assert_allclose(video, expected, atol=1e-6, rtol=0)
 
 
 def test_joint_sampling_is_the_independent_batch_tied_at_the_joins(tiny_pipe, frames) -> None:

@@ -65,6 +65,13 @@ COMMANDS = (
                 toyworld.run_evaluate,
             ),
             Command(
+                "samplers",
+                toyworld.SAMPLERS_HELP,
+                toyworld.SAMPLERS_DESCRIPTION,
+                toyworld.add_samplers_arguments,
+                toyworld.run_samplers,
+            ),
+            Command(
                 "sequences",
                 toyworld.SEQUENCES_HELP,
                 toyworld.SEQUENCES_DESCRIPTION,

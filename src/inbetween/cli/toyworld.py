@@ -108,6 +108,39 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLERS_HELP = "judge every sampler and preset on the exact denoisers of an enumerated toy world (CPU, minutes)"
+SAMPLERS_DESCRIPTION = (
+    "Run every sampler, preset and fusion candidate on exact posterior-mean denoisers of a finite world of "
+    "bouncing-ball videos, where the ideal in-between of every keyframe pair is known; print the table (95 % "
+    "intervals) and, with --out, write summary.md and a contact sheet. Settings: "
+    "inbetween.toyworld.exact.config.SamplerStudyConfig; rows: inbetween.toyworld.exact.study.study_rows."
+)
+
+
+def add_samplers_arguments(p: argparse.ArgumentParser) -> None:
+    from ..toyworld.exact.config import SamplerStudyConfig
+
+    add_dataclass_arguments(p, SamplerStudyConfig)
+    p.add_argument("--out", help="also write summary.md and samplers.png here")
+    p.add_argument("--overwrite", action="store_true", help="replace those files in OUT")
+
+
+def run_samplers(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from ..toyworld.exact.config import ExactWorldConfig, SamplerStudyConfig
+    from ..toyworld.exact.study import SHEET, SUMMARY, run_sampler_study
+
+    with errors_name_flags(ExactWorldConfig):
+        world = ExactWorldConfig(**{f.name: getattr(args, f.name) for f in fields(ExactWorldConfig)})
+    with errors_name_flags(SamplerStudyConfig):
+        config = SamplerStudyConfig(pairs=args.pairs, seed=args.seed, world=world)
+    print(run_sampler_study(config, args.out, overwrite=args.overwrite))
+    if args.out:
+        print(f"wrote {Path(args.out) / SUMMARY} and {Path(args.out) / SHEET}")
+    return 0
+
+
 SEQUENCES_HELP = "keyframe sequences: joint sampling vs independent segments vs cross-fade on long held-out videos"
 SEQUENCES_DESCRIPTION = (
     "Interpolate long held-out toy-world videos through keyframes every N-1 frames (N: the model's segment length) "
