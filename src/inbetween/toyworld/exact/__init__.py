@@ -1,0 +1,1 @@
+"""The exact-denoiser world."""
