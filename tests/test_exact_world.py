@@ -170,6 +170,15 @@ def test_one_branch_samplers_draw_videos_of_their_own_set(small: ExactWorld):
     assert torch.equal(again.outputs, outputs[study.FORWARD_ONLY])  # same seed, same videos
 
 
+def test_euler_on_the_ideal_denoiser_draws_ideal_answers(small: ExactWorld):
+    """The ceiling of the study is reachable: the posterior mean given both keyframes, sampled with the one entry
+    point, ends on a video through both keyframes for every pair."""
+    videos = study.draw_pairs(small, 16, seed=2)
+    config = replace(study.IDEAL_SAMPLING, num_inference_steps=20)
+    run = study.run_row(small, config, videos, seed=0, ideal=True)
+    assert study.score_outputs(small, run.outputs, videos, study.frame_tolerance(small))["consistent"].all()
+
+
 def test_every_row_runs_and_costs_what_inbetween_cost_says(small: ExactWorld):
     videos = study.draw_pairs(small, 3, seed=0)
     for name, config in study.study_rows().items():
@@ -209,7 +218,7 @@ def test_command_writes_its_table_and_refuses_to_overwrite(tmp_path, monkeypatch
     assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = (out / study.SUMMARY).read_text()
-    for name in rows:
+    for name in [*rows, study.IDEAL]:
         assert f"| {name} |" in summary and f"| {name} |" in printed
     assert "6 keyframe pairs" in summary and "When the branches disagree" in summary
     assert Image.open(out / study.SHEET).size[0] > 0

@@ -153,3 +153,16 @@ def exact_branch_denoiser(
         return BranchEstimates(cond=cond, uncond=uncond)
 
     return denoise
+
+
+def ideal_denoiser(world: ExactWorld, first: torch.Tensor, last: torch.Tensor) -> BranchDenoiser:
+    """The posterior mean given BOTH keyframes (atlas indices ``(B,)``), served as the forward branch: the denoiser
+    of the ideal answers, which no two-branch sampler has. Sampled alone it gives the ceiling of the study."""
+    ideal = Candidates.where(world.consistent(first, last))
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, branches: tuple[str, ...]) -> BranchEstimates:
+        if branches != (FORWARD,):
+            raise ValueError(f"the ideal denoiser serves the forward branch alone, asked for {branches}")
+        return BranchEstimates(cond={FORWARD: posterior_mean(world, frame_distances(world, x), sigma, ideal, False)})
+
+    return denoise

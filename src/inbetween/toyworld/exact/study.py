@@ -36,14 +36,14 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ...config import BACKWARD, SamplingConfig, flat_values, sampler_candidates
+from ...config import BACKWARD, FORWARD, SamplingConfig, flat_values, sampler_candidates
 from ...cost import request_layout
 from ...evaluation.report import contact_sheet, mean_interval, t_critical
 from ...files import atomic_output
 from ...sampling import BranchDenoiser, BranchEstimates, gaussian_noise, sample
 from ..world import find_ball_centre
 from .config import SamplerStudyConfig
-from .denoisers import Candidates, exact_branch_denoiser, frame_distances
+from .denoisers import Candidates, exact_branch_denoiser, frame_distances, ideal_denoiser
 from .world import BALL_COLOUR, ExactWorld, build_exact_world
 
 REFERENCE = "paper"  # the row every other is compared with, pair by pair
@@ -62,6 +62,10 @@ SHEET_ROWS = (
     "vibid",
     "fast",
 )
+# The ceiling: plain Euler from the same noise on the posterior mean given both keyframes (not a sampler of the
+# two branches: no model provides that denoiser).
+IDEAL = "ideal denoiser (both keyframes; the ceiling)"
+IDEAL_SAMPLING = SamplingConfig(sampler=FORWARD, min_guidance_scale=1.0, max_guidance_scale=1.0)
 SHEET_PAIRS = 3
 ZOOM = 6  # 16 px frames, enlarged with nearest-neighbour pixels in the sheet
 SUMMARY, SHEET = "summary.md", "samplers.png"
@@ -145,11 +149,16 @@ def run_row(
     videos: torch.Tensor,
     seed: int,
     on_step: Callable[[], None] | None = None,
+    ideal: bool = False,
 ) -> RowRun:
-    """Sample the in-betweens of the keyframe pairs of ``videos`` with ``config`` on the exact denoisers; the
-    initial noise and every later draw come from ``seed`` (the same initial noise for every row)."""
+    """Sample the in-betweens of the keyframe pairs of ``videos`` with ``config`` on the exact denoisers (with
+    ``ideal``, on :func:`ideal_denoiser`); the initial noise and every later draw come from ``seed`` (the same
+    initial noise for every row)."""
     first, last = world.paths[videos, 0], world.paths[videos, -1]
-    model = exact_branch_denoiser(world, first, last, fine_tuned=config.rotation, guided=config.guided)
+    if ideal:
+        model = ideal_denoiser(world, first, last)
+    else:
+        model = exact_branch_denoiser(world, first, last, fine_tuned=config.rotation, guided=config.guided)
     model, tally = counted(model, config)
     sigmas, init_sigma = karras_sigmas(config.num_inference_steps)
     noise = gaussian_noise(torch.Generator().manual_seed(seed))
@@ -310,7 +319,7 @@ def disagreement_table(runs: dict[str, RowRun], scores: dict[str, dict]) -> str:
         "|---|---|---|---|",
     ]
     for name in runs:
-        if name in (FORWARD_ONLY, BACKWARD_ONLY):
+        if name in (FORWARD_ONLY, BACKWARD_ONLY, IDEAL):
             continue
         score = {key: value[disagree] for key, value in scores[name].items()}
         cells = [
@@ -393,7 +402,8 @@ def summary_markdown(
             "Student-t 95 %. Requests: branch-denoiser calls per video (one UNet call each); UNet rows: the rows "
             "the pipeline would evaluate for them (inbetween.cost). rotation=False rows (trf, vibid) use the "
             "backward branch without fine-tuning (the forward model on the reversed video); rotated attention "
-            "itself has no meaning here (no attention).",
+            "itself has no meaning here (no attention). The last row is no sampler of the two branches: plain Euler "
+            "from the same noise on the posterior mean given both keyframes, which no model provides: the ceiling.",
             "",
             f"## When the branches disagree ({int(disagree.sum())} of {config.pairs} pairs)",
             "",
@@ -432,10 +442,11 @@ def run_sampler_study(
     videos = draw_pairs(world, config.pairs, config.seed)
     tolerance = frame_tolerance(world)
     runs, scores = {}, {}
-    with tqdm(total=sum(c.num_inference_steps for c in rows.values()), desc="exact world", unit="step") as bar:
-        for name, sampling in rows.items():
+    total = sum(c.num_inference_steps for c in rows.values()) + IDEAL_SAMPLING.num_inference_steps
+    with tqdm(total=total, desc="exact world", unit="step") as bar:
+        for name, sampling in [*rows.items(), (IDEAL, IDEAL_SAMPLING)]:
             bar.set_postfix_str(name)
-            runs[name] = run_row(world, sampling, videos, config.seed, on_step=lambda: bar.update())
+            runs[name] = run_row(world, sampling, videos, config.seed, lambda: bar.update(), ideal=name == IDEAL)
             scores[name] = score_outputs(world, runs[name].outputs, videos, tolerance)
     text = summary_markdown(config, world, runs, scores, tolerance, time.perf_counter() - started)
     if out is not None:
