@@ -9,7 +9,7 @@ import typing
 from ..config import DTYPE_NAMES, SamplingConfig
 from ..errors import one_line
 from ..hub import SVD_XT, TINY_WORLD
-from .options import add_dataclass_arguments, errors_name_flags, library_output, pick_device
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output, pick_device
 
 if typing.TYPE_CHECKING:
     import torch
@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
     p.add_argument("--seed", type=int, default=0, help="same seed, same video on any device (default: %(default)s)")
     add_dataclass_arguments(p.add_argument_group("sampling (defaults: the paper's and SVD's)"), SamplingConfig)
+    add_preset_argument(p)
     p.add_argument("--output-fps", type=float, metavar="X", help="playback fps of the video (default: --fps)")
     add_sequence_arguments(p.add_argument_group("keyframe sequences"))
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import config_from_flat, flat_option_names
-from .options import add_dataclass_arguments, errors_name_flags
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags
 
 TRAIN_HELP = "fine-tune a backward adapter on a folder of videos"
 TRAIN_DESCRIPTION = (
@@ -40,6 +40,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluation.harness import EvalConfig
 
     add_dataclass_arguments(p, EvalConfig)
+    add_preset_argument(p, ignored=("rotation",))  # each method sets its own rotation
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

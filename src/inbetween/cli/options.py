@@ -1,5 +1,5 @@
 """Command-line options generated from the config dataclasses, and what every command shares: flag names in
-errors, the device choice, quiet library output."""
+errors, the device choice, quiet library output, ``--preset``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import SamplingConfig, nested_config_fields
+from ..config import PRESETS, SamplingConfig, nested_config_fields
+
+EXPLICIT = "_explicit_options"  # the namespace attribute listing the options typed on the command line
 
 
 def flag_of(field: dataclasses.Field) -> str:
@@ -63,7 +65,7 @@ def _add_field_argument(
             help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
     extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
     if kind is bool:
-        p.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        p.add_argument(flag, dest=field.name, action=_ExplicitBool, default=default, help=help_text)
     elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
         p.add_argument(
             flag.removesuffix("s"),
@@ -76,7 +78,61 @@ def _add_field_argument(
         )
     else:
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        p.add_argument(flag, dest=field.name, type=base, default=default, required=required, help=help_text, **extra)
+        p.add_argument(
+            flag,
+            dest=field.name,
+            type=base,
+            default=default,
+            required=required,
+            help=help_text,
+            action=_ExplicitStore,
+            **extra,
+        )
+
+
+def _record_explicit(namespace: argparse.Namespace, dest: str) -> None:
+    setattr(namespace, EXPLICIT, getattr(namespace, EXPLICIT, frozenset()) | {dest})
+
+
+class _ExplicitStore(argparse.Action):
+    """``store``, remembering that the option was typed (a ``--preset`` never overrides it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        _record_explicit(namespace, self.dest)
+
+
+class _ExplicitBool(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _record_explicit(namespace, self.dest)
+
+
+def add_preset_argument(p: argparse.ArgumentParser, ignored: tuple[str, ...] = ()) -> None:
+    """``--preset NAME``: the sampling options of :data:`inbetween.config.PRESETS` as defaults; options typed on
+    the command line win, before or after it. ``ignored``: options the preset leaves alone here (they are the
+    command's own choice)."""
+    names = ", ".join(PRESETS)
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        action=_PresetAction,
+        ignored=ignored,
+        help=f"named sampler settings ({names}; see README 'Which sampler?'); other flags override it",
+    )
+
+
+class _PresetAction(argparse.Action):
+    def __init__(self, option_strings, dest, ignored: tuple[str, ...] = (), **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.ignored = ignored
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        typed = getattr(namespace, EXPLICIT, frozenset())
+        for name, value in PRESETS[values].items():
+            if name not in typed and name not in self.ignored:
+                setattr(namespace, name, value)
 
 
 def pick_device(name: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig
 from ..hub import TINY_WORLD
-from .options import add_dataclass_arguments, errors_name_flags
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags
 
 DEMO_HELP = "see the method work offline in under a minute (the bundled tiny-world model)"
 DEMO_DESCRIPTION = (
@@ -31,6 +31,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same videos (default: %(default)s)")
     group = p.add_argument_group("sampling (defaults: the tiny world's)")
     add_dataclass_arguments(group, SamplingConfig, defaults=TINY_WORLD_SAMPLING)
+    add_preset_argument(group)
 
 
 def sampling_of(args: argparse.Namespace) -> SamplingConfig:

@@ -113,9 +113,9 @@ class EvalConfig:
                 "`rotation` is each method's own choice (gi and gi-no-ft rotate, trf does not); "
                 "leave `rotation` at its default"
             )
-        if sampling.fusion not in ("average", "linear"):
+        if sampling.fusion not in ("average", "linear", "poe"):
             raise ValueError(
-                f"`fusion` must be average or linear (the methods choose the branches), got {sampling.fusion!r}"
+                f"`fusion` must be average, linear or poe (the methods choose the branches), got {sampling.fusion!r}"
             )
         self.pair_spec  # noqa: B018 - PairSpec validates gap (with num_frames), pairs_per_video, height, width, seed
         if self.device not in ("auto", "cuda", "cpu"):
@@ -186,18 +186,21 @@ class Runtime:
         rotation: bool = True,
         fusion: str | None = None,
         noise_injection: bool = True,
+        preset: str | None = None,
     ) -> np.ndarray:
-        """Run the pipeline on one pair; returns (N, H, W, 3) uint8. `fusion` None: the config's."""
+        """Run the pipeline on one pair; returns (N, H, W, 3) uint8. `fusion` None: the config's; `preset`: that
+        preset's sampler options over the config's (`SamplingConfig.preset`)."""
         config = self.config
         pipe = self.pipeline(adapter)
         # CPU generator: the same numbers on every device, so results do not depend on where a pair ran.
         generator = torch.Generator("cpu").manual_seed(keyframes.seed)
+        base = config.sampling if preset is None else SamplingConfig.preset(preset, config.sampling)
         sampling = replace(
-            config.sampling,
+            base,
             num_frames=keyframes.num_frames,
-            fusion=fusion or config.sampling.fusion,
+            fusion=fusion or base.fusion,
             rotation=rotation,
-            noise_injection_steps=config.sampling.noise_injection_steps if noise_injection else 0,
+            noise_injection_steps=base.noise_injection_steps if noise_injection else 0,
         )
         frames = pipe(
             keyframes.first[None],
@@ -231,6 +234,27 @@ def forward(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
     return runtime.sample(keyframes, adapter=False, fusion="forward", noise_injection=False)
 
 
+def gi_fast(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """The full method (rotated attention + adapter) with the `fast` preset: at most a quarter of the UNet rows."""
+    return runtime.sample(keyframes, adapter=True, preset="fast")
+
+
+def gi_poe(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """The full method with product-of-experts fusion, `D_u + g_f (D_f - D_u) + g_b (D_b - D_u)` (`sampling`)."""
+    return runtime.sample(keyframes, adapter=True, fusion="poe")
+
+
+def vibid(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """ViBiDSampler (Yang, Kwon, Ye 2025) as its authors run it: base weights, the backward branch's own attention,
+    25 steps, CFG++ and the DDS keyframe step (the `vibid` preset)."""
+    return runtime.sample(keyframes, adapter=False, rotation=False, preset="vibid")
+
+
+def vibid_adapter(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
+    """ViBiD's sampler with the paper's backward branch: rotated attention + the backward adapter (new combination)."""
+    return runtime.sample(keyframes, adapter=True, preset="vibid-adapter")
+
+
 def blend_frames(keyframes: Keyframes, runtime: Runtime) -> np.ndarray:
     """Linear cross-fade of the keyframes (`pairs.blend`)."""
     frames = blend(keyframes.first, keyframes.last, keyframes.num_frames)  # (N, 3, H, W) in [0, 1]
@@ -261,6 +285,10 @@ METHODS: dict[str, Method] = {
         Method("gi-no-ft", gi_no_ft),
         Method("trf", trf),
         Method("forward", forward),
+        Method("gi-fast", gi_fast, needs_adapter=True),
+        Method("gi-poe", gi_poe, needs_adapter=True),
+        Method("vibid", vibid),
+        Method("vibid-adapter", vibid_adapter, needs_adapter=True),
         Method("blend", blend_frames),
         Method("flow", flow_frames, needs_module="cv2"),
     )
@@ -473,7 +501,8 @@ def resolve_pairs(config: EvalConfig) -> tuple[list[KeyframePair], list[VideoSho
         if _identities(existing) != _identities(pairs):
             raise ValueError(f"out folder `{out}` holds a different manifest ({len(existing)} pairs); use a new --out")
     if (out / SETTINGS_NAME).is_file():
-        stored = json.loads((out / SETTINGS_NAME).read_text())
+        # A sampling option added after the folder was made was at its default then.
+        stored = asdict(SamplingConfig()) | json.loads((out / SETTINGS_NAME).read_text())
         changed = {k: (stored.get(k), v) for k, v in generation_settings(config).items() if stored.get(k) != v}
         if changed:
             listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items())
