@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import USER_ERRORS, one_line
-from . import convert, interpolate, jobs, toyworld
+from . import app, convert, interpolate, jobs, toyworld
 
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
@@ -45,6 +45,7 @@ COMMANDS = (
     Command("train", jobs.TRAIN_HELP, jobs.TRAIN_DESCRIPTION, jobs.add_train_arguments, jobs.run_train),
     Command("evaluate", jobs.EVALUATE_HELP, jobs.EVALUATE_DESCRIPTION, jobs.add_evaluate_arguments, jobs.run_evaluate),
     Command("demo", toyworld.DEMO_HELP, toyworld.DEMO_DESCRIPTION, toyworld.add_demo_arguments, toyworld.run_demo),
+    Command("app", app.HELP, app.DESCRIPTION, app.add_arguments, app.run),
     Command(
         "toyworld",
         toyworld.HELP,

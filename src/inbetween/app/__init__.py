@@ -1,0 +1,87 @@
+"""``inbetween app``: the browser app, a thin gradio face over the library (``pip install "inbetween[app]"``).
+
+``generation`` runs one request on the model (no gradio), ``uploads`` decodes keyframes safely, ``ui`` is the page
+and its ``/interpolate`` endpoint. :func:`serve` starts it: the model loads in the background while the page is up,
+one generation runs at a time (the others wait in a queue that shows their position), and every file the app
+writes (uploads, videos, strips, gradio's copies) lives in one temporary folder deleted when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from .generation import ModelSpec
+
+if typing.TYPE_CHECKING:
+    from ..pipeline import InbetweenPipeline
+
+__all__ = ["ModelSpec", "load_model", "serve"]
+
+MAX_QUEUE = 16  # waiting generations; one more is refused with "queue full" in the page
+
+
+def load_model(spec: ModelSpec) -> InbetweenPipeline:
+    """The pipeline as ``inbetween interpolate`` loads it: same model flags, same one-line errors; the adapter is
+    read first, so a missing one is reported without waiting for the model."""
+    from ..adapter import BackwardAdapter
+    from ..cli.interpolate import load_pipeline
+    from ..cli.options import pick_device
+    from ..dtypes import model_dtype
+
+    adapter = BackwardAdapter.load(spec.adapter) if spec.adapter else None
+    device = pick_device(spec.device)
+    dtype = model_dtype(spec.dtype, device)
+    if spec.cpu_offload and device != "cuda":
+        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+    pipe = load_pipeline(spec.model, dtype=dtype, variant=spec.variant)
+    if adapter is not None:
+        pipe.load_backward_adapter(adapter)
+    if spec.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)  # the page shows the progress
+    return pipe
+
+
+def serve(
+    spec: ModelSpec,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    load: Callable[[ModelSpec], InbetweenPipeline] = load_model,
+) -> None:
+    """Serve the app on ``host:port`` until interrupted (Ctrl-C or SIGTERM), then delete its temporary folder.
+
+    Binds to this machine only unless ``host`` says otherwise; a public share link only with ``share``.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
+    # Set before gradio is imported (it reads them then): uploads and its copies of our outputs go to our folder,
+    # and nothing is reported to gradio's servers.
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        from .generation import ModelSlot, RunFolders
+        from .ui import build_app
+        from .uploads import MAX_UPLOAD_MB
+
+        slot = ModelSlot(spec, load)
+        slot.start()
+        app = build_app(slot, RunFolders(folder / "runs"))
+        app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+        print(f"inbetween app: temporary files in {folder} (deleted on exit)", flush=True)
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=f"{MAX_UPLOAD_MB}mb",
+            ssr_mode=False,
+            footer_links=["api"],
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
