@@ -11,7 +11,7 @@ Modes:
   timed too. A ``paper`` video is 175 evaluations of 4 UNet rows: at 64x64 and 25 frames on one CPU thread about
   20 min, so run it in the background:
 
-      OMP_NUM_THREADS=1 nohup python bench/samplers.py --mode video --threads 1 \\
+      OMP_NUM_THREADS=1 nohup python bench/samplers.py --mode video --threads 1 --frames 8 \\
           --out bench/results/samplers_video.md > bench/results/samplers_video.log 2>&1 &
 
 - ``request`` (minutes): each preset sampled with 2 steps to time every kind of request it makes (forward rows
@@ -52,17 +52,20 @@ def request_kind(config: SamplingConfig, branches: tuple[str, ...]) -> str:
     return f"{layout.rows_per_pair} rows{' dual' if layout.dual else ''}"
 
 
-def time_requests(pipe: InbetweenPipeline, log: dict[str, list[float]]) -> None:
-    """Make ``pipe``'s branch denoisers time every request into ``log[kind]`` (seconds)."""
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}  # cpu: this process's CPU time, for shared machines
+
+
+def time_requests(pipe: InbetweenPipeline, log: dict[str, list[float]], clock) -> None:
+    """Make ``pipe``'s branch denoisers time every request into ``log[kind]`` (seconds of ``clock``)."""
     build = type(pipe).make_branch_denoiser
 
     def make_branch_denoiser(cond, config):
         model = build(pipe, cond, config)
 
         def timed(x, sigma, branches):
-            start = time.perf_counter()
+            start = clock()
             estimates = model(x, sigma, branches)
-            log[request_kind(config, tuple(branches))].append(time.perf_counter() - start)
+            log[request_kind(config, tuple(branches))].append(clock() - start)
             return estimates
 
         return timed
@@ -70,11 +73,11 @@ def time_requests(pipe: InbetweenPipeline, log: dict[str, list[float]]) -> None:
     pipe.make_branch_denoiser = make_branch_denoiser
 
 
-def run_video(pipe: InbetweenPipeline, first, last, config: SamplingConfig, seed: int) -> float:
-    """Wall seconds of one whole video (encode, sampling, decode)."""
-    start = time.perf_counter()
+def run_video(pipe: InbetweenPipeline, first, last, config: SamplingConfig, seed: int, clock) -> float:
+    """Seconds of ``clock`` for one whole video (encode, sampling, decode)."""
+    start = clock()
     pipe(first, last, config, generator=torch.Generator().manual_seed(seed), output_type="np")
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def preset_config(name: str, args: argparse.Namespace) -> SamplingConfig:
@@ -93,16 +96,17 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
     for name in args.presets:
         config = preset_config(name, args)
         log: dict[str, list[float]] = defaultdict(list)
-        time_requests(pipe, log)
+        clock = CLOCKS[args.clock]
+        time_requests(pipe, log, clock)
         if args.mode == "video":
-            seconds = run_video(pipe, first, last, config, args.seed)
+            seconds = run_video(pipe, first, last, config, args.seed, clock)
             sampling = sum(sum(times) for times in log.values())
         else:  # probe: every request kind once or more, then the real counts times their medians
             injections = min(config.noise_injection_steps, 1)  # a redone step is the same kind of request
             probe = replace(
                 config, num_inference_steps=PROBE_STEPS, noise_injection_ratio=1.0, noise_injection_steps=injections
             )
-            probe_seconds = run_video(pipe, first, last, probe, args.seed)
+            probe_seconds = run_video(pipe, first, last, probe, args.seed, clock)
             probe_sampling = sum(sum(times) for times in log.values())
             medians = {kind: statistics.median(times) for kind, times in log.items()}
             counts = requests_per_video(config)
@@ -150,7 +154,7 @@ def time_table(results: dict[str, dict], mode: str) -> str:
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> str:
     how = (
-        "one whole video per preset (encode, sampling, decode), wall clock"
+        "one whole video per preset (encode, sampling, decode)"
         if args.mode == "video"
         else f"per-request medians from {PROBE_STEPS}-step probes times each preset's request counts, plus the "
         "probes' measured encode and decode (an estimate, not a timed video)"
@@ -158,7 +162,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> str:
     return (
         f"# Samplers: UNet rows and time of one video per preset\n\n"
         f"SVD's UNet architecture with random weights, {args.frames} frames at {args.size}x{args.size}, float32 on "
-        f"CPU, {args.threads} thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}; "
+        f"CPU, {args.threads} thread(s), {args.clock} clock, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}; "
         f"{how}.\n\n{time_table(results, args.mode)}\n\n## UNet rows per video, every candidate (counted)\n\n"
         f"{rows_table(args.frames)}\n\nCommand: `python bench/samplers.py {' '.join(sys.argv[1:])}`\n"
     )
@@ -171,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=25, help="frames per video (default: SVD-XT's 25)")
     p.add_argument("--size", type=int, default=64, help="square frame size in pixels, a multiple of 64")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="cpu", help="cpu: process CPU time (shared machines)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the markdown report here")
     args = p.parse_args(argv)

@@ -410,7 +410,9 @@ class InbetweenPipeline(DiffusionPipeline):
                 `rotation` (True: the paper; False: the backward branch attends on its own with the base weights,
                 time-reversal fusion), `noise_injection_steps` / `noise_injection_ratio` (5 / 0.5),
                 `decode_chunk_size` (all frames), `split_guidance_batch` (False; True: two UNet calls per step,
-                lower peak memory, same result).
+                lower peak memory, same result), `sampler` (`"gi"`, `"vibid"`, `"trf"`, `"forward"`), `solver`,
+                `guidance_ramp`, `cfg_pp`, `keyframe_consistency` (:mod:`inbetween.sampling`; named settings:
+                `SamplingConfig.preset("fast")`).
             generator (`torch.Generator`, *optional*): source of ALL noise (augmentation, initial latents,
                 re-injection): the same seed gives the same video.
             latents (`torch.Tensor`, *optional*): unit-variance noise `(B, N, 4, H/8, W/8)`, scaled by the scheduler's
