@@ -354,7 +354,7 @@ def sample_gi(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Generative Inbetweening's sampler (Wang et al. 2025, sec. 3.3): per step one evaluation of both branches,
-    fused (:func:`make_fused_denoiser`), an Euler (or DPM-Solver++(2M)) step, and on the first
+    fused (:func:`make_fused_denoiser`), an Euler (or second-order, :func:`solver_step`) step, and on the first
     ``noise_injection_ratio`` of the steps ``noise_injection_steps`` re-noise-and-redo rounds. ``trf`` (Feng et al.
     2024) is this sampler with ``rotation=False``, which only the branch denoiser sees."""
     denoise = make_fused_denoiser(model, config, x.shape[1], share)
@@ -436,7 +436,7 @@ def sample_vibid(
     are options (always on there); the DDS target is the VAE mode of the clean keyframe times the scaling factor
     (theirs: a posterior sample, and their DDS runs CG to the same replacement); every draw comes from ``noise``
     (theirs: the global RNG); the backward branch may rotate attention with the backward adapter (``vibid-adapter``;
-    theirs: base SVD with its own attention, our ``rotation=False``); batches of pairs, any size, optional 2M
+    theirs: base SVD with its own attention, our ``rotation=False``); batches of pairs, any size, optional 2S
     solver and re-injection; no stochastic churn (their ``s_churn`` is 0 by default, so the same update).
     """
     g_fwd, g_bwd = branch_guidance_scales(config, x.shape[1])
