@@ -230,29 +230,30 @@ def free_port() -> int:
 
 
 class Server:
-    """``inbetween app`` in a subprocess, on a free port of 127.0.0.1."""
+    """``inbetween app`` in a subprocess, on a free port of 127.0.0.1, its console in a log file."""
 
-    def __init__(self, *flags: str):
+    def __init__(self, log: Path, *flags: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "inbetween", "app", "--port", str(self.port), *flags]
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.folder = self._wait_until_serving()
 
+    def output(self) -> str:
+        return self.log.read_text()
+
     def _wait_until_serving(self) -> Path:
-        deadline, folder = time.monotonic() + SERVER_START_S, None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                break
-            self.lines.append(line)
-            folder = folder or re.search(r"temporary files in (\S+) \(deleted on exit\)", line)
-            if "Running on local URL" in line and folder:
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            folder = re.search(r"temporary files in (\S+) \(deleted on exit\)", self.output())
+            if folder and "Running on local URL" in self.output():
                 return Path(folder[1])
+            time.sleep(0.2)
         self.stop()
-        raise AssertionError("the app did not start:\n" + "".join(self.lines))
+        raise AssertionError("the app did not start:\n" + self.output())
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -265,8 +266,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server():
-    server = Server("--model", "tiny-world")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("server") / "console.log", "--model", "tiny-world")
     yield server
     server.stop()
 
@@ -304,7 +305,9 @@ def test_a_missing_adapter_is_a_message(files, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    server = Server("--model", "tiny-world", "--adapter", str(tmp_path / "missing.safetensors"))
+    server = Server(
+        tmp_path / "console.log", "--model", "tiny-world", "--adapter", str(tmp_path / "missing.safetensors")
+    )
     try:
         client = Client(server.url, verbose=False)
         with pytest.raises(AppError, match=r"could not be loaded: adapter `.*missing.safetensors` not found"):
@@ -350,12 +353,21 @@ def test_the_page_makes_a_video_that_plays_in_a_real_browser(server, files):
         upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#keyframes input[type=file]"))
         upload.send_keys(f"{files / 'key0.png'}\n{files / 'key1.png'}")
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#keyframe-order img")) == 2)
+        wait.until(lambda b: "ready" in b.find_element(By.ID, "model-status").text)
+
+        # Cancel a generation with the paper's 50 steps once it is under way: it stops between two steps.
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: re.search(r"step [1-9]\d* of 50", b.find_element(By.ID, "video").text))
+        browser.find_element(By.ID, "cancel").click()
+        wait.until(lambda b: b.find_element(By.ID, "run-status").text.startswith("Cancelled"))
+        stopped = wait.until(lambda b: re.search(r"cancelled after step (\d+) of 50", server.output()))
+        assert int(stopped[1]) < 50
+
         accordion = "//span[contains(text(), 'advanced sampling options')]"
         wait.until(lambda b: b.find_element(By.XPATH, accordion)).click()
         steps = wait.until(lambda b: visible(b.find_elements(By.CSS_SELECTOR, "#option-num-inference-steps input")))
         steps.clear()
         steps.send_keys("10")
-        wait.until(lambda b: "ready" in b.find_element(By.ID, "model-status").text)
         started = time.monotonic()
         browser.find_element(By.ID, "generate").click()
         video = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#video video"))

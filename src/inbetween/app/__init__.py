@@ -71,8 +71,8 @@ def serve(
         from .uploads import MAX_UPLOAD_MB
 
         slot = ModelSlot(spec, load)
-        slot.start()
         app = build_app(slot, RunFolders(folder / "runs"))
+        slot.start()  # after the page is built: two threads importing diffusers' lazy modules at once can fail
         app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
         print(f"inbetween app: temporary files in {folder} (deleted on exit)", flush=True)
         app.launch(

@@ -151,9 +151,9 @@ class Run:
     def cancel(self) -> None:
         self._cancelled.set()
 
-    def check(self) -> None:
+    def check(self, where: str = "before the first step") -> None:
         if self._cancelled.is_set():
-            raise Cancelled("cancelled")
+            raise Cancelled(f"cancelled {where}")
 
 
 class ModelUnavailable(ValueError):
@@ -264,17 +264,18 @@ def generate(
     Raises ``ValueError`` (and the other :data:`~inbetween.errors.USER_ERRORS`) with a one-line message for bad
     input or a model that is not available, :class:`Cancelled` when ``run`` is cancelled (between two steps).
     """
-    import torch
-
-    from ..sequence import interpolate_sequence, keyframe_positions, plan_chunks
-    from ..video_io import write_video
-
     run = run or Run(owner=None)
     job.check()
     images = read_keyframes(list(job.keyframes), list(job.names))
     config = job.config()
     on_progress(Progress(0, 1, "waiting for the model"))
     with slot.lend(run) as pipe:
+        # Imported once the model is loaded: the loading thread may still be importing diffusers until then.
+        import torch
+
+        from ..sequence import interpolate_sequence, keyframe_positions, plan_chunks
+        from ..video_io import write_video
+
         started = time.monotonic()
         run.check()
         filled = pipe.sampling_config(images[0], config)
@@ -289,7 +290,7 @@ def generate(
             calls += 1
             chunk = chunks[min((calls - 1) // steps, len(chunks) - 1)]  # each chunk runs all the steps in turn
             on_progress(Progress(calls, total, step_text(step + 1, steps, chunk, segments)))
-            run.check()  # a cancel takes effect here, between two steps
+            run.check(f"after step {calls} of {total}")  # a cancel takes effect here, between two steps
             return {}
 
         on_progress(Progress(0, total, step_text(0, steps, chunks[0], segments)))

@@ -311,9 +311,10 @@ def _run_job(slot: ModelSlot, folders: RunFolders, job: Job, progress: gr.Progre
         progress((step.done, step.total), desc=step.text, unit="steps")
 
     try:
-        return generate(slot, job, folders, on_progress=show, run=Run(owner))
-    except Cancelled:
-        raise gr.Error("Cancelled: nothing was written.", print_exception=False) from None
+        result = generate(slot, job, folders, on_progress=show, run=Run(owner))
+    except Cancelled as exc:
+        print(f"inbetween app: {exc}; nothing written, the model is free", flush=True)  # the server's console
+        raise gr.Error(f"{str(exc).capitalize()}: nothing was written.", print_exception=False) from None
     except USER_ERRORS as exc:
         message = with_flag_names(one_line(exc), SamplingConfig) if flags else one_line(exc)
         raise gr.Error(message, duration=None, print_exception=False) from None
@@ -331,6 +332,8 @@ def _run_job(slot: ModelSlot, folders: RunFolders, job: Job, progress: gr.Progre
             duration=None,
             print_exception=False,
         ) from None
+    print(f"inbetween app: {len(job.keyframes)} keyframes -> {result.summary}", flush=True)
+    return result
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
