@@ -6,6 +6,7 @@ Every generation uses the shipped tiny-world model (32x32) with a few steps, so 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -40,9 +41,9 @@ from inbetween.app.uploads import read_keyframe
 from inbetween.config import PRESETS, SamplingConfig
 from inbetween.files import atomic_output
 
-gradio = pytest.importorskip("gradio", reason="the app's extra is not installed: pip install -e '.[app]'")
-gradio_client = pytest.importorskip(
-    "gradio_client", reason="the app's extra is not installed: pip install -e '.[app]'"
+needs_app = pytest.mark.skipif(
+    importlib.util.find_spec("gradio") is None or importlib.util.find_spec("gradio_client") is None,
+    reason="the app's extra is not installed: pip install -e '.[app]'",
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +155,7 @@ def test_the_settings_command_makes_the_same_config_in_the_cli(preset):
     assert (args.model, args.adapter) == ("tiny-world", "my adapter.safetensors")
 
 
+@needs_app
 def test_the_page_shows_each_presets_values():
     from inbetween.app.ui import ADVANCED, preset_values
 
@@ -184,8 +186,23 @@ def test_generation_reports_every_step_of_every_segment(slot, files, tmp_path):
     texts = [p.text for p in seen if p.done > 0]
     assert texts == [f"segment {s} of 2: step {k} of 2" for s in (1, 2) for k in (1, 2)]
     assert [p.done for p in seen if p.done > 0] == [1, 2, 3, 4] and seen[-1].total == 4
-    assert result.num_frames == frame_count(result.video) == 2 * (4 - 1) + 1
-    assert result.size == (32, 32) and Image.open(result.strip).size[0] > 4 * 32
+    assert len(result.frames) == frame_count(result.video) == 2 * (4 - 1) + 1
+    assert result.frames[0].size == (32, 32) and Image.open(result.strip).size[0] > 4 * 32
+
+
+def test_the_settings_command_remakes_the_video_from_a_shell(slot, files, tmp_path, monkeypatch):
+    from inbetween.cli import main
+
+    names = ("key0.png", "key1.png", "key2.png")
+    job = Job(tuple(str(files / n) for n in names), names, preset="fast", seed=7, options=dict(QUICK, num_frames=4))
+    result = generate(slot, job, RunFolders(tmp_path / "app"))
+    monkeypatch.chdir(files)  # the command names the keyframes as the user uploaded them
+    words = shlex.split(result.command)
+    words[words.index("-o") + 1] = f"{tmp_path / 'cli'}/"  # PNG frames: exact, unlike any two mp4 encodings
+    assert main(words[1:]) == 0
+    from_shell = [np.asarray(Image.open(path)) for path in sorted((tmp_path / "cli").glob("*.png"))]
+    assert len(from_shell) == len(result.frames) == 2 * (4 - 1) + 1
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(from_shell, result.frames, strict=True))
 
 
 def test_cancel_stops_between_steps_and_frees_the_model(slot, files, tmp_path):
@@ -208,6 +225,7 @@ def test_cancel_stops_between_steps_and_frees_the_model(slot, files, tmp_path):
     assert frame_count(again.video) == 8
 
 
+@needs_app
 def test_a_missing_model_is_a_message_not_a_traceback(files, tmp_path):
     from inbetween.app import load_model
     from inbetween.app.ui import status_text
@@ -273,6 +291,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_app
 def test_the_api_interpolates_keyframes_into_a_video(server, files):
     from gradio_client import Client, handle_file
 
@@ -288,6 +307,7 @@ def test_the_api_interpolates_keyframes_into_a_video(server, files):
 
 
 @pytest.mark.slow
+@needs_app
 def test_the_api_says_what_is_wrong_with_a_broken_image(server, files):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -301,6 +321,7 @@ def test_the_api_says_what_is_wrong_with_a_broken_image(server, files):
 
 
 @pytest.mark.slow
+@needs_app
 def test_a_missing_adapter_is_a_message(files, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -331,6 +352,7 @@ def visible(elements: list) -> object | None:
 
 
 @pytest.mark.slow
+@needs_app
 @pytest.mark.skipif(browser_paths() is None, reason="no chromium + chromedriver (Debian: apt-get install chromium "
                     "chromium-driver; .ci/run installs them)")  # fmt: skip
 def test_the_page_makes_a_video_that_plays_in_a_real_browser(server, files):

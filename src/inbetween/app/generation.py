@@ -131,14 +131,13 @@ class Result:
     video: Path  # the mp4
     strip: Path  # every frame in one PNG, keyframes outlined
     command: str  # the same video from a shell
-    num_frames: int
-    size: tuple[int, int]  # (width, height)
+    frames: list[Image.Image]  # as generated, before the mp4's lossy encoding
     seconds: float  # from the model's turn to the written mp4
 
     @property
     def summary(self) -> str:
-        width, height = self.size
-        return f"{self.num_frames} frames, {width}x{height}, in {self.seconds:.1f} s"
+        width, height = self.frames[0].size
+        return f"{len(self.frames)} frames, {width}x{height}, in {self.seconds:.1f} s"
 
 
 class Run:
@@ -276,6 +275,7 @@ def generate(
         from ..sequence import interpolate_sequence, keyframe_positions, plan_chunks
         from ..video_io import write_video
 
+        check_aspects(images, job.names)
         started = time.monotonic()
         run.check()
         filled = pipe.sampling_config(images[0], config)
@@ -313,10 +313,17 @@ def generate(
         video=video,
         strip=strip,
         command=settings_command(slot.spec, job, config),
-        num_frames=len(frames),
-        size=frames[0].size,
+        frames=frames,
         seconds=seconds,
     )
+
+
+def check_aspects(images: list[Image.Image], names: tuple[str, ...]) -> None:
+    """Every keyframe has the first one's aspect (the pipeline's rule), or an error naming both files."""
+    from ..cli.interpolate import check_keyframe_files
+
+    for name, image in zip(names[1:], images[1:], strict=True):
+        check_keyframe_files(names[0], images[0], name, image)
 
 
 def step_text(step: int, steps: int, chunk: range, segments: int) -> str:

@@ -400,6 +400,6 @@ def page_canceller(slot: ModelSlot) -> Callable:
     def cancel(request: gr.Request = None) -> str:
         if slot.cancel(_session(request)):
             return "Cancelled: the generation stops after its current step; nothing is written."
-        return "Nothing of yours was running."
+        return "Cancelled: nothing of yours was running (one of yours that was waiting leaves the queue)."
 
     return cancel
