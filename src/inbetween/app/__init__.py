@@ -72,7 +72,6 @@ def serve(
 
         slot = ModelSlot(spec, load)
         app = build_app(slot, RunFolders(folder / "runs"))
-        slot.start()  # after the page is built: two threads importing diffusers' lazy modules at once can fail
         app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
         print(f"inbetween app: temporary files in {folder} (deleted on exit)", flush=True)
         app.launch(
@@ -82,6 +81,14 @@ def serve(
             max_file_size=f"{MAX_UPLOAD_MB}mb",
             ssr_mode=False,
             footer_links=["api"],
+            prevent_thread_lock=True,
         )
+        # The model loads once the server is up (a port in use fails before any of it) and the page is built (two
+        # threads importing diffusers' lazy modules at once can fail).
+        slot.start()
+        try:
+            app.block_thread()  # until Ctrl-C or SIGTERM
+        finally:
+            slot.close()  # a running generation stops at its next step: no thread is left inside torch at exit
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -171,10 +171,21 @@ class ModelSlot:
         self._error: str | None = None
         self._turn = threading.Lock()  # one generation at a time, whatever the web server's queue does
         self._run: Run | None = None
-        self.started = time.monotonic()
+        self._loader: threading.Thread | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._load_now, name="inbetween-model", daemon=True).start()
+        self._loader = threading.Thread(target=self._load_now, name="inbetween-model", daemon=True)
+        self._loader.start()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Cancel the running generation; wait (up to ``timeout`` s each) for it and for the loading to end."""
+        run = self._run
+        if run is not None:
+            run.cancel()
+        if self._loader is not None:
+            self._loader.join(timeout)
+        if self._turn.acquire(timeout=timeout):
+            self._turn.release()
 
     def _load_now(self) -> None:
         try:

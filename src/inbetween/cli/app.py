@@ -7,6 +7,7 @@ import importlib.util
 import signal
 
 from ..config import DTYPE_NAMES
+from ..errors import one_line
 from ..hub import SVD_XT, TINY_WORLD
 
 HELP = "the browser app: keyframes in, video out (needs `pip install 'inbetween[app]'`)"
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve(spec, host=args.host, port=args.port, share=args.share)
     except OSError as exc:  # the port is taken, or the host is not an address of this machine
-        raise ValueError(f"cannot serve on {args.host}:{args.port} ({exc}); pass another --port or --host") from exc
+        reason = one_line(exc).split(". ")[0]  # gradio's first sentence; the rest is about its own settings
+        raise ValueError(f"cannot serve on {args.host}:{args.port} ({reason}); pass another --port or --host") from exc
     except KeyboardInterrupt:
         pass
     return 0
