@@ -151,8 +151,11 @@ class SamplingConfig:
     @property
     def guided(self) -> bool:
         """Whether the unconditional rows are needed at all: any frame's guidance scale above 1 (SVD's rule), a
-        product-of-experts fusion (it divides by the unconditional model), or vibid's CFG++ (its noise direction)."""
-        if self.fusion == "poe" or (self.sampler == "vibid" and self.cfg_pp):
+        product-of-experts fusion (it divides by the unconditional model), or vibid's CFG++ (its noise direction;
+        vibid fuses nothing, so it ignores ``fusion`` but for one branch alone)."""
+        if self.sampler == "vibid":
+            return self.cfg_pp or max(self.min_guidance_scale, self.max_guidance_scale) > 1.0
+        if self.fusion == "poe":
             return True
         return max(self.min_guidance_scale, self.max_guidance_scale) > 1.0
 
