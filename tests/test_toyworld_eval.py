@@ -141,3 +141,15 @@ def test_run_evaluation_scores_only_heldout_seeds(capsys):
     # The command passes --first-seed through (and fails before loading the model here).
     assert main(["toyworld", "evaluate", "--pairs", "2", "--first-seed", str(HELDOUT_SEEDS - 1)]) == 2
     assert f"--first-seed` must be a held-out seed, at least {HELDOUT_SEEDS}" in capsys.readouterr().err
+
+
+def test_methods_are_chosen_by_key_and_keep_the_config_they_are_not_about():
+    from inbetween.config import SamplingConfig
+    from inbetween.toyworld.science import FULL, TIME_REVERSAL, world_methods
+
+    assert [m.key for m in world_methods(["full", "crossfade"])] == ["full", "crossfade"]
+    with pytest.raises(ValueError, match="unknown method `nope` for `--methods`"):
+        world_methods(["nope"])
+    vibid = SamplingConfig.preset("vibid")
+    assert FULL.sampling(vibid) == vibid  # the full method is whatever the preset samples
+    assert TIME_REVERSAL.sampling(SamplingConfig()).rotation is False

@@ -22,7 +22,7 @@ TRAIN_DESCRIPTION = (
     "Settings: inbetween.toyworld.recipe.TinyWorldRecipe."
 )
 EVALUATE_HELP = "hit rate, ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs"
-EVALUATE_DESCRIPTION = "Interpolate held-out toy-world pairs with every method and print a table with 95 %% intervals."
+EVALUATE_DESCRIPTION = "Interpolate held-out toy-world pairs with every method and print a table with 95 % intervals."
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,20 +86,28 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         default=HELDOUT_SEEDS,
         help="first held-out seed: the pairs are the interesting videos from it up (default: %(default)s)",
     )
+    p.add_argument(
+        "--methods",
+        metavar="KEY,...",
+        help="only these rows, e.g. crossfade,forward-only,full (keys: crossfade, forward-only, dual-no-ft, full, "
+        "full-no-reinjection, backward-only, trf, without-ra; default: all); model rows run under the sampling below",
+    )
     add_sampling_arguments(p)
     p.add_argument("--out", help="also write summary.md and per_pair.json here")
     p.add_argument("--overwrite", action="store_true", help="replace files in OUT")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..toyworld.science import run_evaluation
+    from ..toyworld.science import run_evaluation, world_methods
 
+    methods = world_methods(args.methods.split(",") if args.methods else None)
     table = run_evaluation(
         args.out,
         args.model,
         args.pairs,
         sampling_of(args),
         args.seed,
+        methods=methods,
         overwrite=args.overwrite,
         first_seed=args.first_seed,
     )

@@ -53,29 +53,37 @@ VISIBLE_FRACTION = 0.9
 
 @dataclass(frozen=True)
 class WorldMethod:
-    """One way to fill the in-between frames; ``fusion=None`` is the model-free linear cross-fade."""
+    """One way to fill the in-between frames: the model-free linear cross-fade, or the sampling config it is run
+    under (``--preset``, ``--sampler``, ...) with what this method changes in it (``None``: keep the config's)."""
 
+    key: str  # its `--methods` name
     name: str
-    fusion: str | None = "average"
-    rotation: bool = True
+    crossfade: bool = False
+    fusion: str | None = None
+    rotation: bool | None = None
     adapter: str | None = ADAPTER_FILE  # the backward adapter file of the model folder; None: base weights
     reinjection: bool = True
 
     def sampling(self, base: SamplingConfig) -> SamplingConfig:
         """``base`` with this method's branches, rotation and re-injection."""
-        steps = base.noise_injection_steps if self.reinjection else 0
-        return replace(base, fusion=self.fusion, rotation=self.rotation, noise_injection_steps=steps)
+        changes = {"fusion": self.fusion, "rotation": self.rotation}
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if not self.reinjection:
+            changes["noise_injection_steps"] = 0
+        return replace(base, **changes)
 
 
-CROSSFADE = WorldMethod("linear cross-fade", fusion=None)
-FORWARD_ONLY = WorldMethod("forward-only I2V", fusion="forward", adapter=None, reinjection=False)  # plain SVD
-BACKWARD_ONLY = WorldMethod("backward-only (adapter)", fusion="backward")
-TIME_REVERSAL = WorldMethod("dual, own attention, no FT (TRF)", rotation=False, adapter=None)
-DUAL_NO_FT = WorldMethod("dual, rotated, no fine-tuning", adapter=None)
+CROSSFADE = WorldMethod("crossfade", "linear cross-fade", crossfade=True)
+FORWARD_ONLY = WorldMethod(  # plain SVD image-to-video
+    "forward-only", "forward-only I2V", fusion="forward", adapter=None, reinjection=False
+)
+BACKWARD_ONLY = WorldMethod("backward-only", "backward-only (adapter)", fusion="backward")
+TIME_REVERSAL = WorldMethod("trf", "dual, own attention, no FT (TRF)", rotation=False, adapter=None)
+DUAL_NO_FT = WorldMethod("dual-no-ft", "dual, rotated, no fine-tuning", adapter=None)
+FULL_NO_REINJECTION = WorldMethod("full-no-reinjection", "full method, no re-injection", reinjection=False)
+FULL = WorldMethod("full", "full method")
 # The paper's "w/o RA": a backward model fine-tuned on W_q, W_k, W_v, W_o that attends with its own maps.
-WITHOUT_RA = WorldMethod("w/o RA (own attention, W_q,k,v,o FT)", adapter=ABLATION_ADAPTER_FILE)
-FULL_NO_REINJECTION = WorldMethod("full method, no re-injection", reinjection=False)
-FULL = WorldMethod("full method")
+WITHOUT_RA = WorldMethod("without-ra", "w/o RA (own attention, W_q,k,v,o FT)", adapter=ABLATION_ADAPTER_FILE)
 WORLD_METHODS = (
     CROSSFADE,
     FORWARD_ONLY,
@@ -86,6 +94,18 @@ WORLD_METHODS = (
     TIME_REVERSAL,
     WITHOUT_RA,
 )
+
+
+def world_methods(keys: Iterable[str] | None = None) -> tuple[WorldMethod, ...]:
+    """The methods named by ``keys`` (their ``key``s, e.g. ``["crossfade", "full"]``), in that order; all of them by
+    default."""
+    if keys is None:
+        return WORLD_METHODS
+    by_key = {method.key: method for method in WORLD_METHODS}
+    unknown = [key for key in keys if key not in by_key]
+    if unknown:
+        raise ValueError(f"unknown method `{unknown[0]}` for `--methods`; choose from {', '.join(by_key)}")
+    return tuple(by_key[key] for key in keys)
 
 
 def load_tiny_world(model: str = TINY_WORLD) -> tuple[InbetweenPipeline, dict[str, BackwardAdapter]]:
@@ -131,7 +151,7 @@ def interpolate_videos(
     frames = np.stack([video.frames for video in videos])  # (B, N, H, W, 3)
     first, last = _as_float(frames[:, 0]), _as_float(frames[:, -1])
     num_frames, size = frames.shape[1], frames.shape[2]
-    if method.fusion is None:
+    if method.crossfade:
         return np.stack([_as_uint8(blend(a, b, num_frames)) for a, b in zip(first, last, strict=True)])
     if method.adapter is None:
         pipe.unload_backward_adapter()
