@@ -7,6 +7,7 @@ Diffusion (Blattmann et al. 2023), whose micro-conditioning the paper keeps.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 
@@ -189,6 +190,17 @@ class SamplingConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
         return replace(base or cls(), **{**PRESETS[name], **overrides})
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def with_flag_names(message: str, config_class: type) -> str:
+    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
+    flags = {field.name: flag_of(field) for field in dataclasses.fields(config_class)}
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
 
 
 def nested_config_fields(config_class: type) -> dict[str, type]:

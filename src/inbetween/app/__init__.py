@@ -29,9 +29,8 @@ def load_model(spec: ModelSpec) -> InbetweenPipeline:
     """The pipeline as ``inbetween interpolate`` loads it: same model flags, same one-line errors; the adapter is
     read first, so a missing one is reported without waiting for the model."""
     from ..adapter import BackwardAdapter
-    from ..cli.interpolate import load_pipeline
-    from ..cli.options import pick_device
     from ..dtypes import model_dtype
+    from ..loading import load_pipeline, pick_device
 
     adapter = BackwardAdapter.load(spec.adapter) if spec.adapter else None
     device = pick_device(spec.device)

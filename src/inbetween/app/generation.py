@@ -331,7 +331,7 @@ def generate(
 
 def check_aspects(images: list[Image.Image], names: tuple[str, ...]) -> None:
     """Every keyframe has the first one's aspect (the pipeline's rule), or an error naming both files."""
-    from ..cli.interpolate import check_keyframe_files
+    from ..loading import check_keyframe_files
 
     for name, image in zip(names[1:], images[1:], strict=True):
         check_keyframe_files(names[0], images[0], name, image)
@@ -349,7 +349,7 @@ def step_text(step: int, steps: int, chunk: range, segments: int) -> str:
 def settings_command(spec: ModelSpec, job: Job, config: SamplingConfig, output: str | None = None) -> str:
     """The ``inbetween interpolate`` command that makes the same video from the same files: the model flags, the
     seed, the preset and every option whose value differs from the preset's."""
-    from ..cli.options import flag_of
+    from ..config import flag_of
 
     output = output or f"inbetween-seed{job.seed}.mp4"
     words = ["inbetween", "interpolate", *job.names, "-o", output, *spec.cli_flags(), "--seed", str(job.seed)]

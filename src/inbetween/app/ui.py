@@ -17,8 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..cli.options import flag_of, with_flag_names
-from ..config import PRESETS, SamplingConfig
+from ..config import PRESETS, SamplingConfig, flag_of, with_flag_names
 from ..errors import USER_ERRORS, one_line
 from ..hub import local_model_configs
 from .generation import (

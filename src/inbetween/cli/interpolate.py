@@ -7,15 +7,13 @@ import argparse
 import typing
 
 from ..config import DTYPE_NAMES, SamplingConfig
-from ..errors import one_line
 from ..hub import SVD_XT, TINY_WORLD
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output, pick_device
+from ..loading import check_keyframe_files, load_pipeline, pick_device
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
 
 if typing.TYPE_CHECKING:
-    import torch
     from PIL import Image
 
-    from ..pipeline import InbetweenPipeline
 
 HELP = "generate the video between two keyframes, or through several (--loop: back to the first)"
 DESCRIPTION = (
@@ -24,9 +22,6 @@ DESCRIPTION = (
     "with no frame repeated where it wraps). The segments are sampled together, their shared frames fused at every "
     "step."
 )
-# Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
-# variant and the Hub repo's single-file checkpoints (several GB each).
-PIPELINE_CONFIGS = ["model_index.json", "*/*.json"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,19 +188,6 @@ def check_loop_files(args: argparse.Namespace, keyframes: list[Image.Image]) -> 
         )
 
 
-def check_keyframe_files(first_path: str, first: Image.Image, last_path: str, last: Image.Image) -> None:
-    """The pipeline's keyframe check, with the file names in the error (the pipeline cannot know them)."""
-    from ..pipeline import InbetweenPipeline
-
-    try:
-        InbetweenPipeline.check_keyframes(first, last)
-    except ValueError as exc:
-        raise ValueError(
-            f"keyframes `{first_path}` ({first.width}x{first.height}) and `{last_path}` "
-            f"({last.width}x{last.height}): {exc}"
-        ) from exc
-
-
 def sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
     """The validated sampling config, before the model loads; its errors name the flags the user typed."""
     from ..pipeline import InbetweenPipeline
@@ -214,25 +196,3 @@ def sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
         config = SamplingConfig(**values)
         InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
     return config
-
-
-def load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> InbetweenPipeline:
-    """The pipeline from a folder or Hub id (configs and one variant's weights only); a load failure is one line."""
-    from ..hub import resolve_model_folder
-    from ..pipeline import InbetweenPipeline
-
-    folder = resolve_model_folder(model, allow_patterns=[*PIPELINE_CONFIGS, *_weight_files(variant)])
-    try:
-        return InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=variant)
-    except (OSError, ValueError, KeyError) as exc:
-        wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
-        if variant:
-            wanted += f" that has the `{variant}` variant"
-        raise ValueError(f"cannot load an SVD pipeline from `{model}` ({one_line(exc)}); pass {wanted}") from exc
-
-
-def _weight_files(variant: str | None) -> list[str]:
-    if variant:
-        return [f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
-    names = ("model", "diffusion_pytorch_model")
-    return [pattern for name in names for pattern in (f"*/{name}.safetensors", f"*/{name}-*.safetensors")]

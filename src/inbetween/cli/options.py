@@ -11,14 +11,9 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import PRESETS, SamplingConfig, nested_config_fields
+from ..config import PRESETS, SamplingConfig, flag_of, nested_config_fields, with_flag_names
 
 EXPLICIT = "_explicit_options"  # the namespace attribute listing the options typed on the command line
-
-
-def flag_of(field: dataclasses.Field) -> str:
-    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 @contextmanager
@@ -28,12 +23,6 @@ def errors_name_flags(config_class: type = SamplingConfig) -> Iterator[None]:
         yield
     except ValueError as exc:
         raise ValueError(with_flag_names(str(exc), config_class)) from exc
-
-
-def with_flag_names(message: str, config_class: type) -> str:
-    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
-    flags = {field.name: flag_of(field) for field in dataclasses.fields(config_class)}
-    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
 
 
 def add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, defaults: object | None = None) -> None:
@@ -133,18 +122,6 @@ class _PresetAction(argparse.Action):
         for name, value in PRESETS[values].items():
             if name not in typed and name not in self.ignored:
                 setattr(namespace, name, value)
-
-
-def pick_device(name: str) -> str:
-    """``auto`` -> cuda, else mps, else cpu; a named device that is missing is a user error."""
-    import torch
-
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise ValueError(f"`--device {name}` is not available in this torch build or machine; use `--device cpu`")
-    return name
 
 
 @contextmanager
