@@ -15,6 +15,7 @@ child's whole peak RSS (``ru_maxrss``: the weights, 6.1 GB in float32, plus the 
 ``inbetween.memory`` checks before the call (for one chunk of ``segment_batch`` pairs).
 
     python bench/sequence_memory.py --threads 1 --out bench/results/sequence_memory.md   # ~30 min on 2 shared cores
+    python bench/sequence_memory.py --threads 1 --live --out bench/results/sequence_memory_live.md
     python bench/sequence_memory.py --only "2 segments"
 """
 
@@ -37,6 +38,7 @@ for path in (REPO / "src", BENCH):
 
 FRAMES, SIZE, MAX_GUIDANCE = 14, 64, 3.0
 GB = 1024**3
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # as bench/memory_estimate.py's `live` measurement
 # (name, segments, segment_batch): the joint call for 1 (the plain two-keyframe call), 2, 4, 8 segments, then
 # 8 segments in chunks of 1, 2 and 4.
 ROWS = [
@@ -110,9 +112,9 @@ def child(segments: int, segment_batch: int | None, threads: int | None) -> dict
     )
 
 
-def run_child(segments: int, segment_batch: int | None, threads: int | None) -> dict:
+def run_child(segments: int, segment_batch: int | None, threads: int | None, live: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", json.dumps([segments, segment_batch, threads])]
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(LIVE_ENV if live else {})}
     if threads:
         environment["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
@@ -122,18 +124,35 @@ def run_child(segments: int, segment_batch: int | None, threads: int | None) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def wait_for_memory(name: str, needed: int, patience_s: float = 1800) -> None:
+    """Wait (a shared machine: other jobs come and go) until ``needed`` bytes are available; refuse after
+    ``patience_s`` rather than swap or meet the OOM killer."""
+    import psutil
+
+    deadline = time.monotonic() + patience_s
+    while (available := psutil.virtual_memory().available) < needed:
+        if time.monotonic() > deadline:
+            raise MemoryError(f"{name}: needs ~{needed / GB:.0f} GB free, {available / GB:.1f} GB available")
+        print(f"{name}: waiting for {needed / GB:.0f} GB ({available / GB:.1f} GB available)", file=sys.stderr)
+        time.sleep(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="run the rows whose name contains this")
     parser.add_argument("--threads", type=int, help="torch threads of the children (default: torch's)")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="children with MALLOC_MMAP_THRESHOLD_=65536: every tensor above 64 kB its own mapping, returned when "
+        "freed, so the peak is that of the live tensors (default: glibc's malloc, what a plain process sees)",
+    )
     parser.add_argument("--out", help="also write the table (markdown) here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*json.loads(args.child))))
         return 0
-
-    import psutil
 
     from inbetween.memory import format_bytes
 
@@ -146,10 +165,8 @@ def main() -> int:
     for name, segments, segment_batch in ROWS:
         if args.only and args.only not in name:
             continue
-        available = psutil.virtual_memory().available
-        if available < 9 * GB:  # the weights (6.1 GB) plus up to ~2 GB for the call: refuse rather than swap/OOM
-            raise MemoryError(f"{name}: needs ~9 GB free, {available / GB:.1f} GB available")
-        r = run_child(segments, segment_batch, args.threads)
+        wait_for_memory(name, 9 * GB)  # the weights (6.1 GB) plus up to ~2 GB for the call
+        r = run_child(segments, segment_batch, args.threads, args.live)
         line = (
             f"| {name} | {r['frames']} | {r['rows_per_call']} | {format_bytes(r['call_peak'])} | "
             f"{format_bytes(r['estimate'])} | {format_bytes(r['process_peak'])} | {r['seconds']:.0f} |"

@@ -16,6 +16,10 @@ to each ground-truth ball (its colour and radius), over every frame that is not 
   generated centres minus the same of the true centres (the true motion changes velocity too, by gravity and
   bounces), i.e. how far the generated motion's change of velocity at the join is from the truth's; the same
   quantity at the frames inside the segments is its reference;
+- the pixels' jerk at the joins (grey levels): the mean absolute second difference in time,
+  ``|f[t+1] - 2 f[t] + f[t-1]|``, at the join frames, next to the same inside the segments: defined wherever the
+  ball finder fails, it shows a jump in the video at a join as a join value above the inside one (the ground
+  truth's row is the reference);
 - how far apart the two copies of each boundary frame are before stitching (grey levels; 0 where one frame is
   made for both).
 
@@ -49,6 +53,7 @@ from .recipe import model_world
 from .science import FULL, VISIBLE_FRACTION, _as_float, _as_uint8, heldout_videos, load_tiny_world
 from .world import WorldConfig, WorldVideo, find_ball_centre, visible_fraction
 
+GROUND_TRUTH = "ground truth"
 JOINT, INDEPENDENT, CROSSFADE = "joint (shared boundary frames)", "independent segments, stitched", "cross-fade"
 SEQUENCE_METHODS = (JOINT, INDEPENDENT, CROSSFADE)
 ZOOM = 3  # contact sheets: the world's 32 px frames enlarged by pixel repetition
@@ -127,6 +132,13 @@ def velocity_jump_errors(centres: np.ndarray, truth: np.ndarray, frames: list[in
     return errors
 
 
+def pixel_jerk(frames: np.ndarray, times: list[int]) -> float:
+    """Mean absolute second difference in time ``|f[t+1] - 2 f[t] + f[t-1]|`` (grey levels) of uint8 ``(L, H, W,
+    3)`` ``frames`` at ``times``."""
+    video = frames.astype(np.float64)
+    return float(np.mean([np.abs(video[t + 1] - 2 * video[t] + video[t - 1]).mean() for t in times]))
+
+
 def score_sequence(result: SequenceResult, video: WorldVideo, segment_frames: int) -> dict[str, float]:
     """Per-sequence means over the frames that are not keyframes (see the module docstring); NaN where undefined."""
     length = len(video.frames)
@@ -148,6 +160,8 @@ def score_sequence(result: SequenceResult, video: WorldVideo, segment_frames: in
         "hit_rate": float(hits.sum() / visible.sum()) if visible.any() else math.nan,
         "join_jump": mean(joins),
         "inside_jump": mean(inside),
+        "join_jerk": pixel_jerk(result.frames, keys[1:-1]),
+        "inside_jerk": pixel_jerk(result.frames, between),
         "copies_gap": result.copies_gap,
     }
 
@@ -157,6 +171,8 @@ METRICS = (
     ("hit_rate", "hit rate ↑"),
     ("join_jump", "velocity jump at the joins, vs truth (px/frame) ↓"),
     ("inside_jump", "same inside the segments (px/frame) ↓"),
+    ("join_jerk", "pixel jerk at the joins (grey levels)"),
+    ("inside_jerk", "same inside the segments (grey levels)"),
     ("copies_gap", "boundary copies differ (grey levels)"),
 )
 
@@ -235,9 +251,10 @@ def run_sequences(
     segment_frames = world.num_frames
     videos = heldout_videos(sequences, first_seed, long_world(world, segments))
     keys = keyframe_positions(segments + 1, segment_frames)
-    results: dict[str, list[dict[str, float]]] = {method: [] for method in SEQUENCE_METHODS}
+    results: dict[str, list[dict[str, float]]] = {method: [] for method in (GROUND_TRUTH, *SEQUENCE_METHODS)}
     first_frames: dict[str, np.ndarray] = {}
     for index, video in enumerate(tqdm(videos, desc="tiny-world sequences", unit="sequence")):
+        results[GROUND_TRUTH].append(score_sequence(SequenceResult(video.frames, 0.0), video, segment_frames))
         for method in SEQUENCE_METHODS:
             result = interpolate_world_sequence(
                 pipe, method, video.frames[keys], segment_frames, sampling, seed + index
@@ -282,7 +299,7 @@ def write_results(
     record = {"settings": settings, "seeds": [v.seed for v in videos], "results": results}
     with atomic_output(out / "per_sequence.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
-    rows = {"ground truth": videos[0].frames, **first}
+    rows = {GROUND_TRUTH: videos[0].frames, **first}
     with atomic_output(out / "sequence.png", overwrite=True) as tmp:
         sequence_sheet(rows, keys).save(tmp, format="PNG")
     with atomic_output(out / "loop.png", overwrite=True) as tmp:
