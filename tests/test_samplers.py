@@ -290,7 +290,8 @@ def test_cli_preset_sets_defaults_that_typed_flags_override():
     evaluate = parse(["evaluate", "--data", "d", "--out", "o", "--preset", "vibid"])
     assert evaluate.sampler == "vibid" and evaluate.rotation  # evaluate's methods choose their rotation
     toy = parse(["toyworld", "evaluate", "--preset", "fast"])
-    assert toy.num_inference_steps == PRESETS["fast"]["num_inference_steps"] and toy.max_guidance_scale == 1.0
+    assert toy.num_inference_steps == PRESETS["fast"]["num_inference_steps"]
+    assert toy.max_guidance_scale == PRESETS["fast"]["max_guidance_scale"]  # a preset's guidance wins over the world's
     assert parse(["demo", "--sampler", "vibid"]).sampler == "vibid"
 
 

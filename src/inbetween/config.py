@@ -265,9 +265,17 @@ PAPER_SAMPLER = dict(
     cfg_pp=False,
     keyframe_consistency=False,
 )
+# DPM-Solver++(2M), 25 steps, one re-injection on each of the first 12: 37 evaluations instead of paper's 175.
+FAST_STEPS = dict(PAPER_SAMPLER, solver="dpmpp-2m", num_inference_steps=25, noise_injection_steps=1)
+# The guided product of experts D_u + g_f (D_f - D_u) + g_b (D_b - D_u) at g = 1.5, each branch weighted towards its
+# own keyframe (guidance_ramp "weighted").
+WEIGHTED_POE = dict(fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted")
 PRESETS: dict[str, dict[str, object]] = {
     "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
-    "fast": dict(PAPER_SAMPLER, solver="dpmpp-2m", num_inference_steps=25, noise_injection_steps=1),
+    # Chosen from the exact-denoiser world (`inbetween toyworld samplers`: 0.935 [0.892, 0.962] of 200 pairs
+    # consistent with both keyframes vs paper's 0.440 [0.373, 0.509]) and confirmed on the tiny-world model (hit rate
+    # 0.483 +- 0.070 vs 0.200 +- 0.061 for the gi average at the same cost): 148 UNet rows, 21 % of paper's 700.
+    "fast": dict(FAST_STEPS, **WEIGHTED_POE),
     # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
     # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).
     "vibid": dict(
@@ -309,9 +317,11 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
         "poe g=1.5 weighted": dict(
             fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted"
         ),
-        "fast, euler": dict(PRESETS["fast"], solver="euler"),
+        "gi at fast's steps": FAST_STEPS,
+        "gi at fast's steps, euler": dict(FAST_STEPS, solver="euler"),
+        "gi at fast's steps, no re-injection": dict(FAST_STEPS, noise_injection_steps=0),
+        "poe g=1 at fast's steps": dict(FAST_STEPS, fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
         "fast, no re-injection": dict(PRESETS["fast"], noise_injection_steps=0),
-        "poe g=1, fast": dict(PRESETS["fast"], fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
         "trf": dict(sampler="trf"),
     }
     candidates |= {name: replace(paper, **options) for name, options in variants.items()}
@@ -319,7 +329,9 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
     candidates["vibid, plain (no CFG++, no DDS)"] = replace(vibid, cfg_pp=False, keyframe_consistency=False)
     # DPM-Solver++(2S) at about the rows of its first-order counterpart: 13 steps make 2 x 12 + 1 evaluations.
     candidates["vibid, dpmpp-2s, 13 steps"] = replace(vibid, solver="dpmpp-2s", num_inference_steps=13)
-    candidates["fast, dpmpp-2s, 13 steps"] = replace(candidates["fast"], solver="dpmpp-2s", num_inference_steps=13)
+    candidates["gi at fast's steps, dpmpp-2s, 13 steps"] = replace(
+        candidates["gi at fast's steps"], solver="dpmpp-2s", num_inference_steps=13
+    )
     candidates["forward"] = replace(paper, sampler=FORWARD)
     return candidates
 
