@@ -12,6 +12,7 @@ if typing.TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from .adapter import BackwardAdapter
     from .pipeline import InbetweenPipeline
 
 # Pipeline configs in diffusers' layout; `_weight_files` adds one variant's weights, so a download skips the other
@@ -31,6 +32,33 @@ def load_pipeline(model: str, dtype: torch.dtype, variant: str | None) -> Inbetw
         if variant:
             wanted += f" that has the `{variant}` variant"
         raise ValueError(f"cannot load an SVD pipeline from `{model}` ({one_line(exc)}); pass {wanted}") from exc
+
+
+def check_cpu_offload(cpu_offload: bool, device: str) -> None:
+    if cpu_offload and device != "cuda":
+        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+
+
+def load_on_device(
+    model: str,
+    dtype: torch.dtype,
+    variant: str | None,
+    device: str,
+    adapter: BackwardAdapter | None = None,
+    cpu_offload: bool = False,
+    progress: bool = True,
+) -> InbetweenPipeline:
+    """:func:`load_pipeline`, with ``adapter`` loaded, on ``device`` (or offloaded to the CPU between uses)."""
+    check_cpu_offload(cpu_offload, device)
+    pipe = load_pipeline(model, dtype=dtype, variant=variant)
+    if adapter is not None:
+        pipe.load_backward_adapter(adapter)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
 
 
 def _weight_files(variant: str | None) -> list[str]:

@@ -146,6 +146,11 @@ def run_steps(
     return x
 
 
+def injection_of(config: SamplingConfig) -> dict[str, object]:
+    """:func:`run_steps`' re-injection options from a config."""
+    return dict(noise_injection_steps=config.noise_injection_steps, noise_injection_ratio=config.noise_injection_ratio)
+
+
 def sample_euler_with_reinjection(
     denoise: Denoiser,
     x: torch.Tensor,
@@ -366,15 +371,7 @@ def sample_gi(
     def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
         return solver_step(config.solver, estimate, x, sigmas, i, restart, history)
 
-    return run_steps(
-        step,
-        x,
-        sigmas,
-        noise=noise,
-        noise_injection_steps=config.noise_injection_steps,
-        noise_injection_ratio=config.noise_injection_ratio,
-        callback=callback,
-    )
+    return run_steps(step, x, sigmas, noise=noise, callback=callback, **injection_of(config))
 
 
 def sample_forward(
@@ -464,15 +461,7 @@ def sample_vibid(
         x_back = reinject_noise(x_half, sigmas[i + 1], sigmas[i], noise)
         return solver_step(config.solver, halves[BACKWARD], x_back, sigmas, i, True, {})
 
-    return run_steps(
-        step,
-        x,
-        sigmas,
-        noise=noise,
-        noise_injection_steps=config.noise_injection_steps,
-        noise_injection_ratio=config.noise_injection_ratio,
-        callback=callback,
-    )
+    return run_steps(step, x, sigmas, noise=noise, callback=callback, **injection_of(config))
 
 
 def sample(

@@ -30,22 +30,13 @@ def load_model(spec: ModelSpec) -> InbetweenPipeline:
     read first, so a missing one is reported without waiting for the model."""
     from ..adapter import BackwardAdapter
     from ..dtypes import model_dtype
-    from ..loading import load_pipeline, pick_device
+    from ..loading import load_on_device, pick_device
 
     adapter = BackwardAdapter.load(spec.adapter) if spec.adapter else None
     device = pick_device(spec.device)
     dtype = model_dtype(spec.dtype, device)
-    if spec.cpu_offload and device != "cuda":
-        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
-    pipe = load_pipeline(spec.model, dtype=dtype, variant=spec.variant)
-    if adapter is not None:
-        pipe.load_backward_adapter(adapter)
-    if spec.cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)  # the page shows the progress
-    return pipe
+    # The page shows the progress, not the console.
+    return load_on_device(spec.model, dtype, spec.variant, device, adapter, spec.cpu_offload, progress=False)
 
 
 def serve(

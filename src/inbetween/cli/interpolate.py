@@ -8,7 +8,7 @@ import typing
 
 from ..config import DTYPE_NAMES, SamplingConfig
 from ..hub import SVD_XT, TINY_WORLD
-from ..loading import check_keyframe_files, load_pipeline, pick_device
+from ..loading import check_cpu_offload, check_keyframe_files, load_on_device, pick_device
 from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
 
 if typing.TYPE_CHECKING:
@@ -117,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
     adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
     device = pick_device(args.device)
     dtype = model_dtype(args.dtype, device)
-    if args.cpu_offload and device != "cuda":
-        raise ValueError(f"`--cpu-offload` needs a CUDA GPU (device is {device}); drop it or use `--device cuda`")
+    check_cpu_offload(args.cpu_offload, device)
     if configs:  # refuse a call that cannot fit before spending minutes loading the model
         with errors_name_flags():
             check_model_call(
@@ -131,14 +130,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
     with library_output(quiet=args.quiet):
-        pipe = load_pipeline(args.model, dtype=dtype, variant=args.variant)
-        if adapter is not None:
-            pipe.load_backward_adapter(adapter)
-        if args.cpu_offload:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        pipe.set_progress_bar_config(disable=args.quiet)
+        pipe = load_on_device(args.model, dtype, args.variant, device, adapter, args.cpu_offload, not args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
         with errors_name_flags():
