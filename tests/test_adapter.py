@@ -224,7 +224,9 @@ def test_query_key_deltas_make_an_own_attention_adapter_and_survive_a_round_trip
             attn = tuned.get_submodule(name)
             attn.to_q.weight.add_(0.01)
             attn.to_k.weight.sub_(0.01)
-    own = BackwardAdapter.load(BackwardAdapter.from_unets(base, tuned).save(tmp_path / "own.safetensors"))
+    assert BackwardAdapter.from_unets(base, tuned).backward_attention == "rotated"  # only when asked
+    own = BackwardAdapter.from_unets(base, tuned, include_query_key=True)
+    own = BackwardAdapter.load(own.save(tmp_path / "own.safetensors"))
     assert own.backward_attention == "own"
     assert sum(key.endswith(("to_q.weight", "to_k.weight")) for key in own.deltas) == 2 * len(own.layers)
     unet = tiny_unet()

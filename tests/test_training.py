@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -442,5 +443,9 @@ def test_heldout_loss_is_logged_and_patience_stops_the_run(workspace, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "heldout_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # best at step 1, two evaluations without improvement
     assert max(r["heldout_loss"] for r in log) - min(r["heldout_loss"] for r in log) < 1e-5  # fixed draws
+    # Resuming a run that stopped on its held-out loss trains no further step: it only writes its adapter again.
+    train_backward(replace(config, resume="latest"))
+    train_log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert len(train_log) == 3 and len((tmp_path / "run" / "heldout_log.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="heldout_patience"):
         tiny_config(workspace, tmp_path / "x", heldout_patience=2)

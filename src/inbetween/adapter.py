@@ -98,8 +98,11 @@ class BackwardAdapter:
         finetuned_unet: nn.Module,
         include_bias: bool = True,
         dtype: torch.dtype | str | None = None,
+        include_query_key: bool = False,
     ) -> BackwardAdapter:
-        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of the temporal self-attention.
+        """Extract ``finetuned - base`` for W_v / W_o (and b_o where it changed) of the temporal self-attention;
+        W_q / W_k (where they changed) only with ``include_query_key``: they make an own-attention ("w/o RA")
+        adapter, which rounding noise between two copies of the base weights must never do silently.
 
         The difference is taken in float32 and kept in ``dtype``: by default (``None`` or ``"auto"``) the base
         weights' dtype, so an fp16 UNet gives an fp16 adapter (half the bytes; :meth:`save` keeps it).
@@ -112,6 +115,7 @@ class BackwardAdapter:
             include_bias,
             base_model=_model_id(base_unet),
             dtype=dtype,
+            include_query_key=include_query_key,
         )
 
     @classmethod
@@ -150,6 +154,7 @@ class BackwardAdapter:
         include_bias: bool,
         base_model: str,
         dtype: torch.dtype | str | None = None,
+        include_query_key: bool = False,
     ) -> BackwardAdapter:
         if not layers:
             raise ValueError("no temporal self-attention layers (`*.temporal_transformer_blocks.0.attn1`) found")
@@ -168,7 +173,9 @@ class BackwardAdapter:
                         f"`{key}` is {tuple(tuned[key].shape)} in the fine-tuned UNet but "
                         f"{tuple(base[key].shape)} in the base; they are different architectures"
                     )
-                if param == OUTPUT_BIAS and not include_bias:
+                if (param == OUTPUT_BIAS and not include_bias) or (
+                    param in (QUERY_WEIGHT, KEY_WEIGHT) and not include_query_key
+                ):
                     continue
                 if param in OPTIONAL_PARAMETERS and _equal_at_coarser_precision(base[key], tuned[key]):
                     continue  # unchanged (an fp32 copy next to its fp16 one differs by rounding only)

@@ -253,9 +253,8 @@ def config_from_flat(config_class: type, values: dict):
 
 # Named sampler settings (SamplingConfig.preset, --preset): the options each sets; every other option keeps its value.
 # UNet rows per video at SVD's guidance (inbetween.cost.unet_rows_per_video): paper 700, fast 148, vibid 100,
-# vibid-adapter 150. `fast` is PROVISIONAL (the paper's sampler with DPM-Solver++(2M), half the steps, one
-# re-injection per early step) until the exact-denoiser world's table (`inbetween toyworld samplers`) picks it:
-# change it here only.
+# vibid-adapter 150. `fast` was picked from the exact-denoiser world's table (`inbetween toyworld samplers`) and
+# confirmed on the tiny-world model (see its entry).
 PAPER_SAMPLER = dict(
     sampler="gi",
     solver="euler",

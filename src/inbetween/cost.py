@@ -6,7 +6,7 @@ guided), plus the forward rows a rotated backward branch attends with. UNet time
 (``bench/samplers.py`` measures it), so rows per video is the sampler's price. With SVD's guidance:
 
     paper (gi, 50 steps, 5 re-injections on the first 25)   175 requests x 4 rows  = 700 rows
-    fast (gi, DPM-Solver++(2M), 25 steps, 1 re-injection on the first 12)   37 x 4 = 148 rows
+    fast (gi + weighted PoE, DPM-Solver++(2M), 25 steps, 1 re-inj. on the first 12)   37 x 4 = 148 rows
     vibid (25 steps, unrotated)                              25 x (2 + 2) rows     = 100 rows
     vibid-adapter (rotated backward half-steps)              25 x (2 + 4) rows     = 150 rows
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
 from .adapter import BackwardAdapter
@@ -446,10 +447,15 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         )
     )
     heldout_log = output_dir / "heldout_log.jsonl"
-    best, since_best = heldout_progress(heldout_log, start_step, rewrite=accelerator.is_main_process)
+    best, since_best = heldout_progress(heldout_log, start_step, rewrite=False)
+    accelerator.wait_for_everyone()  # every process has read the log before the main one trims it
+    if accelerator.is_main_process:
+        heldout_progress(heldout_log, start_step, rewrite=True)
+    # A run that stopped on its held-out loss is finished: resuming it writes its adapter again, nothing more.
+    stopped = config.heldout_patience is not None and since_best >= config.heldout_patience
     # training loop
     progress = tqdm(
-        range(start_step, config.max_steps),
+        range(start_step, start_step if stopped else config.max_steps),
         initial=start_step,
         total=config.max_steps,
         disable=not accelerator.is_main_process,
@@ -490,7 +496,9 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
         if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
             validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
         if heldout is not None and (done % config.heldout_every == 0 or done == config.max_steps):
-            held = heldout_loss(pipe, heldout, config, accelerator)  # every process: same draws, same number
+            held = heldout_loss(pipe, heldout, config, accelerator)
+            # every process takes the main one's number, so all take the same decision to stop
+            held = broadcast(torch.tensor([held], device=accelerator.device)).item()
             if accelerator.is_main_process:
                 _append_log(heldout_log, {"step": done, "heldout_loss": held})
             best, since_best = _track_best(best, since_best, held)

@@ -18,7 +18,8 @@ HELP = "train the tiny-world model, or check the paper's claims with it"
 DESCRIPTION = "The toy world of bouncing balls: reproduce the shipped model, or evaluate the methods on it."
 TRAIN_HELP = "train autoencoder, forward I2V model and backward adapter from a seed (resumable)"
 TRAIN_DESCRIPTION = (
-    "Three resumable stages into OUT (re-run the same command to resume); about two hours on 2 CPU cores. "
+    "Four resumable stages into OUT (autoencoder, forward model, backward adapter, the w/o-RA ablation; re-run the "
+    "same command to resume). "
     "Settings: inbetween.toyworld.recipe.TinyWorldRecipe."
 )
 EVALUATE_HELP = "hit rate, ball-centre error, miss rate, PSNR, SSIM of every method on held-out pairs"

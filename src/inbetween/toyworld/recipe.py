@@ -93,7 +93,7 @@ def model_world(model: str | Path = TINY_WORLD) -> WorldConfig:
 
 @dataclass(frozen=True)
 class TinyWorldRecipe:
-    """Every setting of the three stages; the defaults train the v2 model (12-frame world, SVD's exact CLIP
+    """Every setting of the four stages; the defaults train the v2 model (12-frame world, SVD's exact CLIP
     conditioning). The shipped v1 model (8-frame world) was trained with vae 1200 x 8, unet 3200 x 12, adapter 600."""
 
     seed: int = 0
@@ -537,7 +537,7 @@ def _last_step(log: Path) -> int:
 
 
 def train_tiny_world(folder: str | Path, recipe: TinyWorldRecipe = TinyWorldRecipe()) -> Path:
-    """Run (or resume) all three stages into ``folder``; returns the finished model folder ``folder/tiny_world``
+    """Run (or resume) all four stages into ``folder``; returns the finished model folder ``folder/tiny_world``
     (SVD layout + its backward adapter), with ``loss_curves.png`` beside it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

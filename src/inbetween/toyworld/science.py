@@ -73,7 +73,7 @@ class WorldMethod:
         return replace(base, **changes)
 
 
-CROSSFADE = WorldMethod("crossfade", "linear cross-fade", crossfade=True)
+CROSSFADE = WorldMethod("crossfade", "linear cross-fade", crossfade=True, adapter=None)
 FORWARD_ONLY = WorldMethod(  # plain SVD image-to-video
     "forward-only", "forward-only I2V", fusion="forward", adapter=None, reinjection=False
 )
@@ -83,7 +83,9 @@ DUAL_NO_FT = WorldMethod("dual-no-ft", "dual, rotated, no fine-tuning", adapter=
 FULL_NO_REINJECTION = WorldMethod("full-no-reinjection", "full method, no re-injection", reinjection=False)
 FULL = WorldMethod("full", "full method")
 # The paper's "w/o RA": a backward model fine-tuned on W_q, W_k, W_v, W_o that attends with its own maps.
-WITHOUT_RA = WorldMethod("without-ra", "w/o RA (own attention, W_q,k,v,o FT)", adapter=ABLATION_ADAPTER_FILE)
+WITHOUT_RA = WorldMethod(  # the dual call is what runs its own-attention backward branch: rotation stays on
+    "without-ra", "w/o RA (own attention, W_q,k,v,o FT)", rotation=True, adapter=ABLATION_ADAPTER_FILE
+)
 WORLD_METHODS = (
     CROSSFADE,
     FORWARD_ONLY,
