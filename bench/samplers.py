@@ -7,18 +7,20 @@ random backward adapter), so the ratios share the machine's state. The rows tabl
 
 Modes:
 
-- ``video``: one whole video per preset (encode, sampling, decode), wall clock; every branch-denoiser request is
-  timed too. A ``paper`` video is 175 evaluations of 4 UNet rows: at 64x64 and 25 frames on one CPU thread about
-  20 min, so run it in the background:
+- ``video``: one whole video per preset (encode, sampling, decode), process CPU time (``--clock wall`` for wall
+  time); every branch-denoiser request is timed too. A ``paper`` video is 175 evaluations of 4 UNet rows: at 64x64
+  on one CPU thread 20 min of CPU at 8 frames, 50 min at 25 (hours of wall time on a shared 2-core machine), so run
+  it in the background:
 
       OMP_NUM_THREADS=1 nohup python bench/samplers.py --mode video --threads 1 --frames 8 \\
           --out bench/results/samplers_video.md > bench/results/samplers_video.log 2>&1 &
 
-- ``request`` (minutes): each preset sampled with 2 steps to time every kind of request it makes (forward rows
+- ``request`` (tens of minutes): each preset sampled with 2 steps to time every kind of request it makes (forward rows
   only, dual rotated rows, ...), then the request counts of the real preset times those medians, plus the measured
   encode and decode: an estimate of a video, labelled as such.
 
-      OMP_NUM_THREADS=1 python bench/samplers.py --mode request --threads 1 --out bench/results/samplers_request.md
+      OMP_NUM_THREADS=1 python bench/samplers.py --mode request --threads 1 --frames 25 \\
+          --out bench/results/samplers_request.md
 """
 
 from __future__ import annotations
