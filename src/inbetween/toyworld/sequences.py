@@ -262,7 +262,7 @@ def run_sequences(
             results[method].append(score_sequence(result, video, segment_frames))
             if index == 0:
                 first_frames[method] = result.frames
-    table = summary_table(results)
+    table = summary_table(results) + "\n\n" + paired_differences(results)
     if out is not None:
         loops = {
             method: interpolate_world_sequence(
@@ -272,13 +272,48 @@ def run_sequences(
         }
         settings = {"model": str(model), "sequences": sequences, "segments": segments, "first_seed": first_seed}
         settings |= {"seed": seed, "segment_frames": segment_frames, "video_frames": len(videos[0].frames)}
-        write_results(out, table, results, settings | flat_values(sampling), videos, first_frames, loops, keys)
+        write_results(out, results, settings | flat_values(sampling), videos, first_frames, loops, keys)
     return table
+
+
+PAIRED = (
+    ("join_jerk", "pixel jerk at the joins"),
+    ("inside_jerk", "inside the segments"),
+    ("centre_error", "centre error"),
+    ("hit_rate", "hit rate"),
+    ("join_jump", "velocity jump at the joins"),
+)
+
+
+def paired_differences(results: Mapping[str, list[dict[str, float]]], a: str = JOINT, b: str = INDEPENDENT) -> str:
+    """``a - b`` per sequence (the same videos and the same noise draws), mean ± 95 % interval and count, for the
+    :data:`PAIRED` metrics: one line of Markdown."""
+    cells = []
+    for key, label in PAIRED:
+        pairs = [(x[key], y[key]) for x, y in zip(results[a], results[b], strict=True)]
+        differences = [x - y for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
+        if len(differences) < 2:
+            cells.append(f"{label} n/a (n={len(differences)})")
+            continue
+        mean, half = mean_interval(differences)
+        cells.append(f"{label} {mean:+.3f} ± {half:.3f} (n={len(differences)})")
+    return f"Paired over the same sequences and noise, {a} minus {b}: " + "; ".join(cells) + "."
+
+
+def summary_markdown(results: Mapping[str, list[dict[str, float]]], settings: dict, keys: list[int]) -> str:
+    """``summary.md``: the table, the paired differences of the two model methods, how the table was made."""
+    loop_length = (len(keys) - 1) * (settings["segment_frames"] - 1)
+    return (
+        f"# Keyframe sequences in the tiny world\n\n{summary_table(results)}\n\n{paired_differences(results)}\n\n"
+        f"Mean ± 95 % Student-t interval over {settings['sequences']} held-out world videos of "
+        f"{settings['video_frames']} frames (seeds from {settings['first_seed']}), keyframes at frames "
+        f"{', '.join(map(str, keys))}: {settings['segments']} segments of {settings['segment_frames']} frames. "
+        f"The loop through the first {len(keys) - 1} keyframes has {loop_length} frames. Settings: {settings}.\n"
+    )
 
 
 def write_results(
     out: Path,
-    table: str,
     results: Mapping[str, list[dict[str, float]]],
     settings: dict,
     videos: list[WorldVideo],
@@ -287,15 +322,8 @@ def write_results(
     keys: list[int],
 ) -> None:
     """The table and its settings, every score, and the pictures, each written atomically."""
-    length, loop_length = len(videos[0].frames), len(next(iter(loops.values())))
-    text = (
-        f"# Keyframe sequences in the tiny world\n\n{table}\n\nMean ± 95 % Student-t interval over {len(videos)} "
-        f"held-out world videos of {length} frames (seeds from {settings['first_seed']}), keyframes at frames "
-        f"{', '.join(map(str, keys))}: {settings['segments']} segments of {settings['segment_frames']} frames. "
-        f"The loop through the first {len(keys) - 1} keyframes has {loop_length} frames. Settings: {settings}.\n"
-    )
     with atomic_output(out / "summary.md", overwrite=True) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(summary_markdown(results, settings, keys))
     record = {"settings": settings, "seeds": [v.seed for v in videos], "results": results}
     with atomic_output(out / "per_sequence.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
