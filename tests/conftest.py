@@ -63,3 +63,16 @@ def accelerate_launch(command: str, processes: int = 2) -> list[str]:
         "inbetween",
         command,
     ]
+
+
+@pytest.fixture
+def refuse_model_loading(monkeypatch):
+    """Offline, no CUDA, and loading the pipeline fails the test: the CLI must reject bad input before it loads."""
+    import huggingface_hub
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(InbetweenPipeline, "from_pretrained", must_not_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -6,15 +6,12 @@ import os
 import shutil
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
-import torch
 from conftest import random_keyframe
 from PIL import Image
 from tiny import save_tiny_svd
 
-from inbetween import InbetweenPipeline
 from inbetween.cli import main
 from inbetween.video_io import read_video
 
@@ -89,14 +86,8 @@ BAD_SEQUENCES = {
 
 @pytest.mark.parametrize("case", BAD_SEQUENCES.values(), ids=BAD_SEQUENCES.keys())
 def test_bad_sequence_is_one_line_before_loading_and_writes_nothing(
-    inputs: Path, model: Path, tmp_path: Path, capfd, monkeypatch, case: tuple
+    inputs: Path, model: Path, tmp_path: Path, capfd, monkeypatch, refuse_model_loading, case: tuple
 ) -> None:
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("the model was loaded before the keyframes were checked")
-
-    monkeypatch.setattr(InbetweenPipeline, "from_pretrained", must_not_load)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     names, extra, fragments = case
     assert interpolate(model, tmp_path / "out.gif", *keyframe_paths(inputs, *names), *extra) == 2
     err = capfd.readouterr().err

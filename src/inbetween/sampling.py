@@ -398,9 +398,9 @@ def keep_keyframe(denoised: torch.Tensor, keyframe: torch.Tensor, frame: int) ->
     ``||y - A x||^2`` started at the estimate; for ``A`` = "take frame ``frame``" the normal operator ``A^T A`` is a
     projection, and CG from the estimate converges in one iteration to this replacement (what the authors' 5
     iterations compute)."""
-    frames = list(denoised.unbind(1))
-    frames[frame] = keyframe.to(denoised.dtype)
-    return torch.stack(frames, 1)
+    out = denoised.clone()
+    out[:, frame] = keyframe.to(denoised.dtype)
+    return out
 
 
 def sample_vibid(
