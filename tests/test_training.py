@@ -23,6 +23,7 @@ from inbetween.training import (
     TrainConfig,
     backward_branch_step,
     batch_draws,
+    best_heldout_step,
     edm_loss,
     encode_batch,
     load_training_pipeline,
@@ -443,6 +444,25 @@ def test_heldout_loss_is_logged_and_patience_stops_the_run(workspace, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "heldout_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # best at step 1, two evaluations without improvement
     assert max(r["heldout_loss"] for r in log) - min(r["heldout_loss"] for r in log) < 1e-5  # fixed draws
+    # The shipped adapter is the one at the best held-out loss (step 1), not the last one (step 3).
+    shipped = BackwardAdapter.load(tmp_path / "run" / "backward_adapter.safetensors")
+    at_step = {
+        steps: BackwardAdapter.load(
+            train_backward(
+                replace(
+                    config,
+                    output_dir=str(tmp_path / f"{steps}"),
+                    max_steps=steps,
+                    heldout_data=None,
+                    heldout_patience=None,
+                )
+            )
+        )
+        for steps in (1, 3)
+    }
+    assert best_heldout_step(tmp_path / "run" / "heldout_log.jsonl") == 1
+    assert all(torch.equal(shipped.deltas[k], at_step[1].deltas[k]) for k in shipped.deltas)
+    assert not all(torch.equal(shipped.deltas[k], at_step[3].deltas[k]) for k in shipped.deltas)
     # Resuming a run that stopped on its held-out loss trains no further step: it only writes its adapter again.
     train_backward(replace(config, resume="latest"))
     train_log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoi
 from .config import FPS, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, P_MEAN, P_STD
 from .data import ClipDataset, ClipSpec
 from .dtypes import DTYPES, resolve_dtype
+from .files import atomic_output
 from .hub import SVD, resolve_model_folder
 from .pipeline import ADAPTER_FILE, InbetweenPipeline
 from .sampling import edm_scalings
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("split", "joint")
 BACKWARD_ATTENTIONS = ("rotated", "own")  # the paper: W_v/W_o, rotated maps; "w/o RA": W_q,k,v,o, own maps
+BEST_ADAPTER_FILE = "backward_adapter_best.safetensors"  # the adapter at the best held-out loss so far
 HELDOUT_MIN_IMPROVEMENT = 1e-3  # a held-out loss falling by less than 0.1 % of the best is noise, not progress
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -451,6 +454,8 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     accelerator.wait_for_everyone()  # every process has read the log before the main one trims it
     if accelerator.is_main_process:
         heldout_progress(heldout_log, start_step, rewrite=True)
+        if start_step == 0:
+            (output_dir / BEST_ADAPTER_FILE).unlink(missing_ok=True)  # a fresh run never ships an older run's best
     # A run that stopped on its held-out loss is finished: resuming it writes its adapter again, nothing more.
     stopped = config.heldout_patience is not None and since_best >= config.heldout_patience
     # training loop
@@ -502,6 +507,8 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
             if accelerator.is_main_process:
                 _append_log(heldout_log, {"step": done, "heldout_loss": held})
             best, since_best = _track_best(best, since_best, held)
+            if accelerator.is_main_process and config.heldout_patience is not None and since_best == 0:
+                save_adapter(pipe, config, output_dir / BEST_ADAPTER_FILE)
             if config.heldout_patience is not None and since_best >= config.heldout_patience:
                 logger.info("held-out loss has not improved for %d evaluations: stopping at step %d", since_best, done)
                 if accelerator.is_main_process and saved is None:
@@ -511,11 +518,31 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
 
     final = output_dir / ADAPTER_FILE
     if accelerator.is_main_process:
-        adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
-        adapter.save(final, dtype=resolve_dtype(config.adapter_dtype, pipe.unet.dtype), overwrite=True)
+        best_file = output_dir / BEST_ADAPTER_FILE
+        # With a held-out stop the run goes `heldout_patience` evaluations past its best: ship the best.
+        if config.heldout_patience is not None and best_file.is_file():
+            with atomic_output(final, overwrite=True) as tmp:
+                shutil.copyfile(best_file, tmp)
+        else:
+            save_adapter(pipe, config, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def save_adapter(pipe: InbetweenPipeline, config: TrainConfig, path: Path) -> None:
+    adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
+    adapter.save(path, dtype=resolve_dtype(config.adapter_dtype, pipe.unet.dtype), overwrite=True)
+
+
+def best_heldout_step(log: Path) -> int | None:
+    """The step of the best held-out loss in ``heldout_log.jsonl`` (the step the shipped adapter was saved at)."""
+    best, since_best, step = float("inf"), 0, None
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        record = json.loads(line)
+        best, since_best = _track_best(best, since_best, record["heldout_loss"])
+        step = record["step"] if since_best == 0 else step
+    return step
 
 
 def heldout_progress(log: Path, start_step: int, rewrite: bool = True) -> tuple[float, int]:

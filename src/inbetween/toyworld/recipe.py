@@ -54,7 +54,7 @@ from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_m
 from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from ..sampling import edm_scalings
 from ..seeds import derive_seed
-from ..training import TrainConfig, edm_loss, train_backward, unet_inputs
+from ..training import TrainConfig, best_heldout_step, edm_loss, train_backward, unet_inputs
 from .world import WorldConfig, generate_video, write_dataset
 
 logger = logging.getLogger(__name__)
@@ -522,14 +522,10 @@ def train_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
 
 
 def train_ablation_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -> Path:
-    """The "w/o RA" ablation, for exactly as many steps as the adapter ran (same videos, same draws)."""
-    steps = _last_step(folder / "adapter" / "train_log.jsonl")
+    """The "w/o RA" ablation, for exactly as many steps as the shipped adapter trained (its best held-out step;
+    same videos, same draws)."""
+    steps = best_heldout_step(folder / "adapter" / "heldout_log.jsonl")
     return train_backward(adapter_config(recipe, folder, model, attention="own", max_steps=steps))
-
-
-def _last_step(log: Path) -> int:
-    lines = log.read_text().splitlines()
-    return json.loads(lines[-1])["step"]
 
 
 # ------------------------------------------------------------------------------------------------
