@@ -13,6 +13,7 @@ from inbetween.toyworld.recipe import model_world
 from inbetween.toyworld.science import (
     CROSSFADE,
     FORWARD_ONLY,
+    OPTICAL_FLOW,
     ball_scores,
     heldout_videos,
     interpolate_videos,
@@ -20,7 +21,7 @@ from inbetween.toyworld.science import (
     score_pair,
     summary_table,
 )
-from inbetween.toyworld.world import generate_video
+from inbetween.toyworld.world import find_ball_centre, generate_video
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +66,22 @@ def test_frames_without_balls_are_all_misses(video):
     assert math.isnan(scores["centre_error"]) and scores["hit_rate"] == 0 and scores["miss_rate"] == 1
 
 
-def _one_ball_video(far: bool = False):
-    """A held-out video of one ball; with ``far``, its two keyframe discs do not overlap."""
+def _one_ball_video(far: bool = False, travel: tuple[float, float] | None = None):
+    """A held-out video of one ball; with ``far``, its two keyframe discs do not overlap; with ``travel``
+    ``(a, b)``, the ball moves between ``a`` px and ``b`` radii from keyframe to keyframe, and at most that far
+    from the straight line in between."""
     config = model_world()
     for seed in range(HELDOUT_SEEDS, HELDOUT_SEEDS + 500):
         video = generate_video(seed, config)
-        travel = np.hypot(*(video.centres[-1, 0] - video.centres[0, 0]))
-        if len(video.radii) == 1 and (not far or travel > 2 * video.radii[0]):
-            return video
+        centres, radius = video.centres[:, 0], video.radii[0] if len(video.radii) == 1 else 0
+        distance = np.hypot(*(centres[-1] - centres[0]))
+        if len(video.radii) != 1 or (far and distance <= 2 * radius):
+            continue
+        if travel is not None:
+            line = np.linspace(centres[0], centres[-1], len(centres))
+            if not travel[0] <= distance <= travel[1] * radius or np.hypot(*(centres - line).T).max() > radius / 2:
+                continue
+        return video
     raise AssertionError("no such video")
 
 
@@ -96,6 +105,18 @@ def test_a_cross_fade_scores_no_ball_between_its_ghosts():
     balls = ball_scores(fade, video)
     assert balls.scored >= 4 and balls.missed == balls.scored and balls.hits == 0
     assert score_pair(fade, video)["hit_rate"] == 0
+
+
+def test_optical_flow_keeps_the_keyframes_and_carries_a_ball_that_moves_a_little():
+    """The flow baseline warps the keyframes: they come back exactly, and a ball that moves less than its radius
+    between them is found in place in the middle frame."""
+    video = _one_ball_video(travel=(1.0, 1.0))
+    frames = interpolate_videos(None, None, OPTICAL_FLOW, [video])[0]
+    assert frames.shape == video.frames.shape and frames.dtype == np.uint8
+    assert np.array_equal(frames[0], video.frames[0]) and np.array_equal(frames[-1], video.frames[-1])
+    middle = len(frames) // 2
+    found = find_ball_centre(frames[middle], video.colours[0], video.radii[0])
+    assert found is not None and np.hypot(*(np.array(found) - video.centres[middle, 0])) <= video.radii[0]
 
 
 def test_summary_table_has_one_row_per_method_with_intervals():

@@ -90,7 +90,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         metavar="KEY,...",
-        help="only these rows, e.g. crossfade,forward-only,full (keys: crossfade, forward-only, dual-no-ft, full, "
+        help="only these rows, e.g. crossfade,forward-only,full (keys: crossfade, flow, forward-only, dual-no-ft, full, "
         "full-no-reinjection, backward-only, trf, without-ra; default: all); model rows run under the sampling below",
     )
     add_sampling_arguments(p)

@@ -53,12 +53,13 @@ VISIBLE_FRACTION = 0.9
 
 @dataclass(frozen=True)
 class WorldMethod:
-    """One way to fill the in-between frames: the model-free linear cross-fade, or the sampling config it is run
-    under (``--preset``, ``--sampler``, ...) with what this method changes in it (``None``: keep the config's)."""
+    """One way to fill the in-between frames: a model-free baseline (``"crossfade"``, ``"flow"``), or the sampling
+    config it is run under (``--preset``, ``--sampler``, ...) with what this method changes in it (``None``: keep
+    the config's)."""
 
     key: str  # its `--methods` name
     name: str
-    crossfade: bool = False
+    baseline: str | None = None  # a model-free way to fill the frames, from MODEL_FREE
     fusion: str | None = None
     rotation: bool | None = None
     adapter: str | None = ADAPTER_FILE  # the backward adapter file of the model folder; None: base weights
@@ -73,7 +74,8 @@ class WorldMethod:
         return replace(base, **changes)
 
 
-CROSSFADE = WorldMethod("crossfade", "linear cross-fade", crossfade=True, adapter=None)
+CROSSFADE = WorldMethod("crossfade", "linear cross-fade", baseline="crossfade", adapter=None)
+OPTICAL_FLOW = WorldMethod("flow", "optical flow (DIS, bidirectional warp)", baseline="flow", adapter=None)
 FORWARD_ONLY = WorldMethod(  # plain SVD image-to-video
     "forward-only", "forward-only I2V", fusion="forward", adapter=None, reinjection=False
 )
@@ -88,6 +90,7 @@ WITHOUT_RA = WorldMethod(  # the dual call is what runs its own-attention backwa
 )
 WORLD_METHODS = (
     CROSSFADE,
+    OPTICAL_FLOW,
     FORWARD_ONLY,
     DUAL_NO_FT,
     FULL,
@@ -140,6 +143,17 @@ def _as_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
 
 
+def model_free_frames(baseline: str, first: np.ndarray, last: np.ndarray, num_frames: int) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 frames from ``first`` to ``last`` (``(H, W, 3)`` uint8) by a model-free baseline."""
+    if baseline == "crossfade":
+        return _as_uint8(blend(_as_float(first), _as_float(last), num_frames))
+    if baseline == "flow":
+        from ..evaluation.flow import interpolate_flow  # OpenCV: only this row needs it
+
+        return interpolate_flow(first, last, num_frames)
+    raise ValueError(f"unknown baseline `{baseline}`; choose crossfade or flow")
+
+
 def interpolate_videos(
     pipe: InbetweenPipeline,
     adapters: Mapping[str, BackwardAdapter],
@@ -153,8 +167,13 @@ def interpolate_videos(
     frames = np.stack([video.frames for video in videos])  # (B, N, H, W, 3)
     first, last = _as_float(frames[:, 0]), _as_float(frames[:, -1])
     num_frames, size = frames.shape[1], frames.shape[2]
-    if method.crossfade:
-        return np.stack([_as_uint8(blend(a, b, num_frames)) for a, b in zip(first, last, strict=True)])
+    if method.baseline is not None:
+        return np.stack(
+            [
+                model_free_frames(method.baseline, a, b, num_frames)
+                for a, b in zip(frames[:, 0], frames[:, -1], strict=True)
+            ]
+        )
     if method.adapter is None:
         pipe.unload_backward_adapter()
     elif method.adapter in adapters:
