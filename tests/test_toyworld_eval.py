@@ -156,6 +156,30 @@ def test_run_evaluation_writes_the_table_and_per_pair_scores(tmp_path):
         )
 
 
+def test_run_evaluation_resumes_with_the_rows_it_has(tmp_path, monkeypatch):
+    from inbetween.toyworld import science
+
+    sampling = replace(TINY_WORLD_SAMPLING, num_inference_steps=2)
+    run_evaluation(tmp_path, pairs=2, sampling=sampling, methods=(CROSSFADE, FORWARD_ONLY))
+    before = json.loads((tmp_path / "per_pair.json").read_text())["results"]
+    evaluated = []
+    evaluate = science.evaluate_methods
+    monkeypatch.setattr(
+        science, "evaluate_methods", lambda *a, **k: evaluated.extend(m.key for m in a[3]) or evaluate(*a, **k)
+    )
+    table = run_evaluation(tmp_path, pairs=2, sampling=sampling, methods=(OPTICAL_FLOW, CROSSFADE), resume=True)
+    assert evaluated == ["flow"]  # the cross-fade and forward-only rows are kept, not re-run
+    after = json.loads((tmp_path / "per_pair.json").read_text())
+    assert after["results"][FORWARD_ONLY.name] == before[FORWARD_ONLY.name]
+    assert set(after["results"]) == {CROSSFADE.name, FORWARD_ONLY.name, OPTICAL_FLOW.name}
+    assert all(m.name in table for m in (CROSSFADE, FORWARD_ONLY, OPTICAL_FLOW))
+    assert [m["key"] for m in after["methods"]] == ["crossfade", "forward-only", "flow"]
+    with pytest.raises(ValueError, match=r"other settings \(num_inference_steps\)"):
+        run_evaluation(tmp_path, pairs=2, sampling=replace(sampling, num_inference_steps=3), resume=True)
+    with pytest.raises(ValueError, match=r"other settings \(pairs\)"):
+        run_evaluation(tmp_path, pairs=3, sampling=sampling, methods=(CROSSFADE,), resume=True)
+
+
 def test_run_evaluation_scores_only_heldout_seeds(capsys):
     with pytest.raises(ValueError, match="--first-seed"):
         run_evaluation(None, pairs=2, methods=(CROSSFADE,), first_seed=HELDOUT_SEEDS - 1)

@@ -90,12 +90,18 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         metavar="KEY,...",
-        help="only these rows, e.g. crossfade,forward-only,full (keys: crossfade, flow, forward-only, dual-no-ft, full, "
-        "full-no-reinjection, backward-only, trf, without-ra; default: all); model rows run under the sampling below",
+        help="only these rows, e.g. crossfade,forward-only,full (keys: crossfade, flow, forward-only, dual-no-ft, "
+        "full, full-no-reinjection, backward-only, trf, without-ra; default: all); model rows run under the sampling "
+        "below",
     )
     add_sampling_arguments(p)
     p.add_argument("--out", help="also write summary.md and per_pair.json here")
     p.add_argument("--overwrite", action="store_true", help="replace files in OUT")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in OUT/per_pair.json (same settings) and add the missing ones",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -111,6 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         methods=methods,
         overwrite=args.overwrite,
         first_seed=args.first_seed,
+        resume=args.resume,
     )
     print(table)
     if args.out:

@@ -292,20 +292,25 @@ def run_evaluation(
     methods: Iterable[WorldMethod] = WORLD_METHODS,
     overwrite: bool = False,
     first_seed: int = HELDOUT_SEEDS,
+    resume: bool = False,
 ) -> str:
     """Evaluate ``methods`` on the first ``pairs`` interesting held-out videos from seed ``first_seed`` up;
-    returns the Markdown table and, with ``out``, writes ``summary.md`` and ``per_pair.json`` there."""
+    returns the Markdown table and, with ``out``, writes ``summary.md`` and ``per_pair.json`` there. With
+    ``resume``, the rows already in ``out/per_pair.json`` (same model, pairs and sampling) are kept, not re-run,
+    and the table holds them and the new ones."""
     methods = tuple(methods)
     if pairs < 2:
         raise ValueError(f"`--pairs` must be at least 2 for an interval, got {pairs}")
     if first_seed < HELDOUT_SEEDS:
         raise ValueError(f"`--first-seed` must be a held-out seed, at least {HELDOUT_SEEDS}, got {first_seed}")
+    if resume and out is None:
+        raise ValueError("`--resume` needs `--out` (the folder whose per_pair.json it goes on from)")
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("summary.md", "per_pair.json"):
-            if (out / name).exists() and not overwrite:
-                raise FileExistsError(f"`{out / name}` already exists; pass --overwrite to replace it")
+            if (out / name).exists() and not (overwrite or resume):
+                raise FileExistsError(f"`{out / name}` already exists; pass --resume to add rows or --overwrite")
     pipe, adapters = load_tiny_world(model)
     missing = [m for m in methods if m.adapter is not None and m.adapter not in adapters]
     for method in missing:  # the shipped v1 model predates the ablation
@@ -313,12 +318,36 @@ def run_evaluation(
     methods = tuple(m for m in methods if m not in missing)
     videos = heldout_videos(pairs, first_seed, model_world(model))
     settings = {"model": str(model), "pairs": pairs, "first_seed": first_seed, "seed": seed} | flat_values(sampling)
-    results: dict[str, list[dict[str, float]]] = {}
+    settings = json.loads(json.dumps(settings))  # as per_pair.json holds them (tuples as lists)
+    results, done = previous_results(out / "per_pair.json", settings, videos) if resume else ({}, ())
+    methods = (*done, *(m for m in methods if m not in done))
     for method in methods:  # the files are rewritten after each method: a long run shows its progress
+        if method.name in results:
+            logger.info("keeping `%s` from %s", method.name, out / "per_pair.json")
+            continue
         results |= evaluate_methods(pipe, adapters, videos, [method], sampling, seed, batch_size=25)
         if out is not None:
             write_results(out, results, settings, methods, videos)
     return summary_table(results)
+
+
+def previous_results(
+    path: Path, settings: dict, videos: list[WorldVideo]
+) -> tuple[dict[str, list[dict[str, float]]], tuple[WorldMethod, ...]]:
+    """The rows of an earlier ``per_pair.json`` and their methods, checked to be of the same evaluation."""
+    if not path.is_file():
+        return {}, ()
+    record = json.loads(path.read_text())
+    if record["settings"] != settings or record["seeds"] != [v.seed for v in videos]:
+        changed = sorted(
+            k for k in settings.keys() | record["settings"].keys() if settings.get(k) != record["settings"].get(k)
+        ) or ["seeds"]
+        raise ValueError(
+            f"`{path}` was made with other settings ({', '.join(changed)}); "
+            "pass the same ones to --resume, or --overwrite to start over"
+        )
+    methods = tuple(WorldMethod(**m) for m in record["methods"] if m["name"] in record["results"])
+    return record["results"], methods
 
 
 def write_results(
