@@ -441,7 +441,7 @@ class InbetweenPipeline(DiffusionPipeline):
         # 1. Check inputs
         self.check_inputs(config, output_type, self.size_multiple)
         check_pipeline_call(self, config, _batch_size(first_image), output_type, allow_oversize=allow_oversize)
-        self._warn_about_adapter_state(config)
+        self.warn_about_adapter_state(config)
 
         # 2-6. Encode the keyframes, sample the latents
         x = self.sample_latents(
@@ -540,7 +540,7 @@ class InbetweenPipeline(DiffusionPipeline):
         latents = self.encode_image_latents(torch.cat([first, last]).to(device)).float()
         return torch.stack(latents.chunk(2), 1) * self.vae.config.scaling_factor
 
-    def _warn_about_adapter_state(self, config: SamplingConfig) -> None:
+    def warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say once per pipeline (not per call, nor per load/unload: the evaluation toggles the adapter on purpose)
         when the backward branch will not use a loaded adapter, or has none to use."""
         if not config.uses_backward:

@@ -263,7 +263,7 @@ def interpolate_sequence(
     num_segments = len(keyframes) if loop else len(keyframes) - 1
     chunk_size = min(segment_batch or num_segments, num_segments)
     check_pipeline_call(pipe, config, chunk_size, output_type, allow_oversize=allow_oversize)
-    pipe._warn_about_adapter_state(config)
+    pipe.warn_about_adapter_state(config)
 
     segments = sample_segment_latents(
         pipe,
