@@ -45,13 +45,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="inbetween-demo", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default: %(default)s)")
+    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
     add_sampling_arguments(p)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..toyworld.demo import run_demo
 
-    out = run_demo(args.out, args.pairs, sampling_of(args), args.seed, overwrite=args.overwrite)
+    out = run_demo(args.out, args.pairs, sampling_of(args), args.seed, model=args.model, overwrite=args.overwrite)
     print(
         f"wrote {out}/: comparison.png (rows: ground truth, cross-fade, forward-only, dual no fine-tuning, full "
         f"method), one mp4 per pair and method, and the keyframes as PNG"
