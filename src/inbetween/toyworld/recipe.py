@@ -525,6 +525,8 @@ def train_ablation_adapter(recipe: TinyWorldRecipe, folder: Path, model: Path) -
     """The "w/o RA" ablation, for exactly as many steps as the shipped adapter trained (its best held-out step;
     same videos, same draws)."""
     steps = best_heldout_step(folder / "adapter" / "heldout_log.jsonl")
+    if steps is None:
+        raise FileNotFoundError(f"`{folder / 'adapter'}` has no held-out log: train the adapter (stage 3) first")
     return train_backward(adapter_config(recipe, folder, model, attention="own", max_steps=steps))
 
 
