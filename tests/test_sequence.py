@@ -244,3 +244,46 @@ def test_bad_sequences_are_refused_before_sampling(tiny_pipe, frames, monkeypatc
     for keyframes, extra, message in cases:
         with pytest.raises(ValueError, match=message):
             interpolate_sequence(tiny_pipe, keyframes, generator=generator(), **FAST, **extra)
+
+
+# --- keyframe-exact ends ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["chain", "loop"])
+@pytest.mark.parametrize("config", SAMPLERS.values(), ids=SAMPLERS.keys())
+def test_exact_ends_land_every_sampler_on_the_keyframe_latents(config: SamplingConfig, loop: bool) -> None:
+    joins = segment_joins(3, loop)
+    coupling = shared_frame_coupling(joins)
+    model, result = run_sampler(replace(config, exact_ends=True), coupling, loop)
+    keyframes = torch.randn(4, *result.shape[2:], generator=generator(1))  # run_sampler's keyframe latents
+    ends = torch.cat([keyframes[1:3], keyframes[:1]]) if loop else keyframes[1:]
+    # The last update lands on its estimate, up to float rounding of x - (x - D).
+    torch.testing.assert_close(result[:, 0], keyframes[:3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(result[:, -1], ends, atol=1e-6, rtol=0)
+    for x in [*model.seen, result]:  # the joins stay one frame
+        for a, b in joins:
+            assert torch.equal(x[a, -1], x[b, 0])
+    # The control: without the option the same sampler's ends miss the keyframes.
+    _, free = run_sampler(config, coupling, loop)
+    assert (free[:, 0] - keyframes[:3]).abs().max() > 1e-2
+
+
+def test_exact_ends_need_the_keyframe_latents() -> None:
+    x = torch.zeros(1, 4, 2, 3, 3)
+    with pytest.raises(ValueError, match="`exact_ends` needs the keyframes' latents"):
+        sample(SamplingConfig(exact_ends=True), lambda *a: None, x, SIGMAS, noise=gaussian_noise(generator()))
+
+
+@pytest.mark.parametrize("count, loop", [(2, False), (3, False), (3, True)])
+def test_exact_ends_write_the_keyframes_pixels_at_their_frames(tiny_pipe, frames, count: int, loop: bool) -> None:
+    keyframes = frames[:count]
+    options = dict(FAST, exact_ends=True)
+    video = interpolate_sequence(tiny_pipe, keyframes, loop=loop, generator=generator(), output_type="pt", **options)
+    config = tiny_pipe.sampling_config(keyframes[0], **options)
+    expected = (tiny_pipe.preprocess_keyframes(keyframes, config.height, config.width) + 1) / 2  # (n, 3, H, W)
+    positions = keyframe_positions(count, config.num_frames)
+    assert torch.allclose(video[positions], expected.clamp(0, 1), atol=1e-6)
+    # The decoder alone does not reproduce them (what the option fixes); the in-between frames are the same
+    # sampling's with the ends held.
+    plain = interpolate_sequence(tiny_pipe, keyframes, loop=loop, generator=generator(), output_type="pt", **FAST)
+    assert (plain[positions] - expected).abs().max() > 1e-2

@@ -113,6 +113,11 @@ class SamplingConfig:
     keyframe_consistency: bool = _option(
         False, "vibid: ViBiD's DDS step, each half-step's estimate takes the far keyframe's latent at its end"
     )
+    exact_ends: bool = _option(
+        False,
+        "keyframe-exact ends (any sampler): every estimate holds the keyframes' latents at the first and last "
+        "frames, and the keyframes' own pixels are written there",
+    )
 
     def __post_init__(self) -> None:
         # height and width are checked by the pipeline, which knows the model's size multiple.
@@ -263,6 +268,7 @@ PAPER_SAMPLER = dict(
     noise_injection_ratio=0.5,
     cfg_pp=False,
     keyframe_consistency=False,
+    exact_ends=False,
 )
 # DPM-Solver++(2M), 25 steps, one re-injection on each of the first 12: 37 evaluations instead of paper's 175.
 FAST_STEPS = dict(PAPER_SAMPLER, solver="dpmpp-2m", num_inference_steps=25, noise_injection_steps=1)

@@ -459,6 +459,10 @@ class InbetweenPipeline(DiffusionPipeline):
             frames = x
         else:
             video = self.decode_latents(x, config.decode_chunk_size)
+            if config.exact_ends:
+                keyframes = (first_image, last_image)
+                pixels = [self.preprocess_keyframes(image, config.height, config.width) for image in keyframes]
+                video = with_frames(video, {0: pixels[0], -1: pixels[1]})
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.maybe_free_model_hooks()
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
@@ -511,7 +515,8 @@ class InbetweenPipeline(DiffusionPipeline):
 
         # 5-6. The branch denoiser, handed to the sampler `config.sampler` (the paper's: fused Euler with re-injection)
         model = self.make_branch_denoiser(cond, config)
-        keyframe_latents = self.keyframe_latents(first, last) if config.keyframe_consistency else None
+        needs_latents = config.keyframe_consistency or config.exact_ends
+        keyframe_latents = self.keyframe_latents(first, last) if needs_latents else None
         share = coupling.share if coupling is not None else Coupling().share
         with self.progress_bar(total=config.num_inference_steps) as progress_bar:
 
@@ -566,6 +571,15 @@ class InbetweenPipeline(DiffusionPipeline):
         if state not in self._adapter_warnings:
             self._adapter_warnings.add(state)
             logger.warning(message)
+
+
+def with_frames(video: torch.Tensor, frames: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``video`` ``(B, 3, N, H, W)`` with frame ``t`` replaced by ``frames[t]`` ``(B, 3, H, W)`` (same value range)
+    for every ``t``: keyframe-exact ends write the keyframes' own pixels where the decoder's are near them."""
+    out = video.clone()
+    for t, pixels in frames.items():
+        out[:, :, t] = pixels.to(out.device, out.dtype)
+    return out
 
 
 def size_rules(unet_config: dict, vae_config: dict) -> tuple[int, int]:

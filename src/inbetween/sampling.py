@@ -81,6 +81,17 @@ class Coupling:
     share: Callable[[torch.Tensor], torch.Tensor] = _identity
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """What every sampler is handed besides the config, the model, ``x`` and the sigmas: the :data:`Noise` source,
+    the :class:`Coupling`'s ``share`` (and keyframe-exact ends, :func:`hold_ends`) applied to every denoised
+    estimate, and the ``callback(step, sigma, x)`` run after each step (:func:`run_steps`)."""
+
+    noise: Noise
+    share: Share = _identity
+    callback: StepCallback | None = None
+
+
 def gaussian_noise(generator: torch.Generator | None, coupling: Coupling | None = None) -> Noise:
     """The noise source of one call: float draws like ``like`` from ``generator``, tied by ``coupling``."""
     tie = coupling.tie_noise if coupling is not None else _identity
@@ -349,20 +360,13 @@ def make_fused_denoiser(model: BranchDenoiser, config: SamplingConfig, num_frame
 
 
 def sample_gi(
-    config: SamplingConfig,
-    model: BranchDenoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: Noise,
-    share: Share = _identity,
-    callback: StepCallback | None = None,
+    config: SamplingConfig, model: BranchDenoiser, x: torch.Tensor, sigmas: torch.Tensor, hooks: Hooks
 ) -> torch.Tensor:
     """Generative Inbetweening's sampler (Wang et al. 2025, sec. 3.3): per step one evaluation of both branches,
     fused (:func:`make_fused_denoiser`), an Euler (or second-order, :func:`solver_step`) step, and on the first
     ``noise_injection_ratio`` of the steps ``noise_injection_steps`` re-noise-and-redo rounds. ``trf`` (Feng et al.
     2024) is this sampler with ``rotation=False``, which only the branch denoiser sees."""
-    denoise = make_fused_denoiser(model, config, x.shape[1], share)
+    denoise = make_fused_denoiser(model, config, x.shape[1], hooks.share)
     history: dict = {}
 
     def estimate(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -371,23 +375,16 @@ def sample_gi(
     def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
         return solver_step(config.solver, estimate, x, sigmas, i, restart, history)
 
-    return run_steps(step, x, sigmas, noise=noise, callback=callback, **injection_of(config))
+    return run_steps(step, x, sigmas, noise=hooks.noise, callback=hooks.callback, **injection_of(config))
 
 
 def sample_forward(
-    config: SamplingConfig,
-    model: BranchDenoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: Noise,
-    share: Share = _identity,
-    callback: StepCallback | None = None,
+    config: SamplingConfig, model: BranchDenoiser, x: torch.Tensor, sigmas: torch.Tensor, hooks: Hooks
 ) -> torch.Tensor:
     """Plain SVD image-to-video (Blattmann et al. 2023): the forward branch alone with SVD's guidance ramp, its
     solver, never a re-injection (``noise_injection_*`` are ignored)."""
     plain = replace(config, fusion=FORWARD, noise_injection_steps=0)
-    return sample_gi(plain, model, x, sigmas, noise=noise, share=share, callback=callback)
+    return sample_gi(plain, model, x, sigmas, hooks)
 
 
 def keep_keyframe(denoised: torch.Tensor, keyframe: torch.Tensor, frame: int) -> torch.Tensor:
@@ -403,15 +400,29 @@ def keep_keyframe(denoised: torch.Tensor, keyframe: torch.Tensor, frame: int) ->
     return out
 
 
+def hold_ends(keyframe_latents: torch.Tensor, share: Share = _identity) -> Share:
+    """Keyframe-exact ends: ``share`` followed by the DDS replacement (:func:`keep_keyframe`) at BOTH ends, frame 0
+    taking ``keyframe_latents[:, 0]`` and frame N-1 ``keyframe_latents[:, 1]`` (``(B, 2, C, h, w)``).
+
+    Applied to every denoised estimate (each sampler hands its estimates to ``share`` before an update), it is
+    ViBiD's DDS step for any sampler and both ends at once: an end frame's update then moves exactly towards the
+    keyframe's latent, and the last step (to sigma = 0, where every solver returns its estimate) lands on it.
+    In a keyframe sequence the two copies of a boundary frame hold the same keyframe's latent, so they stay equal.
+    """
+
+    def held(denoised: torch.Tensor) -> torch.Tensor:
+        first = keep_keyframe(share(denoised), keyframe_latents[:, 0], 0)
+        return keep_keyframe(first, keyframe_latents[:, 1], -1)
+
+    return held
+
+
 def sample_vibid(
     config: SamplingConfig,
     model: BranchDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    *,
-    noise: Noise,
-    share: Share = _identity,
-    callback: StepCallback | None = None,
+    hooks: Hooks,
     keyframe_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ViBiDSampler (Yang, Kwon, Ye, ICLR 2025, sec. 3): per step from sigma to sigma_next, a half-step on the
@@ -438,6 +449,7 @@ def sample_vibid(
     """
     g_fwd, g_bwd = branch_guidance_scales(config, x.shape[1])
     scale = {FORWARD: g_fwd.to(x.device), BACKWARD: g_bwd.to(x.device)}
+    share = hooks.share
     far_end = {FORWARD: (-1, 1), BACKWARD: (0, 0)}  # (frame of the estimate, keyframe index) the DDS step sets
     if config.keyframe_consistency and keyframe_latents is None:
         raise ValueError("`keyframe_consistency` needs the keyframes' latents (`keyframe_latents`)")
@@ -458,10 +470,10 @@ def sample_vibid(
 
     def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
         x_half = solver_step(config.solver, halves[FORWARD], x, sigmas, i, True, {})
-        x_back = reinject_noise(x_half, sigmas[i + 1], sigmas[i], noise)
+        x_back = reinject_noise(x_half, sigmas[i + 1], sigmas[i], hooks.noise)
         return solver_step(config.solver, halves[BACKWARD], x_back, sigmas, i, True, {})
 
-    return run_steps(step, x, sigmas, noise=noise, callback=callback, **injection_of(config))
+    return run_steps(step, x, sigmas, noise=hooks.noise, callback=hooks.callback, **injection_of(config))
 
 
 def sample(
@@ -479,12 +491,17 @@ def sample(
     ``sigmas[-1] = 0``: the one entry point of the pipeline and of any other denoiser (the tiny world's exact one).
 
     ``keyframe_latents`` ``(B, 2, C, h, w)``: the first and last keyframe in ``x``'s space, needed by vibid's
-    ``keyframe_consistency``. With ``fusion="forward"`` / ``"backward"`` there is one branch and nothing to fuse or
-    alternate: every sampler but ``forward`` runs :func:`sample_gi` on it (re-injection included).
+    ``keyframe_consistency`` and by ``exact_ends`` (:func:`hold_ends`, any sampler). With ``fusion="forward"`` /
+    ``"backward"`` there is one branch and nothing to fuse or alternate: every sampler but ``forward`` runs
+    :func:`sample_gi` on it (re-injection included).
     """
-    options = dict(noise=noise, share=share, callback=callback)
+    if config.exact_ends:
+        if keyframe_latents is None:
+            raise ValueError("`exact_ends` needs the keyframes' latents (`keyframe_latents`)")
+        share = hold_ends(keyframe_latents, share)
+    hooks = Hooks(noise, share, callback)
     if config.sampler == FORWARD:
-        return sample_forward(config, model, x, sigmas, **options)
+        return sample_forward(config, model, x, sigmas, hooks)
     if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):
-        return sample_vibid(config, model, x, sigmas, keyframe_latents=keyframe_latents, **options)
-    return sample_gi(config, model, x, sigmas, **options)
+        return sample_vibid(config, model, x, sigmas, hooks, keyframe_latents)
+    return sample_gi(config, model, x, sigmas, hooks)

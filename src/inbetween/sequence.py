@@ -44,7 +44,7 @@ import torch
 
 from .config import SamplingConfig
 from .memory import check_pipeline_call
-from .pipeline import InbetweenPipeline
+from .pipeline import InbetweenPipeline, with_frames
 from .sampling import Coupling
 
 Keyframes = list[PIL.Image.Image] | torch.Tensor  # n PIL images, or a (n, 3, H, W) tensor in [0, 1]
@@ -190,15 +190,20 @@ def sample_segment_latents(
 
 
 def decode_sequence(
-    pipe: InbetweenPipeline, latents: torch.Tensor, decode_chunk_size: int, output_type: str
+    pipe: InbetweenPipeline,
+    latents: torch.Tensor,
+    decode_chunk_size: int,
+    output_type: str,
+    keyframe_pixels: dict[int, torch.Tensor] | None = None,
 ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
     """Joined latents ``(L, 4, h, w)`` -> the frames as ``output_type``, decoded as ONE video ``decode_chunk_size``
     frames at a time (the pipeline's chunks), each chunk moved to the CPU as soon as it is decoded: the device
-    holds one chunk's frames however long the sequence."""
+    holds one chunk's frames however long the sequence. ``keyframe_pixels`` ``{frame: (1, 3, H, W) in [-1, 1]}``
+    replace the decoded frames at those positions (keyframe-exact ends)."""
     chunks = [
         pipe.decode_latents(chunk.unsqueeze(0), decode_chunk_size).cpu() for chunk in latents.split(decode_chunk_size)
     ]
-    video = torch.cat(chunks, dim=2)  # (1, 3, L, H, W) in [-1, 1]
+    video = with_frames(torch.cat(chunks, dim=2), keyframe_pixels or {})  # (1, 3, L, H, W) in [-1, 1]
     return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
 
 
@@ -278,6 +283,11 @@ def interpolate_sequence(
     if output_type == "latent":
         frames = latents
     else:
-        frames = decode_sequence(pipe, latents, config.decode_chunk_size, output_type)
+        pixels = None
+        if config.exact_ends:
+            images = pipe.preprocess_keyframes(keyframes, config.height, config.width)  # (n, 3, H, W)
+            positions = keyframe_positions(len(keyframes), config.num_frames)
+            pixels = {t: image.unsqueeze(0) for t, image in zip(positions, images, strict=True)}
+        frames = decode_sequence(pipe, latents, config.decode_chunk_size, output_type, pixels)
     pipe.maybe_free_model_hooks()
     return frames

@@ -217,8 +217,16 @@ def ball_scores(generated: np.ndarray, video: WorldVideo) -> BallScores:
     return BallScores(errors, missed, scored, hits)
 
 
+def ends_psnr(generated: np.ndarray, video: WorldVideo) -> float:
+    """The mean PSNR (dB, capped at 100: identical frames) of the first and last generated frames against the
+    keyframes they should be."""
+    pred, truth = _as_float(generated[[0, -1]]), _as_float(video.frames[[0, -1]])
+    return float(psnr(pred, truth).clamp(max=100).mean())
+
+
 def score_pair(generated: np.ndarray, video: WorldVideo) -> dict[str, float]:
-    """Per-pair means over the in-between frames: hit rate, centre error, miss rate, PSNR, SSIM."""
+    """Per-pair means over the in-between frames (hit rate, centre error, miss rate, PSNR, SSIM) and the ends'
+    PSNR against the keyframes (:func:`ends_psnr`)."""
     balls = ball_scores(generated, video)
     errors, missed, scored = balls.errors, balls.missed, balls.scored
     pred, truth = _as_float(generated[1:-1]), _as_float(video.frames[1:-1])
@@ -228,6 +236,7 @@ def score_pair(generated: np.ndarray, video: WorldVideo) -> dict[str, float]:
         "miss_rate": missed / scored if scored else float("nan"),
         "psnr": float(psnr(pred, truth).clamp(max=100).mean()),
         "ssim": float(ssim(pred, truth).mean()),
+        "ends_psnr": ends_psnr(generated, video),
     }
 
 
@@ -264,6 +273,7 @@ METRICS = (
     ("miss_rate", "miss rate ↓"),
     ("psnr", "PSNR (dB) ↑"),
     ("ssim", "SSIM ↑"),
+    ("ends_psnr", "ends vs keyframes PSNR (dB) ↑"),
 )
 
 
@@ -275,7 +285,7 @@ def summary_table(results: dict[str, list[dict[str, float]]]) -> str:
     for name, pairs in results.items():
         cells = []
         for key, _ in METRICS:
-            values = [p[key] for p in pairs if math.isfinite(p[key])]
+            values = [p[key] for p in pairs if key in p and math.isfinite(p[key])]  # older runs lack new keys
             mean, half = mean_interval(values) if values else (math.nan, None)
             digits = 3 if key in ("hit_rate", "miss_rate", "ssim") else 2
             cells.append(f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}"))
