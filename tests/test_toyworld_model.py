@@ -13,6 +13,7 @@ from inbetween.cli import main
 from inbetween.config import TINY_WORLD_SAMPLING
 from inbetween.evaluation.metrics import psnr
 from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
+from inbetween.video_io import read_video
 from inbetween.toyworld.recipe import (
     TinyWorldRecipe,
     build_feature_extractor,
@@ -151,17 +152,52 @@ def test_demo_writes_videos_and_the_comparison_sheet(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--pairs", "2", "--steps", "2"]) == 0
     names = {p.name for p in out.iterdir()}
-    methods = ["ground-truth", "linear-cross-fade", "forward-only-i2v", "dual-rotated-no-fine-tuning", "full-method"]
+    methods = [
+        "ground-truth",
+        "linear-cross-fade",
+        "forward-only-i2v",
+        "dual-rotated-no-fine-tuning",
+        "full-method-paper-s-sampling",
+        "full-method-fast-exact-ends",
+    ]
     assert {f"pair{i}-{m}.mp4" for i in range(2) for m in methods} <= names
     assert {"comparison.png", "pair0-first.png", "pair1-last.png"} <= names
     from PIL import Image
 
     sheet = Image.open(out / "comparison.png")
-    assert sheet.height >= 2 * 5 * 32 * 4  # 2 pairs x 5 rows of 4x enlarged 32 px frames
+    assert sheet.height >= 2 * 6 * 32 * 4  # 2 pairs x 6 rows of 4x enlarged 32 px frames
+    # The best preset's row starts and ends on the keyframes' own pixels (enlarged 4x in the video).
+    best = np.asarray(read_video(out / "pair0-full-method-fast-exact-ends.mp4")[0])
+    first = np.asarray(Image.open(out / "pair0-first.png"))
+    assert np.abs(best.astype(int) - first.repeat(4, 0).repeat(4, 1)).mean() < 4  # mp4's lossy coding
     assert str(out) in capsys.readouterr().out
     # never overwrite without being asked
     assert main(["demo", "--out", str(out), "--pairs", "1", "--steps", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_model_takes_a_model_folder_and_its_world(tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(TINY_WORLD_FOLDER, folder)
+    args = ["demo", "--pairs", "1", "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "shipped")]) == 0
+    assert main([*args, "--out", str(tmp_path / "copy"), "--model", str(folder)]) == 0
+    # The same weights from another folder: the same videos (same seed).
+    for name in ("pair0-first.png", "pair0-full-method-fast-exact-ends.mp4"):
+        assert (tmp_path / "shipped" / name).read_bytes() == (tmp_path / "copy" / name).read_bytes()
+    # Its world.json decides the held-out pairs: another world, other keyframes.
+    world = json.loads((folder / "world.json").read_text())
+    (folder / "world.json").write_text(json.dumps({**world, "max_balls": 1, "min_balls": 1}))
+    assert main([*args, "--out", str(tmp_path / "other"), "--model", str(folder)]) == 0
+    other = (tmp_path / "other" / "pair0-first.png").read_bytes()
+    assert other != (tmp_path / "shipped" / "pair0-first.png").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "missing"), "--model", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert "nowhere" in error and "Traceback" not in error and not (tmp_path / "missing").exists()
 
 
 @pytest.mark.slow

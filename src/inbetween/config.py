@@ -275,6 +275,12 @@ FAST_STEPS = dict(PAPER_SAMPLER, solver="dpmpp-2m", num_inference_steps=25, nois
 # The guided product of experts D_u + g_f (D_f - D_u) + g_b (D_b - D_u) at g = 1.5, each branch weighted towards its
 # own keyframe (guidance_ramp "weighted").
 WEIGHTED_POE = dict(fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted")
+# Scale 1 at every frame: each branch's conditional estimate (CFG++ still evaluates the unconditional rows).
+UNIT_GUIDANCE = dict(min_guidance_scale=1.0, max_guidance_scale=1.0)
+# ViBiD's step as the authors run it: 25 steps, no re-injection, CFG++ and the DDS step.
+VIBID_STEP = dict(
+    sampler="vibid", num_inference_steps=25, noise_injection_steps=0, cfg_pp=True, keyframe_consistency=True
+)
 PRESETS: dict[str, dict[str, object]] = {
     "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
     # Chosen from the exact-denoiser world (`inbetween toyworld samplers`: 0.935 [0.892, 0.962] of 200 pairs
@@ -283,17 +289,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "fast": dict(FAST_STEPS, **WEIGHTED_POE),
     # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
     # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).
-    "vibid": dict(
-        PAPER_SAMPLER,
-        sampler="vibid",
-        num_inference_steps=25,
-        noise_injection_steps=0,
-        min_guidance_scale=1.0,
-        max_guidance_scale=1.0,
-        cfg_pp=True,
-        keyframe_consistency=True,
-        rotation=False,
-    ),
+    "vibid": dict(PAPER_SAMPLER, **VIBID_STEP, **UNIT_GUIDANCE, rotation=False),
 }
 PRESETS["vibid-adapter"] = dict(PRESETS["vibid"], rotation=True)
 
@@ -342,4 +338,4 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
 
 
 # The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
-TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, min_guidance_scale=1.0, max_guidance_scale=1.0)
+TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, **UNIT_GUIDANCE)

@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 from .. import __version__
 from ..errors import USER_ERRORS, one_line
@@ -39,47 +40,32 @@ class Command:
     subcommands: tuple[Command, ...] = ()
 
 
+def command(name: str, module: ModuleType, part: str = "") -> Command:
+    """The command ``name`` that ``module`` defines: its ``HELP``, ``DESCRIPTION``, ``add_arguments`` and ``run``, or,
+    for a module of several commands, ``PART_HELP``, ``PART_DESCRIPTION``, ``add_part_arguments`` and ``run_part``."""
+    prefix, suffix = (f"{part.upper()}_", f"_{part}") if part else ("", "")
+    return Command(
+        name,
+        getattr(module, f"{prefix}HELP"),
+        getattr(module, f"{prefix}DESCRIPTION"),
+        getattr(module, f"add{suffix}_arguments"),
+        getattr(module, f"run{suffix}"),
+    )
+
+
+# The command table: (name, the module that defines it, its part of that module).
 COMMANDS = (
-    Command("interpolate", interpolate.HELP, interpolate.DESCRIPTION, interpolate.add_arguments, interpolate.run),
-    Command("convert-checkpoint", convert.HELP, convert.DESCRIPTION, convert.add_arguments, convert.run),
-    Command("train", jobs.TRAIN_HELP, jobs.TRAIN_DESCRIPTION, jobs.add_train_arguments, jobs.run_train),
-    Command("evaluate", jobs.EVALUATE_HELP, jobs.EVALUATE_DESCRIPTION, jobs.add_evaluate_arguments, jobs.run_evaluate),
-    Command("demo", toyworld.DEMO_HELP, toyworld.DEMO_DESCRIPTION, toyworld.add_demo_arguments, toyworld.run_demo),
-    Command("app", app.HELP, app.DESCRIPTION, app.add_arguments, app.run),
+    command("interpolate", interpolate),
+    command("convert-checkpoint", convert),
+    command("train", jobs, "train"),
+    command("evaluate", jobs, "evaluate"),
+    command("demo", toyworld, "demo"),
+    command("app", app),
     Command(
         "toyworld",
         toyworld.HELP,
         toyworld.DESCRIPTION,
-        subcommands=(
-            Command(
-                "train",
-                toyworld.TRAIN_HELP,
-                toyworld.TRAIN_DESCRIPTION,
-                toyworld.add_train_arguments,
-                toyworld.run_train,
-            ),
-            Command(
-                "evaluate",
-                toyworld.EVALUATE_HELP,
-                toyworld.EVALUATE_DESCRIPTION,
-                toyworld.add_evaluate_arguments,
-                toyworld.run_evaluate,
-            ),
-            Command(
-                "samplers",
-                toyworld.SAMPLERS_HELP,
-                toyworld.SAMPLERS_DESCRIPTION,
-                toyworld.add_samplers_arguments,
-                toyworld.run_samplers,
-            ),
-            Command(
-                "sequences",
-                toyworld.SEQUENCES_HELP,
-                toyworld.SEQUENCES_DESCRIPTION,
-                toyworld.add_sequences_arguments,
-                toyworld.run_sequences,
-            ),
-        ),
+        subcommands=tuple(command(part, toyworld, part) for part in ("train", "evaluate", "samplers", "sequences")),
     ),
 )
 

@@ -12,7 +12,8 @@ from .options import add_dataclass_arguments, add_preset_argument, errors_name_f
 DEMO_HELP = "see the method work offline in under a minute (the bundled tiny-world model)"
 DEMO_DESCRIPTION = (
     "Interpolate bundled toy-world keyframe pairs with the shipped tiny model; write the videos and a comparison "
-    "sheet (ground truth, cross-fade, forward-only, dual without fine-tuning, full method)."
+    "sheet (ground truth, cross-fade, forward-only, dual without fine-tuning, the full method under the paper's "
+    "sampling and under the best measured preset with keyframe-exact ends)."
 )
 HELP = "train the tiny-world model, or check the paper's claims with it"
 DESCRIPTION = "The toy world of bouncing balls: reproduce the shipped model, or evaluate the methods on it."
@@ -35,6 +36,26 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_preset_argument(group)
 
 
+def add_heldout_arguments(p: argparse.ArgumentParser, count: str, default: int, what: str) -> None:
+    """The model folder, how many held-out ``what`` (``--COUNT``) and the first held-out seed they are drawn from."""
+    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    p.add_argument(f"--{count}", type=int, default=default, help=f"held-out {what} (default: %(default)s)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=HELDOUT_SEEDS,
+        help=f"first held-out seed: the {what} are the interesting videos from it up (default: %(default)s)",
+    )
+
+
+def print_table(table: str, out: str | None, files: str) -> int:
+    """Print a command's table and, where it wrote to ``out``, which ``files``; the command's exit code."""
+    print(table)
+    if out:
+        print(f"wrote {out}/{files}")
+    return 0
+
+
 def sampling_of(args: argparse.Namespace) -> SamplingConfig:
     """The sampling config the tiny-world flags ask for; its errors name the flags."""
     with errors_name_flags():
@@ -50,12 +71,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..toyworld.demo import run_demo
+    from ..toyworld.demo import BEST_PRESET, run_demo
 
     out = run_demo(args.out, args.pairs, sampling_of(args), args.seed, model=args.model, overwrite=args.overwrite)
     print(
         f"wrote {out}/: comparison.png (rows: ground truth, cross-fade, forward-only, dual no fine-tuning, full "
-        f"method), one mp4 per pair and method, and the keyframes as PNG"
+        f"method under the paper's sampling and under {BEST_PRESET} with exact ends), one mp4 per pair and row, and "
+        "the keyframes as PNG"
     )
     print(f"try: inbetween interpolate {out}/pair0-first.png {out}/pair0-last.png -o pair0.mp4 --model {TINY_WORLD}")
     return 0
@@ -80,14 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
-    p.add_argument("--pairs", type=int, default=50, help="held-out pairs (default: %(default)s)")
-    p.add_argument(
-        "--first-seed",
-        type=int,
-        default=HELDOUT_SEEDS,
-        help="first held-out seed: the pairs are the interesting videos from it up (default: %(default)s)",
-    )
+    add_heldout_arguments(p, "pairs", 50, "pairs")
     p.add_argument(
         "--methods",
         metavar="KEY,...",
@@ -109,21 +124,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..toyworld.science import run_evaluation, world_methods
 
     methods = world_methods(args.methods.split(",") if args.methods else None)
-    table = run_evaluation(
-        args.out,
-        args.model,
-        args.pairs,
-        sampling_of(args),
-        args.seed,
-        methods=methods,
-        overwrite=args.overwrite,
-        first_seed=args.first_seed,
-        resume=args.resume,
-    )
-    print(table)
-    if args.out:
-        print(f"wrote {args.out}/summary.md and per_pair.json")
-    return 0
+    options = dict(methods=methods, overwrite=args.overwrite, first_seed=args.first_seed, resume=args.resume)
+    table = run_evaluation(args.out, args.model, args.pairs, sampling_of(args), args.seed, **options)
+    return print_table(table, args.out, "summary.md and per_pair.json")
 
 
 SAMPLERS_HELP = "judge every sampler and preset on the exact denoisers of an enumerated toy world (CPU, minutes)"
@@ -169,15 +172,8 @@ SEQUENCES_DESCRIPTION = (
 
 
 def add_sequences_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
-    p.add_argument("--sequences", type=int, default=40, help="held-out long videos (default: %(default)s)")
+    add_heldout_arguments(p, "sequences", 40, "long videos")
     p.add_argument("--segments", type=int, default=3, help="segments per video (default: %(default)s)")
-    p.add_argument(
-        "--first-seed",
-        type=int,
-        default=HELDOUT_SEEDS,
-        help="first held-out seed: the videos are the interesting ones from it up (default: %(default)s)",
-    )
     add_sampling_arguments(p)
     p.add_argument("--out", help="also write summary.md, per_sequence.json, sequence.png, loop.png, loop.gif here")
     p.add_argument("--overwrite", action="store_true", help="replace those files in OUT")
@@ -188,17 +184,6 @@ def run_sequences(args: argparse.Namespace) -> int:
 
     if args.first_seed < HELDOUT_SEEDS:
         raise ValueError(f"`--first-seed` must be a held-out seed, at least {HELDOUT_SEEDS}, got {args.first_seed}")
-    table = run_sequences(
-        args.out,
-        args.model,
-        args.sequences,
-        args.segments,
-        sampling_of(args),
-        args.seed,
-        first_seed=args.first_seed,
-        overwrite=args.overwrite,
-    )
-    print(table)
-    if args.out:
-        print(f"wrote {args.out}/summary.md, per_sequence.json, sequence.png, loop.png and loop.gif")
-    return 0
+    options = dict(first_seed=args.first_seed, overwrite=args.overwrite)
+    table = run_sequences(args.out, args.model, args.sequences, args.segments, sampling_of(args), args.seed, **options)
+    return print_table(table, args.out, "summary.md, per_sequence.json, sequence.png, loop.png and loop.gif")

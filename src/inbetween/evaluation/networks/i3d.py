@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .preprocess import check_videos, resize_videos
-from .weights import WeightSource, load_weights
+from .weights import WeightSource, frozen, load_weights
 
 I3D_KINETICS400 = WeightSource(
     network="I3D (Kinetics-400, FVD)",
@@ -172,7 +172,4 @@ def load_i3d(
     Raises:
         MissingWeightsError: offline and the weights are not cached.
     """
-    net = I3D()
-    if pretrained:
-        net.load_state_dict(load_weights(I3D_KINETICS400, weights), strict=True)
-    return net.eval().requires_grad_(False).to(device)
+    return frozen(I3D(), load_weights(I3D_KINETICS400, weights) if pretrained else None, device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .preprocess import check_images, resize_images
-from .weights import WeightSource, load_weights
+from .weights import WeightSource, frozen, load_weights
 
 FID_INCEPTION = WeightSource(
     network="FID InceptionV3",
@@ -231,8 +231,4 @@ def load_inception(
     Raises:
         MissingWeightsError: offline and the weights are not cached.
     """
-    net = FIDInceptionV3()
-    if pretrained:
-        # strict: every pytorch-fid key must land in a module of the same name and shape.
-        net.load_state_dict(load_weights(FID_INCEPTION, weights), strict=True)
-    return net.eval().requires_grad_(False).to(device)
+    return frozen(FIDInceptionV3(), load_weights(FID_INCEPTION, weights) if pretrained else None, device)

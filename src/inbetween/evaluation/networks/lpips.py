@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .preprocess import check_images
-from .weights import WeightSource, load_weights
+from .weights import WeightSource, frozen, load_weights
 
 ALEXNET = WeightSource(
     network="LPIPS AlexNet backbone (torchvision)",
@@ -143,9 +143,8 @@ def load_lpips(
     Raises:
         MissingWeightsError: offline and a weight file is not cached.
     """
-    net = LPIPS()
+    state = None
     if pretrained:
         state = convert_torchvision_alexnet(load_weights(ALEXNET, backbone_weights))
         state.update(convert_lpips_linear(load_weights(LPIPS_ALEX_LINEAR, linear_weights)))
-        net.load_state_dict(state, strict=True)
-    return net.eval().requires_grad_(False).to(device)
+    return frozen(LPIPS(), state, device)

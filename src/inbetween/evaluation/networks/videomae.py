@@ -21,7 +21,7 @@ from torch import nn
 from transformers import VideoMAEConfig, VideoMAEModel
 
 from .preprocess import check_videos, resize_videos
-from .weights import MissingWeightsError, hub_file, load_weight_file
+from .weights import MissingWeightsError, frozen, hub_file, load_weight_file
 
 VIDEOMAE_MODEL = "MCG-NJU/videomae-base"
 _NETWORK = "VideoMAE (content-debiased FVD)"
@@ -142,10 +142,9 @@ def load_videomae(
         MissingWeightsError: offline and the checkpoint is neither local nor in the Hugging Face cache.
     """
     if not pretrained:
-        net = VideoMAEFeatures(VideoMAEModel(config or VideoMAEConfig()))
-        return net.eval().requires_grad_(False).to(device)
+        return frozen(VideoMAEFeatures(VideoMAEModel(config or VideoMAEConfig())), None, device)
     config, weight_file = _resolve(weights or VIDEOMAE_MODEL, config)
     model = VideoMAEModel(config)
     state = convert_videomae_state_dict(load_weight_file(weight_file, _NETWORK), model.state_dict().keys())
     model.load_state_dict(state, strict=True)
-    return VideoMAEFeatures(model).eval().requires_grad_(False).to(device)
+    return frozen(VideoMAEFeatures(model), None, device)

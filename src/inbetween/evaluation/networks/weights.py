@@ -19,10 +19,12 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
+Net = TypeVar("Net", bound=torch.nn.Module)
 CACHE_ENV = "INBETWEEN_CACHE"
 DEFAULT_CACHE = "~/.cache/inbetween"
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -190,3 +192,12 @@ def hub_file(network: str, repo_id: str, filenames: tuple[str, ...]) -> Path:
         "'*.bin'` on a machine with network (then copy ~/.cache/huggingface over), or pass a local folder as "
         "`weights=<folder>`."
     )
+
+
+def frozen(net: Net, state: Mapping[str, torch.Tensor] | None, device: str | torch.device) -> Net:
+    """``net`` with ``state`` loaded strictly (every key must land in a parameter of the same name and shape; ``None``
+    keeps its random weights, for tests), in eval mode without gradients, on ``device``: how every metric network is
+    handed out."""
+    if state is not None:
+        net.load_state_dict(state, strict=True)
+    return net.eval().requires_grad_(False).to(device)
