@@ -198,3 +198,29 @@ def test_methods_are_chosen_by_key_and_keep_the_config_they_are_not_about():
     vibid = SamplingConfig.preset("vibid")
     assert FULL.sampling(vibid) == vibid  # the full method is whatever the preset samples
     assert TIME_REVERSAL.sampling(SamplingConfig()).rotation is False
+
+
+def test_the_evaluate_command_resumes_and_refuses_an_older_per_pair_json_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["toyworld", "evaluate", "--pairs", "2", "--steps", "2", "--out", str(out)]
+    assert main([*args, "--methods", "crossfade"]) == 0
+    first = json.loads((out / "per_pair.json").read_text())
+    assert main([*args, "--methods", "crossfade,forward-only", "--resume"]) == 0
+    after = json.loads((out / "per_pair.json").read_text())
+    assert after["results"][CROSSFADE.name] == first["results"][CROSSFADE.name]
+    assert set(after["results"]) == {CROSSFADE.name, FORWARD_ONLY.name}
+    capsys.readouterr()
+    assert main([*args, "--methods", "crossfade"]) == 2  # neither --resume nor --overwrite: nothing is replaced
+    assert "--resume" in capsys.readouterr().err
+    # A per_pair.json of an older version (a method field this one does not have) is one line, not a TypeError.
+    after["methods"][0]["retired_option"] = 1
+    (out / "per_pair.json").write_text(json.dumps(after))
+    assert main([*args, "--methods", "crossfade", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "is not a per_pair.json this version can go on from" in error and "--overwrite" in error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    # Rows of a run from before a metric existed are shown with the rest (the new column blank for them).
+    for rows in after["results"].values():
+        for row in rows:
+            row.pop("ends_psnr")
+    assert "nan" in summary_table(after["results"]).splitlines()[2]

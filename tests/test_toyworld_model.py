@@ -13,7 +13,6 @@ from inbetween.cli import main
 from inbetween.config import TINY_WORLD_SAMPLING
 from inbetween.evaluation.metrics import psnr
 from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
-from inbetween.video_io import read_video
 from inbetween.toyworld.recipe import (
     TinyWorldRecipe,
     build_feature_extractor,
@@ -33,6 +32,7 @@ from inbetween.toyworld.science import (
     interpolate_videos,
     load_tiny_world,
 )
+from inbetween.video_io import read_video
 
 KEYFRAME_PSNR = 20.0  # dB; measured on the shipped model: see the README (tiny world)
 TINY_RECIPE = TinyWorldRecipe(vae_steps=4, vae_batch_size=1, checkpoint_every=2)

@@ -469,3 +469,46 @@ def test_heldout_loss_is_logged_and_patience_stops_the_run(workspace, tmp_path):
     assert len(train_log) == 3 and len((tmp_path / "run" / "heldout_log.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="heldout_patience"):
         tiny_config(workspace, tmp_path / "x", heldout_patience=2)
+
+
+def test_a_fresh_run_deletes_an_older_runs_best_adapter(workspace, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "backward_adapter_best.safetensors").write_bytes(b"an older run's best")
+    train_backward(tiny_config(workspace, run, max_steps=1, checkpoint_every=1))
+    assert not (run / "backward_adapter_best.safetensors").exists()
+    assert (run / "backward_adapter.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_resuming_before_the_best_step_ships_the_best_the_kept_log_records(workspace, tmp_path):
+    """A run that went on past the checkpoint it is resumed from saved a best that the trimmed held-out log no longer
+    records: the resumed run must not keep it, but the best of the steps it keeps (from that step's checkpoint)."""
+    run = tmp_path / "run"
+    config = tiny_config(
+        workspace,
+        run,
+        max_steps=4,
+        checkpoint_every=1,
+        keep_checkpoints=10,
+        learning_rate=1e-2,
+        heldout_data=str(workspace["data"]),
+        heldout_every=1,
+        heldout_patience=10,  # never stops: a best is saved at every improvement
+    )
+    train_backward(config)
+    log = run / "heldout_log.jsonl"
+    first_best = best_heldout_step(log)
+    losses = [json.loads(line)["heldout_loss"] for line in log.read_text().splitlines()]
+    assert first_best > 2, f"the control needs a best after step 2: held-out losses {losses}"
+    stale = BackwardAdapter.load(run / "backward_adapter_best.safetensors")
+    # Resume from step 2 and stop there (max_steps 2): the log keeps steps 1-2, the best file must follow it.
+    train_backward(replace(config, max_steps=2, resume=str(run / "checkpoints" / "step-0000002")))
+    kept_best = best_heldout_step(log)
+    assert kept_best <= 2 and len(log.read_text().splitlines()) == 2
+    best = BackwardAdapter.load(run / "backward_adapter_best.safetensors")
+    expected = BackwardAdapter.load(run / "checkpoints" / f"step-{kept_best:07d}" / "adapter.safetensors")
+    assert all(torch.equal(best.deltas[k], expected.deltas[k]) for k in best.deltas)
+    assert not all(torch.equal(best.deltas[k], stale.deltas[k]) for k in best.deltas)
+    shipped = BackwardAdapter.load(run / "backward_adapter.safetensors")
+    assert all(torch.equal(shipped.deltas[k], expected.deltas[k]) for k in shipped.deltas)

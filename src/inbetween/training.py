@@ -453,9 +453,10 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     best, since_best = heldout_progress(heldout_log, start_step, rewrite=False)
     accelerator.wait_for_everyone()  # every process has read the log before the main one trims it
     if accelerator.is_main_process:
+        saved_at = best_heldout_step(heldout_log)  # the step the best file was last written at, before the trim
         heldout_progress(heldout_log, start_step, rewrite=True)
-        if start_step == 0:
-            (output_dir / BEST_ADAPTER_FILE).unlink(missing_ok=True)  # a fresh run never ships an older run's best
+        dtype = resolve_dtype(config.adapter_dtype, pipe.unet.dtype)  # as save_adapter stores it
+        reconcile_best_adapter(output_dir, heldout_log, start_step, saved_at, checkpoints, dtype)
     # A run that stopped on its held-out loss is finished: resuming it writes its adapter again, nothing more.
     stopped = config.heldout_patience is not None and since_best >= config.heldout_patience
     # training loop
@@ -533,6 +534,33 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
 def save_adapter(pipe: InbetweenPipeline, config: TrainConfig, path: Path) -> None:
     adapter = BackwardAdapter.from_rotation_processors(pipe.unet, base_model=config.model)
     adapter.save(path, dtype=resolve_dtype(config.adapter_dtype, pipe.unet.dtype), overwrite=True)
+
+
+def reconcile_best_adapter(
+    output_dir: Path, log: Path, start_step: int, saved_at: int | None, checkpoints: Path, dtype: torch.dtype
+) -> None:
+    """Make the best-adapter file the one of the best step the (trimmed) held-out ``log`` records.
+
+    A fresh run (``start_step`` 0) never ships an older run's best, and a best written after ``start_step``
+    (``saved_at``: by a run that went past its last checkpoint) is not the kept log's: both are deleted. Then the kept
+    log's best step is restored from its checkpoint, where that is still kept (a resumed run that stops on patience
+    ships it); otherwise the run saves its next best as it goes, and a warning says the older one is gone.
+    """
+    best_file = output_dir / BEST_ADAPTER_FILE
+    if start_step == 0 or (saved_at is not None and saved_at > start_step):
+        best_file.unlink(missing_ok=True)
+    best_step = best_heldout_step(log)
+    if best_step is None or best_file.is_file():
+        return
+    checkpoint_adapter = checkpoints / f"step-{best_step:07d}" / "adapter.safetensors"
+    if not checkpoint_adapter.is_file():
+        logger.warning(
+            "the adapter of the best held-out step %d is in no kept checkpoint; the run keeps its best after step %d",
+            best_step,
+            start_step,
+        )
+        return
+    BackwardAdapter.load(checkpoint_adapter).save(best_file, dtype=dtype, overwrite=True)
 
 
 def best_heldout_step(log: Path) -> int | None:

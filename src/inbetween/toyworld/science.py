@@ -321,15 +321,16 @@ def run_evaluation(
         for name in ("summary.md", "per_pair.json"):
             if (out / name).exists() and not (overwrite or resume):
                 raise FileExistsError(f"`{out / name}` already exists; pass --resume to add rows or --overwrite")
+    videos = heldout_videos(pairs, first_seed, model_world(model))
+    settings = {"model": str(model), "pairs": pairs, "first_seed": first_seed, "seed": seed} | flat_values(sampling)
+    settings = json.loads(json.dumps(settings))  # as per_pair.json holds them (tuples as lists)
+    # Before the model loads: a run that cannot go on says so at once.
+    results, done = previous_results(out / "per_pair.json", settings, videos) if resume else ({}, ())
     pipe, adapters = load_tiny_world(model)
     missing = [m for m in methods if m.adapter is not None and m.adapter not in adapters]
     for method in missing:  # the shipped v1 model predates the ablation
         logger.warning("skipping `%s`: the model has no `%s`", method.name, method.adapter)
     methods = tuple(m for m in methods if m not in missing)
-    videos = heldout_videos(pairs, first_seed, model_world(model))
-    settings = {"model": str(model), "pairs": pairs, "first_seed": first_seed, "seed": seed} | flat_values(sampling)
-    settings = json.loads(json.dumps(settings))  # as per_pair.json holds them (tuples as lists)
-    results, done = previous_results(out / "per_pair.json", settings, videos) if resume else ({}, ())
     methods = (*done, *(m for m in methods if m not in done))
     for method in methods:  # the files are rewritten after each method: a long run shows its progress
         if method.name in results:
@@ -347,7 +348,14 @@ def previous_results(
     """The rows of an earlier ``per_pair.json`` and their methods, checked to be of the same evaluation."""
     if not path.is_file():
         return {}, ()
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        methods = tuple(WorldMethod(**m) for m in record["methods"] if m["name"] in record["results"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:  # truncated, or written by an older inbetween
+        raise ValueError(
+            f"`{path}` is not a per_pair.json this version can go on from ({type(exc).__name__}: {exc}); "
+            "pass --overwrite to start over, or another --out"
+        ) from exc
     if record["settings"] != settings or record["seeds"] != [v.seed for v in videos]:
         changed = sorted(
             k for k in settings.keys() | record["settings"].keys() if settings.get(k) != record["settings"].get(k)
@@ -356,7 +364,6 @@ def previous_results(
             f"`{path}` was made with other settings ({', '.join(changed)}); "
             "pass the same ones to --resume, or --overwrite to start over"
         )
-    methods = tuple(WorldMethod(**m) for m in record["methods"] if m["name"] in record["results"])
     return record["results"], methods
 
 
