@@ -160,7 +160,7 @@ def test_every_estimate_goes_through_share_and_every_draw_through_noise(name):
     assert torch.equal(torch.get_rng_state(), rng)  # no global draw
     per_request = 2 if config.sampler == "vibid" and config.cfg_pp else 1  # CFG++ shares the unconditional too
     assert len(shared) == per_request * evaluations_per_video(config)
-    if not config.keyframe_consistency:
+    if not (config.keyframe_consistency or config.exact_ends):
         assert torch.equal(out, torch.full_like(x, 0.25))  # the last step lands on the shared estimate
     steps, injected = config.num_inference_steps, int(config.noise_injection_ratio * config.num_inference_steps)
     redone = 0 if config.sampler == FORWARD else injected * config.noise_injection_steps

@@ -35,8 +35,8 @@ from .science import (
 )
 from .world import WorldVideo
 
-# The preset whose full-method row leads the tiny-world tables (docs/tiny_world/presets.md: hit rate 0.483 on the
-# shipped model against 0.211 under the paper's sampling), run with keyframe-exact ends.
+# The preset whose full-method row leads the tiny-world tables (docs/tiny_world/presets.md: hit rate 0.488 on the
+# shipped model against 0.175 under the paper's sampling), run with keyframe-exact ends (fast's own setting).
 BEST_PRESET = "fast"
 BASELINES = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT)
 GROUND_TRUTH = "ground truth"
