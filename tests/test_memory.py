@@ -25,6 +25,8 @@ from inbetween.memory import (
     format_bytes,
     unet_forward_bytes,
 )
+from inbetween.memory import available as memory_available
+from inbetween.memory import check as memory_check
 
 TESTS = Path(__file__).parent
 TINY_WORLD_UNET = json.loads((TINY_WORLD_FOLDER / "unet" / "config.json").read_text())
@@ -173,17 +175,17 @@ def test_a_cgroup_limit_caps_the_available_memory(monkeypatch, tmp_path):
     (tmp_path / "current").write_text("1500000000\n")
     (tmp_path / "stat").write_text("anon 1000\ninactive_file 100000000\n")
     files = ((str(tmp_path / "max"), str(tmp_path / "current"), str(tmp_path / "stat"), "inactive_file"),)
-    monkeypatch.setattr(memory, "CGROUP_FILES", files)
-    assert memory._cgroup_headroom() == 600_000_000
+    monkeypatch.setattr(memory_available, "CGROUP_FILES", files)
+    assert memory_available._cgroup_headroom() == 600_000_000
     assert available_memory("cpu") <= 600_000_000
     (tmp_path / "max").write_text("max\n")
-    assert memory._cgroup_headroom() is None
+    assert memory_available._cgroup_headroom() is None
 
 
 def test_the_pipeline_check_refuses_before_anything_is_allocated_and_names_the_largest_size_that_fits(
     tiny_pipe, monkeypatch
 ):
-    monkeypatch.setattr(memory, "available_memory", lambda device: 8 * 10**9)
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 8 * 10**9)
     config = tiny_pipe.sampling_config(random_keyframe(0), height=100_000, width=100_000, num_frames=8)
     estimate = estimate_pipeline_call(tiny_pipe, config)
     assert estimate.rows == 4 and estimate.latent_height == 100_000 // 8 and estimate.weight_bytes == 0
@@ -201,14 +203,14 @@ def test_the_pipeline_check_refuses_before_anything_is_allocated_and_names_the_l
     assert check_pipeline_call(tiny_pipe, config, allow_oversize=True) == estimate
     small = tiny_pipe.sampling_config(random_keyframe(0), height=64, width=64, num_frames=8)
     assert check_pipeline_call(tiny_pipe, small, output_type="latent").decode_bytes == 0
-    monkeypatch.setattr(memory, "available_memory", lambda device: 10**6)
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 10**6)
     with pytest.raises(ValueError, match="not even the smallest size fits"):
         check_pipeline_call(tiny_pipe, small)
 
 
 def test_the_model_check_refuses_the_reported_call_before_the_model_loads(monkeypatch):
     """`inbetween interpolate a.png b.png -o h.mp4 --model tiny-world --height 100000 --width 100000`."""
-    monkeypatch.setattr(memory, "available_memory", lambda device: 16 * 10**9)
+    monkeypatch.setattr(memory_check, "available_memory", lambda device: 16 * 10**9)
     huge = SamplingConfig(height=100_000, width=100_000)
     with pytest.raises(ValueError, match=r"needs about .* TB .*for 4 rows x 8 frames at 50000x50000 latents"):
         check_model_call(TINY_WORLD_UNET, TINY_WORLD_VAE, huge, "cpu", 4)

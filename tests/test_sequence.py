@@ -213,7 +213,7 @@ def test_the_memory_check_is_that_of_one_chunk(tiny_pipe, frames, monkeypatch) -
     one = memory.check_pipeline_call(tiny_pipe, config, 1, "np", allow_oversize=True).peak_bytes
     three = memory.check_pipeline_call(tiny_pipe, config, 3, "np", allow_oversize=True).peak_bytes
     assert three > one
-    monkeypatch.setattr(memory, "available_memory", lambda device=None: int((one + three) / 2 / memory.MARGIN))
+    monkeypatch.setattr(memory.check, "available_memory", lambda device=None: int((one + three) / 2 / memory.MARGIN))
     with pytest.raises(ValueError, match="this call needs"):
         interpolate_sequence(tiny_pipe, frames, generator=generator(), output_type="np", **FAST)
     video = interpolate_sequence(tiny_pipe, frames, generator=generator(), segment_batch=1, output_type="np", **FAST)
