@@ -24,8 +24,14 @@ import pytest
 import torch
 from PIL import Image
 
+from inbetween.config import HELDOUT_SEEDS
+from inbetween.evaluation.report import contact_sheet
+from inbetween.files import atomic_output
+from inbetween.toyworld.world import interpolation_pairs
+
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "examples" / "comfyui" / "inbetween_api.json"
+PICTURE = REPO / "docs" / "comfyui" / "output.png"  # the README's picture of the example's output
 STARTUP_S = 600
 RUN_S = 600
 
@@ -132,12 +138,9 @@ def server(tmp_path_factory):
         running.stop()
 
 
-def keyframe(color: tuple[int, int, int], center: tuple[int, int], size: int = 32) -> Image.Image:
-    """A ball on a plain ground, as the tiny world draws them."""
-    yy, xx = np.mgrid[:size, :size]
-    pixels = np.full((size, size, 3), 235, np.uint8)
-    pixels[(yy - center[1]) ** 2 + (xx - center[0]) ** 2 <= 25] = color
-    return Image.fromarray(pixels)
+def held_out_video() -> np.ndarray:
+    """A tiny-world video the model never saw, ``(N, H, W, 3)`` uint8: its ends are the keyframes."""
+    return next(interpolation_pairs(range(HELDOUT_SEEDS, HELDOUT_SEEDS + 1000))).frames
 
 
 def example_workflow(first: str, last: str) -> dict:
@@ -156,7 +159,8 @@ def node_of(workflow: dict, class_type: str) -> dict:
 
 
 def test_the_example_workflow_renders_the_librarys_frames_in_comfyui(server) -> None:
-    first, last = keyframe((220, 40, 40), (8, 10)), keyframe((220, 40, 40), (24, 22))
+    truth = held_out_video()
+    first, last = Image.fromarray(truth[0]), Image.fromarray(truth[-1])
     first.save(server.base / "input" / "first.png")
     last.save(server.base / "input" / "last.png")
     workflow = example_workflow("first.png", "last.png")
@@ -181,12 +185,16 @@ def test_the_example_workflow_renders_the_librarys_frames_in_comfyui(server) -> 
     # Two torch builds (ComfyUI's and ours) may round a float differently, so a few 8-bit levels here and there.
     # Two torch builds (ComfyUI's and ours) may put a float on the other side of an 8-bit level: one level, rarely.
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).mean())
+    sheet = contact_sheet({"saved by ComfyUI": frames, "the library, same seed": expected}, zoom=3)
+    PICTURE.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(PICTURE, overwrite=True) as tmp:
+        sheet.save(tmp, format="PNG")
     ends = np.abs(frames[[0, -1]].astype(int) - np.stack([np.asarray(first), np.asarray(last)]).astype(int))
     assert ends.max() <= 1  # the example runs with keyframe-exact ends: its first and last frames are the keyframes
 
 
 def test_a_bad_input_is_the_librarys_one_line_error_in_comfyui(server) -> None:
-    keyframe((40, 40, 220), (16, 16)).save(server.base / "input" / "alone.png")
+    Image.fromarray(held_out_video()[0]).save(server.base / "input" / "alone.png")
     workflow = example_workflow("alone.png", "alone.png")
     del node_of(workflow, "InbetweenInterpolate")["inputs"]["more_keyframes"]  # one keyframe only
     entry = server.run(workflow)
