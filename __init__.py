@@ -16,8 +16,8 @@ HERE = Path(__file__).resolve()
 def import_nodes():
     """``inbetween.comfyui``, the library's, also when ComfyUI imported this folder under the library's own name (a
     clone named ``inbetween``: ComfyUI registers a pack under its folder's name)."""
-    if sys.modules.get("inbetween") is sys.modules.get(__name__):
-        del sys.modules["inbetween"]  # this folder took the library's name in sys.modules: give it back
+    if __name__ == "inbetween":
+        sys.modules.pop("inbetween", None)  # this folder took the library's name in sys.modules: give it back
     spec = importlib.util.find_spec("inbetween")
     if spec is None or Path(spec.origin or "").resolve() == HERE:  # not installed, or only this folder found
         sys.path.insert(0, str(HERE.parent / "src"))

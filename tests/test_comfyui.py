@@ -4,6 +4,7 @@ progress and cancel per step, one-line errors; and the pack's entry point as Com
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,21 +153,23 @@ def test_the_checkout_is_a_node_pack_comfyui_can_import(monkeypatch) -> None:
 def test_a_clone_named_like_the_library_still_loads_the_library(tmp_path) -> None:
     """ComfyUI registers a pack in sys.modules under its folder's name: a clone into custom_nodes/inbetween takes the
     library's name, and the pack must still find the library (in a fresh Python, as ComfyUI starts)."""
-    (tmp_path / "inbetween").symlink_to(REPO, target_is_directory=True)
+    for folder in ("inbetween", "comfyui-inbetween"):
+        (tmp_path / folder).symlink_to(REPO, target_is_directory=True)
     loader = f"""
 import importlib.util, sys
 sys.path.insert(0, {str(tmp_path)!r})  # as if custom_nodes/ were on the path too
-spec = importlib.util.spec_from_file_location("inbetween", {str(tmp_path / "inbetween" / "__init__.py")!r})
+spec = importlib.util.spec_from_file_location("FOLDER", {str(tmp_path)!r} + "/FOLDER/__init__.py")
 pack = importlib.util.module_from_spec(spec)
-sys.modules["inbetween"] = pack  # what ComfyUI's loader does
+sys.modules["FOLDER"] = pack  # what ComfyUI's loader does
 spec.loader.exec_module(pack)
 import inbetween.app  # a module the nodes import lazily, when they run
 print(sorted(pack.NODE_CLASS_MAPPINGS), sys.modules["inbetween"].__file__)
 """
-    run = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "['InbetweenInterpolate', 'LoadInbetweenModel']" in run.stdout
-    assert run.stdout.strip().endswith(str(Path("src", "inbetween", "__init__.py")))
+    for folder in ("inbetween", "comfyui-inbetween"):  # the library's name, and another
+        run = subprocess.run([sys.executable, "-c", loader.replace("FOLDER", folder)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert "['InbetweenInterpolate', 'LoadInbetweenModel']" in run.stdout
+        assert run.stdout.strip().endswith(str(Path("src", "inbetween", "__init__.py")))
 
 
 def test_the_packs_requirements_are_the_librarys_dependencies_without_torch() -> None:
@@ -177,4 +180,4 @@ def test_the_packs_requirements_are_the_librarys_dependencies_without_torch() ->
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     lines = (REPO / "requirements.txt").read_text().splitlines()
     pack = [line for line in lines if line.strip() and not line.startswith("#")]
-    assert pack == [dependency for dependency in project if not dependency.startswith("torch")]
+    assert pack == [dependency for dependency in project if re.split("[<>=!~ ]", dependency)[0] != "torch"]
