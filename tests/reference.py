@@ -142,6 +142,7 @@ class NaiveInbetween:
         rotation=True,
         noise_injection_steps=5,
         noise_injection_ratio=0.5,
+        shared_unconditional=False,
         generator=None,
         step_timer=None,
     ):
@@ -186,6 +187,8 @@ class NaiveInbetween:
             v_f = self.unet_v(self.forward_unet, x, sigma, emb_f, lat_f, time_ids)  # stores the maps
             x_b = torch.flip(x, [1])
             v_b = self.unet_v(backward_unet, x_b, sigma, emb_l, lat_l, time_ids)  # reads them rotated
+            if guided and shared_unconditional:  # the forward branch's unconditional prediction, in reversed time
+                v_b = torch.cat([torch.flip(v_f[:batch], [1]), v_b[batch:]])
             d_f = self.denoised(v_f, x, sigma, scale)
             d_b = torch.flip(self.denoised(v_b, x_b, sigma, scale), [1])
             denoised = w * d_f + (1 - w) * d_b

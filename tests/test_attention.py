@@ -47,6 +47,25 @@ def test_rotation_identity_single_layer(frames):
     torch.testing.assert_close(fused, naive_dual_attention(attn, x, *deltas), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("own", [False, True], ids=["rotated", "own-attention"])
+def test_fewer_backward_groups_pair_with_the_last_forward_groups(own):
+    attn = make_attention()
+    processor = RotatedTemporalAttnProcessor()
+    extra = [torch.randn(16, 16) * 0.1, torch.randn(16, 16) * 0.1] if own else []
+    processor.set_deltas(torch.randn(16, 16) * 0.1, torch.randn(16, 16) * 0.1, torch.randn(16) * 0.1, *extra)
+    processor.mode = "dual"
+    uncond, cond, backward = torch.randn(3, 4, 6, 16).unbind()  # three groups of 4 rows, 6 frames
+    processor.groups = (2, 1)
+    three = processor(attn, torch.cat([uncond, cond, backward]))
+    processor.groups = (1, 1)
+    pair = processor(attn, torch.cat([cond, backward]))
+    torch.testing.assert_close(three[:4], AttnProcessor2_0()(attn, uncond), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(three[4:], pair, rtol=1e-5, atol=1e-6)
+    processor.groups = (1, 2)
+    with pytest.raises(ValueError, match="at most as many backward as forward"):
+        processor(attn, torch.cat([uncond, cond, backward]))
+
+
 def test_without_deltas_backward_uses_base_weights():
     attn = make_attention()
     processor = RotatedTemporalAttnProcessor()

@@ -58,3 +58,29 @@ def test_one_branch_and_unrotated_layouts(fusion, rotation, expected, dual):
     kept = {FORWARD: fusion != "backward", BACKWARD: fusion != "forward"}
     assert all(layout.branch_groups(branch) for branch in layout.branches)
     assert set(layout.branches) >= {branch for branch, keep in kept.items() if keep}
+
+
+def test_a_shared_unconditional_row_makes_three_groups_the_backward_one_paired_with_the_forward_conditional():
+    layout = BatchLayout.plan(True, branches("average"), rotation=True, shared_unconditional=True)
+    assert names(layout) == [["fwd-uncond", "fwd-cond", "bwd-cond"]] and layout.rows_per_pair == 3
+    assert layout.shares_unconditional and layout.dual_groups(layout.calls[0]) == (2, 1)
+    split = BatchLayout.plan(True, branches("average"), True, split_guidance_batch=True, shared_unconditional=True)
+    assert names(split) == [["fwd-uncond"], ["fwd-cond", "bwd-cond"]] and split.rows_per_pair == 3
+    assert [split.dual_groups(call) for call in split.calls] == [None, (1, 1)]
+    # a rotated backward branch alone still brings the forward rows, whose unconditional one it shares
+    alone = BatchLayout.plan(True, branches("backward"), rotation=True, shared_unconditional=True)
+    assert names(alone) == [["fwd-uncond", "fwd-cond", "bwd-cond"]] and alone.shares_unconditional
+
+
+@pytest.mark.parametrize(
+    "guided, fusion, rotation, expected",
+    [
+        (False, "average", True, [["fwd-cond", "bwd-cond"]]),  # nothing unconditional to share
+        (True, "backward", False, [["bwd-uncond", "bwd-cond"]]),  # no forward rows evaluated: nothing to share
+        (True, "forward", True, [["fwd-uncond", "fwd-cond"]]),
+    ],
+)
+def test_sharing_applies_only_where_both_unconditional_rows_would_run(guided, fusion, rotation, expected):
+    layout = BatchLayout.plan(guided, branches(fusion), rotation, shared_unconditional=True)
+    assert names(layout) == expected and not layout.shares_unconditional
+    assert layout == BatchLayout.plan(guided, branches(fusion), rotation)

@@ -43,6 +43,9 @@ def run_both(pipe, adapter, first, last, **kwargs):
         dict(num_frames=8, fusion="forward"),
         dict(num_frames=8, fusion="backward"),
         dict(num_frames=8, fusion="backward", max_guidance_scale=1.0),
+        dict(num_frames=8, shared_unconditional=True),
+        dict(num_frames=8, fusion="linear", shared_unconditional=True, split_guidance_batch=True),
+        dict(num_frames=8, fusion="backward", shared_unconditional=True),
     ],
     ids=[
         "cfg-average",
@@ -55,6 +58,9 @@ def run_both(pipe, adapter, first, last, **kwargs):
         "forward-only",
         "backward-only",
         "backward-only-no-cfg",
+        "shared-uncond",
+        "shared-uncond-linear-split",
+        "shared-uncond-backward-only",
     ],
 )
 def test_matches_naive_reference(adapted_pipe, keyframes, case):

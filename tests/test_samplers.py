@@ -328,8 +328,19 @@ def count_unet_rows(pipe) -> list[int]:
         dict(PRESETS["vibid-adapter"], num_inference_steps=3, split_guidance_batch=True),
         dict(fusion="poe", num_inference_steps=2, noise_injection_steps=1, **NO_GUIDANCE),
         dict(sampler="forward", num_inference_steps=3),
+        dict(PRESETS["fast"], num_inference_steps=3, shared_unconditional=True),
+        dict(PRESETS["vibid-adapter"], num_inference_steps=3, shared_unconditional=True),
     ],
-    ids=["fast", "vibid", "vibid-adapter", "vibid-adapter-split", "poe-unguided", "forward"],
+    ids=[
+        "fast",
+        "vibid",
+        "vibid-adapter",
+        "vibid-adapter-split",
+        "poe-unguided",
+        "forward",
+        "fast-shared",
+        "vibid-a-shared",
+    ],
 )
 def test_pipeline_unet_rows_are_what_the_cost_counts(tiny_pipe, keyframes, options):
     pipe = copy.deepcopy(tiny_pipe)
@@ -339,6 +350,15 @@ def test_pipeline_unet_rows_are_what_the_cost_counts(tiny_pipe, keyframes, optio
     assert sum(rows) == unet_rows_per_video(config)
     # The memory check plans the denoise stage for the largest call: it is the largest the pipeline makes.
     assert max(rows) == max(len(call) for call in largest_request(config).calls)
+
+
+def test_a_shared_unconditional_row_costs_three_quarters_and_changes_the_video(adapted_pipe, keyframes):
+    pipe, _ = adapted_pipe
+    fast = SamplingConfig.preset("fast", num_inference_steps=3)
+    shared = replace(fast, shared_unconditional=True)
+    assert unet_rows_per_video(shared) * 4 == unet_rows_per_video(fast) * 3
+    videos = [pipe(*keyframes, c, generator=torch.manual_seed(0), **PIPE).frames for c in (fast, shared)]
+    assert (videos[0] - videos[1]).abs().max() > 1e-3  # the random adapter's unconditional rows differ
 
 
 class NaiveViBiD(NaiveInbetween):

@@ -3,7 +3,9 @@
 In dual mode the batch entering each temporal self-attention layer holds two halves,
 ``[forward rows | backward rows]``, row ``r`` of one half pairing with row ``r`` of the other
 (the temporal transformer reshapes to ``(batch * h * w, N, C)`` batch-major, so the pipeline's
-batch ``[fwd-uncond, fwd-cond, bwd-uncond, bwd-cond]`` arrives that way). The backward half
+batch ``[fwd-uncond, fwd-cond, bwd-uncond, bwd-cond]`` arrives that way). With fewer backward
+groups than forward ones (``[fwd-uncond, fwd-cond, bwd-cond]``, one unconditional row shared by
+both branches) the backward rows pair with the LAST forward rows. The backward half
 uses the forward half's attention probabilities rotated by 180 degrees (paper section 3.2):
 
     A'[i, k] = A[N-1-i, N-1-k]   =>   out_bwd = flip_time(softmax(Q_fwd K_fwd^T / sqrt(d)) @ flip_time(V_bwd))
@@ -35,7 +37,8 @@ class RotatedTemporalAttnProcessor(nn.Module):
     """Attention processor for one temporal self-attention layer of an SVD UNet.
 
     With ``mode="off"`` it is diffusers' default SDPA processor. In ``mode="dual"`` (see :func:`dual_mode`) the input
-    ``hidden_states`` of shape ``(2 * R, N, C)`` is ``[forward rows | backward rows]``; the forward
+    ``hidden_states`` of shape ``(2 * R, N, C)`` is ``[forward rows | backward rows]`` (or, with ``groups``, more
+    forward rows than backward ones, :func:`split_dual_batch`); the forward
     rows attend normally with the base weights, the backward rows use the forward rows' rotated
     attention probabilities, values ``W_v + delta_v`` and output ``W_o + delta_o`` (the backward
     adapter). ``delta_*`` are ``None`` when no adapter is loaded (backward branch = base weights).
@@ -52,6 +55,7 @@ class RotatedTemporalAttnProcessor(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.mode = "off"  # "off" | "dual" | "record" | "replay"
+        self.groups = (1, 1)  # dual mode: (forward, backward) groups of equal size in the batch (dual_mode sets it)
         self._recorded_qk: tuple[torch.Tensor, torch.Tensor] | None = None
         self.delta_v: nn.Parameter | None = None
         self.delta_o: nn.Parameter | None = None
@@ -128,42 +132,56 @@ class RotatedTemporalAttnProcessor(nn.Module):
                 raise ValueError("replay needs a recorded forward call over the same rows first")
             out = rotated_values(attn, *self._recorded_qk, hidden_states, self.backward_value_weight(attn))
             return _project_out(attn, out, *self.backward_output_weight(attn))
-        if hidden_states.shape[0] % 2:
-            raise ValueError(
-                f"dual mode needs a batch of [forward | backward] halves, got {hidden_states.shape[0]} rows"
-            )
+        x_fwd, x_bwd = split_dual_batch(hidden_states, *self.groups)
         if self.backward_attention == "own":
-            x_fwd, x_bwd = hidden_states.chunk(2)
             y_fwd = self._default(attn, x_fwd, None, None, temb, **kwargs)
             return torch.cat([y_fwd, self.backward_own_attention(attn, x_bwd)])
-        return rotated_attention(
-            attn, hidden_states, self.backward_value_weight(attn), *self.backward_output_weight(attn)
-        )
+        weights = self.backward_value_weight(attn), *self.backward_output_weight(attn)
+        return rotated_attention(attn, x_fwd, x_bwd, *weights)
 
     def clear_recording(self) -> None:
         self._recorded_qk = None
 
 
+def split_dual_batch(
+    hidden_states: torch.Tensor, forward_groups: int, backward_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G R, N, C)``, ``G = forward_groups + backward_groups`` groups of R rows -> the forward rows ``(F R, N, C)``
+    and the backward rows ``(B' R, N, C)``; the backward rows pair with the last ``B' R`` forward rows."""
+    groups = forward_groups + backward_groups
+    if not 1 <= backward_groups <= forward_groups or hidden_states.shape[0] % groups:
+        raise ValueError(
+            f"dual mode needs a batch of [forward | backward] rows, {forward_groups} forward and {backward_groups} "
+            f"backward groups of equal size (at most as many backward as forward), got {hidden_states.shape[0]} rows"
+        )
+    rows = hidden_states.shape[0] // groups * forward_groups
+    return hidden_states[:rows], hidden_states[rows:]
+
+
 def rotated_attention(
     attn: Attention,
-    hidden_states: torch.Tensor,
+    x_fwd: torch.Tensor,
+    x_bwd: torch.Tensor,
     value_weight_bwd: torch.Tensor,
     output_weight_bwd: torch.Tensor,
     output_bias_bwd: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Dual-mode temporal attention: ``(2R, N, C) -> (2R, N, C_out)``, rows ``[forward | backward]``."""
-    x_fwd, x_bwd = hidden_states.chunk(2)  # (R, N, C) each
+    """Dual-mode temporal attention of the forward rows ``(R, N, C)`` and the backward rows ``(R', N, C)``,
+    ``R' <= R``, paired with the last R' forward rows: ``(R + R', N, C_out)``, rows ``[forward | backward]``."""
     q, k = forward_queries_keys(attn, x_fwd)
     v_fwd = _split_heads(attn.to_v(x_fwd), attn.heads)
     v_bwd = _split_heads(F.linear(x_bwd, value_weight_bwd, attn.to_v.bias), attn.heads)
-    head_dim = v_fwd.shape[-1]
-    # One softmax(QK^T) serves both halves: stack the forward values and the time-flipped
+    head_dim, unpaired = v_fwd.shape[-1], x_fwd.shape[0] - x_bwd.shape[0]
+    # One softmax(QK^T) serves both branches of a pair of rows: stack the forward values and the time-flipped
     # backward values along the feature axis.
-    values = torch.cat([v_fwd, v_bwd.flip(2)], dim=-1)  # (R, H, N, 2D)
-    out = F.scaled_dot_product_attention(q, k, values, scale=attn.scale)
+    values = torch.cat([v_fwd[unpaired:], v_bwd.flip(2)], dim=-1)  # (R', H, N, 2D)
+    out = F.scaled_dot_product_attention(q[unpaired:], k[unpaired:], values, scale=attn.scale)
     out_fwd, out_bwd = out.split(head_dim, dim=-1)
-    y_fwd = attn.to_out[0](_merge_heads(out_fwd, hidden_states.dtype))
-    y_bwd = _project_out(attn, _merge_heads(out_bwd.flip(2), hidden_states.dtype), output_weight_bwd, output_bias_bwd)
+    if unpaired:
+        alone = F.scaled_dot_product_attention(q[:unpaired], k[:unpaired], v_fwd[:unpaired], scale=attn.scale)
+        out_fwd = torch.cat([alone, out_fwd])
+    y_fwd = attn.to_out[0](_merge_heads(out_fwd, x_fwd.dtype))
+    y_bwd = _project_out(attn, _merge_heads(out_bwd.flip(2), x_bwd.dtype), output_weight_bwd, output_bias_bwd)
     return torch.cat([attn.to_out[1](y_fwd) / attn.rescale_output_factor, y_bwd])
 
 
@@ -259,14 +277,23 @@ def remove_rotation(unet: nn.Module) -> None:
 
 
 @contextmanager
-def dual_mode(unet: nn.Module) -> Iterator[None]:
-    """Within this block the UNet's batch is ``[forward half | backward half]``.
+def dual_mode(unet: nn.Module, forward_groups: int = 1, backward_groups: int = 1) -> Iterator[None]:
+    """Within this block the UNet's batch is ``[forward rows | backward rows]``: ``forward_groups`` then
+    ``backward_groups`` groups of equal size, the backward groups pairing with the last forward ones (default: two
+    halves).
 
     Needs :func:`install_rotation` first. Dual mode is switched off again on exit, also on error,
     so the same UNet keeps serving plain image-to-video calls.
     """
-    with _processor_mode(unet, "dual"):
-        yield
+    processors = list(rotation_processors(unet).values())
+    for processor in processors:
+        processor.groups = (forward_groups, backward_groups)
+    try:
+        with _processor_mode(unet, "dual"):
+            yield
+    finally:
+        for processor in processors:
+            processor.groups = (1, 1)
 
 
 @contextmanager

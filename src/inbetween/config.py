@@ -90,6 +90,12 @@ class SamplingConfig:
     split_guidance_batch: bool = _option(
         False, "two UNet calls per step instead of one: lower peak memory, same video"
     )
+    shared_unconditional: bool = _option(
+        False,
+        "one unconditional row for both branches (3 UNet rows per evaluation instead of 4): assumes the backward "
+        "model's unconditional estimate equals the forward one's, as for an adapter that learned the same videos "
+        "reversed",
+    )
     sampler: str = _option(
         "gi",
         "gi: the paper's fused step; vibid: ViBiD's forward then backward half-steps; trf: gi without rotation; "

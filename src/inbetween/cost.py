@@ -37,7 +37,7 @@ def requests_per_video(config: SamplingConfig) -> dict[tuple[str, ...], int]:
 
 def request_layout(config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
     """The UNet batch of one request for ``branches`` under ``config`` (what the pipeline's branch denoiser plans)."""
-    return BatchLayout.plan(config.guided, branches, config.rotation, config.split_guidance_batch)
+    return BatchLayout.of(config, branches)
 
 
 def evaluations_per_video(config: SamplingConfig) -> int:

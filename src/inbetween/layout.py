@@ -8,17 +8,19 @@ pair), in the order
 
     fwd-uncond, fwd-cond, bwd-uncond, bwd-cond        (with guidance)
     fwd-cond, bwd-cond                                (without)
+    fwd-uncond, fwd-cond, bwd-cond                    (one unconditional row shared by both branches)
 
 In a *dual* call the backward rows attend with the forward rows' rotated attention maps, so a dual call holds
 forward groups in its first half and as many backward groups, in the same guidance order, in its second half:
-row r of the backward half pairs with row r of the forward half (see ``attention.py``).
+row r of the backward half pairs with row r of the forward half (see ``attention.py``); with a shared
+unconditional row the one backward group pairs with the last forward group, the conditional one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import BACKWARD, FORWARD
+from .config import BACKWARD, FORWARD, SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -43,24 +45,57 @@ class BatchLayout:
 
     @classmethod
     def plan(
-        cls, guided: bool, branches: tuple[str, ...], rotation: bool, split_guidance_batch: bool = False
+        cls,
+        guided: bool,
+        branches: tuple[str, ...],
+        rotation: bool,
+        split_guidance_batch: bool = False,
+        shared_unconditional: bool = False,
     ) -> BatchLayout:
         """The layout for one evaluation of ``branches`` (``SamplingConfig.branches``, or what a sampler asks for).
 
         The forward groups are evaluated for the forward branch, and for a rotated backward branch, which needs the
         forward rows as its attention source. ``split_guidance_batch`` runs the unconditional and the conditional
-        groups as two calls (lower peak memory, same result).
+        groups as two calls (lower peak memory, same result). ``shared_unconditional`` leaves the backward
+        unconditional group out where the forward one is evaluated: its estimate stands for both
+        (:attr:`shares_unconditional`).
         """
         conditionals = (False, True) if guided else (True,)
         groups = tuple(Group(branch, c) for branch in (FORWARD, BACKWARD) for c in conditionals)
         wanted = {FORWARD: FORWARD in branches or rotation, BACKWARD: BACKWARD in branches}
-        run = [i for i, group in enumerate(groups) if wanted[group.branch]]
+        share = shared_unconditional and guided and wanted[FORWARD] and wanted[BACKWARD]
+        left_out = {Group(BACKWARD, False)} if share else set()
+        run = [i for i, group in enumerate(groups) if wanted[group.branch] and group not in left_out]
         dual = rotation and wanted[FORWARD] and wanted[BACKWARD]
         if guided and split_guidance_batch:
             calls = tuple(tuple(i for i in run if groups[i].conditional == c) for c in conditionals)
         else:
             calls = (tuple(run),)
         return cls(groups, calls, dual)
+
+    @classmethod
+    def of(cls, config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
+        """:meth:`plan` with ``config``'s options: the layout of one request for ``branches`` under ``config``."""
+        return cls.plan(
+            config.guided, branches, config.rotation, config.split_guidance_batch, config.shared_unconditional
+        )
+
+    @property
+    def shares_unconditional(self) -> bool:
+        """Whether the backward branch takes the forward branch's unconditional estimate (its own group is not
+        evaluated)."""
+        evaluated = {self.groups[i] for call in self.calls for i in call}
+        return (
+            Group(BACKWARD, True) in evaluated
+            and Group(FORWARD, False) in evaluated
+            and Group(BACKWARD, False) not in evaluated
+        )
+
+    def dual_groups(self, call: tuple[int, ...]) -> tuple[int, int] | None:
+        """``(forward, backward)`` group counts of a dual ``call`` (:func:`inbetween.attention.dual_mode`); ``None``
+        where the call does not rotate attention (no backward rows in it, or a layout that is not dual)."""
+        backward = sum(self.groups[i].branch == BACKWARD for i in call)
+        return (len(call) - backward, backward) if self.dual and backward else None
 
     def branch_groups(self, branch: str) -> tuple[int, ...]:
         """Indices of ``branch``'s evaluated groups, unconditional first."""

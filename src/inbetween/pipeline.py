@@ -303,7 +303,7 @@ class InbetweenPipeline(DiffusionPipeline):
 
         def planned(branches: tuple[str, ...]) -> tuple[BatchLayout, list[dict[str, torch.Tensor]]]:
             if branches not in layouts:  # the conditioning of each call is the same at every step: build it once
-                layout = BatchLayout.plan(config.guided, branches, config.rotation, config.split_guidance_batch)
+                layout = BatchLayout.of(config, branches)
                 layouts[branches] = (layout, [cond.select(list(call), num_frames) for call in layout.calls])
             return layouts[branches]
 
@@ -314,26 +314,35 @@ class InbetweenPipeline(DiffusionPipeline):
             estimates: dict[bool, dict[str, torch.Tensor]] = {True: {}, False: {}}
             for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
                 x_in = torch.stack([x_of[layout.groups[g].branch] for g in call])  # (G', B, N, 4, h, w)
-                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, layout.dual)
+                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, layout.dual_groups(call))
                 v = v.unflatten(0, x_in.shape[:2]).float()
                 for j, g in enumerate(call):
                     group = layout.groups[g]
-                    if group.branch in branches:
+                    # a shared unconditional row stands for the backward branch too, also when only it was asked for
+                    shared = layout.shares_unconditional and not group.conditional
+                    if group.branch in branches or shared:
                         denoised = c_skip * x_in[j] + c_out * v[j]
                         estimates[group.conditional][group.branch] = (
                             denoised.flip(1) if group.branch == BACKWARD else denoised
                         )
+            if layout.shares_unconditional:
+                estimates[False][BACKWARD] = estimates[False][FORWARD]
+                estimates[False] = {branch: estimates[False][branch] for branch in branches}
             return BranchEstimates(cond=estimates[True], uncond=estimates[False])
 
         return denoise
 
     def _unet_call(
-        self, x: torch.Tensor, c_noise: torch.Tensor, kwargs: dict[str, torch.Tensor], dual: bool
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        kwargs: dict[str, torch.Tensor],
+        dual_groups: tuple[int, int] | None,
     ) -> torch.Tensor:
-        """One UNet call; with ``dual`` the batch ``(2R, N, 4, h, w)`` is ``[forward rows | backward rows]`` and
-        the backward rows attend with the forward rows' rotated maps."""
+        """One UNet call; with ``dual_groups`` ``(F, B')`` the batch ``((F + B') R, N, 4, h, w)`` is ``[forward
+        rows | backward rows]`` and the backward rows attend with the last forward rows' rotated maps."""
         model_input = torch.cat([x.to(self.unet.dtype), kwargs["image_latents"]], dim=2)
-        with dual_mode(self.unet) if dual else nullcontext():
+        with dual_mode(self.unet, *dual_groups) if dual_groups else nullcontext():
             return self.unet(
                 model_input,
                 c_noise.to(self.unet.dtype),
@@ -483,7 +492,7 @@ class InbetweenPipeline(DiffusionPipeline):
         :meth:`__call__` does between its checks and the decode). ``coupling`` ties the B videos to each other
         (:mod:`inbetween.sequence`: shared boundary frames); by default they are independent."""
         device = self._execution_device
-        layout = BatchLayout.plan(config.guided, config.branches, config.rotation, config.split_guidance_batch)
+        layout = BatchLayout.of(config, config.branches)
 
         # 2. Encode keyframes (draws the noise augmentation from `generator`)
         first = self.preprocess_keyframes(first_image, config.height, config.width)

@@ -123,12 +123,20 @@ class KeyframeSets:
 
 
 def exact_branch_denoiser(
-    world: ExactWorld, first: torch.Tensor, last: torch.Tensor, *, fine_tuned: bool, guided: bool
+    world: ExactWorld,
+    first: torch.Tensor,
+    last: torch.Tensor,
+    *,
+    fine_tuned: bool,
+    guided: bool,
+    shared_unconditional: bool = False,
 ) -> BranchDenoiser:
     """The samplers' :data:`~inbetween.sampling.BranchDenoiser` of keyframe pairs ``(first[b], last[b])`` (atlas
     indices, ``(B,)``): ``model(x (B, N, 3, H, W), sigma, branches) -> BranchEstimates``, all in forward frame
     order. The backward branch is the ideal fine-tuned backward model (``fine_tuned``) or the forward model on the
-    reversed video (without fine-tuning); unconditional estimates come only when ``guided``."""
+    reversed video (without fine-tuning); unconditional estimates come only when ``guided``, the forward one standing
+    for both branches with ``shared_unconditional`` where the pipeline evaluates the forward rows
+    (:meth:`inbetween.layout.BatchLayout.plan`)."""
     sets = KeyframeSets.of(world, first, last)
     backward_set = sets.backward if fine_tuned else sets.reversed_backward
 
@@ -141,14 +149,15 @@ def exact_branch_denoiser(
             cond[BACKWARD] = posterior_mean(world, distances, sigma, backward_set, reversed_videos=not fine_tuned)
         if guided:
             # The fine-tuned backward model's unconditional videos are the world's own, as the forward model's.
-            needs_forward_videos = FORWARD in branches or (BACKWARD in branches and fine_tuned)
-            if needs_forward_videos:
+            forward_rows = FORWARD in branches or fine_tuned  # a rotated backward branch brings them
+            if forward_rows:
                 all_videos = posterior_mean(world, distances, sigma, None, reversed_videos=False)
             if FORWARD in branches:
                 uncond[FORWARD] = all_videos
             if BACKWARD in branches:
+                own = fine_tuned or (shared_unconditional and forward_rows)
                 uncond[BACKWARD] = (
-                    all_videos if fine_tuned else posterior_mean(world, distances, sigma, None, reversed_videos=True)
+                    all_videos if own else posterior_mean(world, distances, sigma, None, reversed_videos=True)
                 )
         return BranchEstimates(cond=cond, uncond=uncond)
 

@@ -157,7 +157,14 @@ def run_row(
     if ideal:
         model = ideal_denoiser(world, first, last)
     else:
-        model = exact_branch_denoiser(world, first, last, fine_tuned=config.rotation, guided=config.guided)
+        model = exact_branch_denoiser(
+            world,
+            first,
+            last,
+            fine_tuned=config.rotation,
+            guided=config.guided,
+            shared_unconditional=config.shared_unconditional,
+        )
     model, tally = counted(model, config)
     sigmas, init_sigma = karras_sigmas(config.num_inference_steps)
     noise = gaussian_noise(torch.Generator().manual_seed(seed))
