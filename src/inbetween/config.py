@@ -331,6 +331,18 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
         "gi at fast's steps, no re-injection": dict(FAST_STEPS, noise_injection_steps=0),
         "poe g=1 at fast's steps": dict(FAST_STEPS, fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
         "fast, no re-injection": dict(PRESETS["fast"], noise_injection_steps=0),
+        # Cheaper than fast: one unconditional row for both branches (exact here, where the fine-tuned backward
+        # model's unconditional videos are the forward model's), fewer re-injected steps, fewer steps.
+        "fast, shared uncond": dict(PRESETS["fast"], shared_unconditional=True),
+        "fast, shared uncond, no re-injection": dict(
+            PRESETS["fast"], shared_unconditional=True, noise_injection_steps=0
+        ),
+        "fast, shared uncond, re-injection on the first 8": dict(
+            PRESETS["fast"], shared_unconditional=True, noise_injection_ratio=0.32
+        ),
+        "fast, 20 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=20),
+        "fast, 15 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=15),
+        "fast, 20 steps, no re-injection": dict(PRESETS["fast"], num_inference_steps=20, noise_injection_steps=0),
         "trf": dict(sampler="trf"),
     }
     candidates |= {name: replace(paper, **options) for name, options in variants.items()}

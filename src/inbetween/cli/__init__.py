@@ -1,6 +1,7 @@
 """The ``inbetween`` command: parse arguments, call the library, print one line.
 
-``inbetween interpolate FIRST LAST -o OUT`` generates the video between two keyframes;
+``inbetween interpolate FIRST LAST -o OUT`` generates the video between two keyframes; ``inbetween batch SHOTS -o
+OUT`` renders a shot list;
 ``inbetween convert-checkpoint FINETUNED -o adapter.safetensors`` turns a full fine-tuned UNet into
 a backward adapter; ``inbetween train`` fine-tunes one; ``inbetween evaluate --data VIDEOS --out RESULTS``
 scores methods on keyframe pairs and writes a report; ``inbetween demo`` and ``inbetween toyworld ...`` work in
@@ -22,7 +23,7 @@ from types import ModuleType
 
 from .. import __version__
 from ..errors import USER_ERRORS, one_line
-from . import app, convert, interpolate, jobs, toyworld
+from . import app, batch, convert, interpolate, jobs, toyworld
 
 USER_ERROR_EXIT = 2
 DEBUG_VARIABLE = "INBETWEEN_DEBUG"
@@ -56,6 +57,7 @@ def command(name: str, module: ModuleType, part: str = "") -> Command:
 # The command table: (name, the module that defines it, its part of that module).
 COMMANDS = (
     command("interpolate", interpolate),
+    command("batch", batch),
     command("convert-checkpoint", convert),
     command("train", jobs, "train"),
     command("evaluate", jobs, "evaluate"),

@@ -53,6 +53,12 @@ def _add_field_argument(
         if not required and default is not None:  # a concrete default replaces the help's own default note
             help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
     extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
+    if field.metadata.get("positional"):  # a required operand, ``inbetween batch SHOTS``
+        p.add_argument(field.name, metavar=field.name.upper(), help=help_text, **extra)
+        return
+    if "short" in field.metadata:  # ``-o`` beside ``--out``
+        p.add_argument(field.metadata["short"], flag, dest=field.name, required=required, help=help_text, **extra)
+        return
     if kind is bool:
         p.add_argument(flag, dest=field.name, action=_ExplicitBool, default=default, help=help_text)
     elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable

@@ -1,0 +1,38 @@
+"""``inbetween batch SHOTS -o OUT``: every shot of a shot list, one model load per process, resumable; over several
+GPUs or processes with ``accelerate launch``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import config_from_flat, flat_option_names
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
+
+HELP = "render a shot list (CSV or JSON of keyframe files and per-shot options) into a folder, resumably"
+DESCRIPTION = (
+    "Render every shot of SHOTS into OUT with one model load per process: OUT/<name>.mp4 per shot, records/ and "
+    "summary.json. A re-run into OUT renders only the shots without a video; a bad row or a failed shot is one line "
+    "and the others go on (exit status 1 if any failed). Several GPUs or processes: "
+    "`accelerate launch --num_processes N -m inbetween batch ...` with the same options: each shot once."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..batch import BatchConfig
+
+    add_dataclass_arguments(p, BatchConfig)
+    add_preset_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch import BatchConfig, render_batch
+
+    with errors_name_flags():
+        config = config_from_flat(BatchConfig, {name: getattr(args, name) for name in flat_option_names(BatchConfig)})
+    with library_output(quiet=args.quiet):
+        summary = render_batch(config)
+    if summary is None:  # not process 0 of a launched run
+        return 0
+    print(summary.line)
+    return 1 if summary.count("failed") else 0
