@@ -14,6 +14,7 @@ once; per shot: keyframes read, sampling, decoding, writing), whose ratios are t
 
     python bench/presets_end_to_end.py --out bench/results/presets_end_to_end.md
     python bench/presets_end_to_end.py --presets paper,fast --repeats 1       # a quick look
+    python bench/presets_end_to_end.py --presets "paper,fast:steps=15,fast:noise_injection_steps=0"
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def child(preset: str, first: str, last: str, out: str) -> None:
     started = time.perf_counter()
     import torch
 
-    from inbetween.config import SamplingConfig
     from inbetween.hub import TINY_WORLD
     from inbetween.loading import load_on_device
     from inbetween.sequence import interpolate_sequence
@@ -55,7 +55,7 @@ def child(preset: str, first: str, last: str, out: str) -> None:
     frames = interpolate_sequence(
         pipe,
         [load_image(first), load_image(last)],
-        SamplingConfig.preset(preset),
+        case_config(preset),
         generator=torch.Generator().manual_seed(0),
         callback_on_step_end=on_step_end,
     )
@@ -82,14 +82,38 @@ FLOOR_OPTIONS = dict(sampler="forward", num_inference_steps=1, min_guidance_scal
 FLOOR_FLAGS = ["--sampler", "forward", "--steps", "1", "--min-guidance", "1", "--max-guidance", "1"]
 
 
+def case_options(case: str) -> tuple[str, dict[str, str]]:
+    """``PRESET`` or ``PRESET:OPTION=VALUE,...`` (options by field or flag name, as shot-list columns): the preset
+    and the options over it."""
+    preset, _, rest = case.partition(":")
+    return preset, dict(item.split("=", 1) for item in rest.split(",") if item)
+
+
 def case_flags(case: str) -> list[str]:
-    return FLOOR_FLAGS if case == FLOOR else ["--preset", case]
+    if case == FLOOR:
+        return FLOOR_FLAGS
+    from inbetween.batch.shotlist import sampling_fields
+    from inbetween.config import flag_of
+
+    preset, options = case_options(case)
+    flags = [(flag_of(sampling_fields()[name]), value) for name, value in options.items()]
+    return ["--preset", preset, *(part for flag in flags for part in flag)]
+
+
+def case_row(case: str) -> dict[str, object]:
+    """The shot-list row of ``case`` (keyframes left out)."""
+    preset, options = case_options(case)
+    return dict(preset=preset, **options)
 
 
 def case_config(case: str):
+    from inbetween.batch.shotlist import parse_shot
     from inbetween.config import SamplingConfig
 
-    return SamplingConfig(**FLOOR_OPTIONS) if case == FLOOR else SamplingConfig.preset(case)
+    if case == FLOOR:
+        return SamplingConfig(**FLOOR_OPTIONS)
+    shot = parse_shot(dict(case_row(case), keyframes="a.png;b.png"), 1, Path("."))
+    return shot.sampling_config(SamplingConfig())
 
 
 def timed_cli(case: str, first: str, last: str, out: str) -> float:
@@ -101,13 +125,19 @@ def timed_cli(case: str, first: str, last: str, out: str) -> float:
 
 def batch_seconds(presets: list[str], rounds: int, first: str, last: str, folder: Path) -> dict[str, list[float]]:
     """Seconds per shot of every preset, ``rounds`` shots each in turn, in one ``inbetween batch`` run."""
-    shots = ["name,keyframes,preset"]
-    shots += [f"{preset}-{i},{first};{last},{preset}" for i in range(rounds) for preset in presets]
-    (folder / "shots.csv").write_text("\n".join(shots) + "\n")
-    command = [sys.executable, "-m", "inbetween", "batch", str(folder / "shots.csv"), "-o", str(folder / "batch")]
+    shots = [
+        dict(name=f"case{index}-{i}", keyframes=[first, last], **case_row(case))
+        for i in range(rounds)
+        for index, case in enumerate(presets)
+    ]
+    (folder / "shots.json").write_text(json.dumps(shots))
+    command = [sys.executable, "-m", "inbetween", "batch", str(folder / "shots.json"), "-o", str(folder / "batch")]
     subprocess.run([*command, "--model", "tiny-world", "--quiet"], check=True, capture_output=True)
     records = json.loads((folder / "batch" / "summary.json").read_text())["records"]
-    return {preset: [r["seconds"] for r in records if r["name"].rsplit("-", 1)[0] == preset] for preset in presets}
+    return {
+        case: [r["seconds"] for r in records if r["name"].rsplit("-", 1)[0] == f"case{index}"]
+        for index, case in enumerate(presets)
+    }
 
 
 def stage_times(preset: str, first: str, last: str, out: str) -> dict[str, float]:
@@ -119,7 +149,11 @@ def stage_times(preset: str, first: str, last: str, out: str) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="paper,fast,lite", help="comma list; the first is the reference")
+    parser.add_argument(
+        "--presets",
+        default="paper,fast,fast:steps=15",
+        help="comma list of PRESET or PRESET:OPTION=VALUE,... (a candidate); the first is the reference",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of timed CLI runs (default: %(default)s)")
     parser.add_argument("--batch-rounds", type=int, default=3, help="shots per preset in the batch run (0: none)")
     parser.add_argument("--out", help="write the Markdown table here too")

@@ -7,7 +7,7 @@ guided), plus the forward rows a rotated backward branch attends with. UNet time
 
     paper (gi, 50 steps, 5 re-injections on the first 25)   175 requests x 4 rows  = 700 rows
     fast (gi + weighted PoE, DPM-Solver++(2M), 25 steps, 1 re-inj. on the first 12)   37 x 4 = 148 rows
-    lite (fast at 15 steps, 1 re-inj. on the first 7)        22 x 4 rows            =  88 rows
+    fast at 15 steps (1 re-inj. on the first 7)              22 x 4 rows            =  88 rows
     fast with shared_unconditional (one uncond row for both branches)   37 x 3      = 111 rows
     vibid (25 steps, unrotated)                              25 x (2 + 2) rows     = 100 rows
     vibid-adapter (rotated backward half-steps)              25 x (2 + 4) rows     = 150 rows

@@ -1,8 +1,16 @@
 """Paired differences (candidate - fast) of the tiny-world per-pair metrics, mean +- 95 % Student-t half-width."""
-import json, sys
+
+import json
+import sys
+
 import numpy as np
 from scipy import stats
-def load(name): return json.load(open(f"{name}/per_pair.json"))["results"]["full method"]
+
+
+def load(name):
+    return json.load(open(f"{name}/per_pair.json"))["results"]["full method"]
+
+
 base = load("fast")
 for name in sys.argv[1:]:
     cand = load(name)

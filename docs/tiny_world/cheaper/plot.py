@@ -32,7 +32,7 @@ CANDIDATES = {
     "fasts": "fast, shared uncond",
     "fast20s": "fast, 20 steps, shared uncond",
     "fast15s": "fast, 15 steps, shared uncond",
-    "fast15": "lite",
+    "fast15": "fast, 15 steps",
     "fast12": "fast, 12 steps",
     "fastnr": "fast, no re-injection",
     "fast20nr": "fast, 20 steps, no re-injection",
@@ -74,7 +74,7 @@ def main(runs: Path, out: Path) -> None:
             [paired(exact[row] - exact["fast"]), paired(tiny_hits(runs, folder) - fast_hits)],
             strict=True,
         ):
-            colour = "tab:red" if row == "lite" else "tab:blue"
+            colour = "tab:red" if row == "fast, 15 steps" else "tab:blue"
             axis.errorbar(cost, mean, yerr=half, fmt="o", color=colour, capsize=3)
             axis.annotate(row, (cost, mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
     for axis, title in zip(

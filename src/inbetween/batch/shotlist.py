@@ -63,7 +63,8 @@ class ShotError(ValueError):
         self.row, self.name = row, name
 
 
-def _sampling_fields() -> dict[str, dataclasses.Field]:
+def sampling_fields() -> dict[str, dataclasses.Field]:
+    """SamplingConfig's fields by field name and by flag name (``num_inference_steps`` and ``steps``)."""
     by_name = {f.name: f for f in dataclasses.fields(SamplingConfig)}
     by_flag = {flag_of(f).removeprefix("--").replace("-", "_"): f for f in by_name.values()}
     return by_flag | by_name
@@ -104,14 +105,14 @@ def parse_shot(values: dict[str, object], row: int, folder: Path) -> Shot:
     if len(keyframes) < 2:
         raise ValueError(f"got {len(keyframes)} keyframe; give at least two")
     paths = tuple(str(path if (path := Path(k)).is_absolute() else folder / path) for k in keyframes)
-    hints, sampling_fields = typing.get_type_hints(Shot), _sampling_fields()
+    hints, by_column = typing.get_type_hints(Shot), sampling_fields()
     shot = dict(name=name, keyframes=paths, row=row)
     for column in SHOT_OPTIONS:
         if column in values:
             shot[column] = _parse_value(values.pop(column), hints[column], column)
     if shot.get("preset") is not None and shot["preset"] not in PRESETS:
         raise ValueError(f"unknown preset {shot['preset']!r}; the presets are {', '.join(PRESETS)}")
-    unknown = sorted(set(values) - set(sampling_fields))
+    unknown = sorted(set(values) - set(by_column))
     if unknown:
         raise ValueError(
             f"unknown column {', '.join(f'`{c}`' for c in unknown)}; the columns are name, keyframes, "
@@ -120,7 +121,7 @@ def parse_shot(values: dict[str, object], row: int, folder: Path) -> Shot:
     sampling_hints = typing.get_type_hints(SamplingConfig)
     sampling = {}
     for column, value in values.items():
-        option = sampling_fields[column].name
+        option = by_column[column].name
         sampling[option] = _parse_value(value, sampling_hints[option], column)
     SamplingConfig.preset(shot.get("preset") or "paper", **sampling)  # a bad value fails here, with its row
     return Shot(**shot, sampling=sampling)
