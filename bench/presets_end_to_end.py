@@ -13,8 +13,8 @@ reach end to end), and ``--batch-rounds`` shots of every preset in ONE ``inbetwe
 once; per shot: keyframes read, sampling, decoding, writing), whose ratios are the sampler's alone.
 
     python bench/presets_end_to_end.py --out bench/results/presets_end_to_end.md
-    python bench/presets_end_to_end.py --presets paper,fast --repeats 1       # a quick look
-    python bench/presets_end_to_end.py --presets "paper,fast:steps=15,fast:noise_injection_steps=0"
+    python bench/presets_end_to_end.py --presets paper fast --repeats 1       # a quick look
+    python bench/presets_end_to_end.py --presets paper fast:steps=20,noise_injection_steps=0
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--presets",
-        default="paper,fast,fast:steps=15",
-        help="comma list of PRESET or PRESET:OPTION=VALUE,... (a candidate); the first is the reference",
+        nargs="+",
+        default=["paper", "fast", "fast:steps=15"],
+        help="PRESET or PRESET:OPTION=VALUE,... (a candidate) each; the first is the reference",
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of timed CLI runs (default: %(default)s)")
     parser.add_argument("--batch-rounds", type=int, default=3, help="shots per preset in the batch run (0: none)")
@@ -167,7 +168,7 @@ def main() -> None:
 
     from inbetween.cost import unet_rows_per_video
 
-    presets = args.presets.split(",")
+    presets = args.presets
     cases = [*presets, FLOOR]
     with tempfile.TemporaryDirectory() as tmp:
         first, last = keyframes(Path(tmp))

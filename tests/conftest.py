@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import tiny_components  # noqa: E402
+from tiny import save_tiny_svd, tiny_components  # noqa: E402
 
 from inbetween import BackwardAdapter, InbetweenPipeline  # noqa: E402
 
@@ -76,3 +76,9 @@ def refuse_model_loading(monkeypatch):
     monkeypatch.setattr(InbetweenPipeline, "from_pretrained", must_not_load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny_svd_folder(tmp_path_factory) -> Path:
+    """Tiny random SVD components saved in SVD's folder layout, once per test module."""
+    return save_tiny_svd(tmp_path_factory.mktemp("tiny_svd"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import accelerate_launch, random_keyframe
-from tiny import save_tiny_svd
+from tiny import FAST_CLI
 
 from inbetween.batch import read_shot_list
 from inbetween.batch.render import RECORDS, SUMMARY
@@ -22,14 +22,13 @@ from inbetween.cli import main
 from inbetween.config import SamplingConfig
 from inbetween.video_io import read_video
 
-# 64x64 keyframes, 3-frame segments, 2 steps: about a second a shot on one CPU core.
-FAST = ["--height", "64", "--width", "64", "--num-frames", "3", "--steps", "2", "--noise-injection-steps", "1"]
+FAST = FAST_CLI
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_tiny_svd(tmp_path_factory.mktemp("tiny_svd"))
+def model(tiny_svd_folder: Path) -> Path:
+    return tiny_svd_folder
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +99,14 @@ def test_each_bad_row_is_one_line_naming_its_row_and_the_others_are_read(inputs:
         "bad name!,k1.png;k2.png,,,",
         "column,k1.png;k2.png,,,red",
         "zero,k1.png;k2.png,0,,",
+        "records,k1.png;k2.png,,,",
     ]
     (inputs / "bad.csv").write_text("\n".join(rows) + "\n")
     shots, errors = read_shot_list(inputs / "bad.csv")
     assert [shot.name for shot in shots] == ["good"]
     messages = [str(error) for error in errors]
-    assert [error.row for error in errors] == [2, 3, 4, 5, 6, 7, 8]
-    assert all("\n" not in m and m.startswith(f"bad.csv row {r}") for m, r in zip(messages, range(2, 9), strict=True))
+    assert [error.row for error in errors] == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert all("\n" not in m and m.startswith(f"bad.csv row {r}") for m, r in zip(messages, range(2, 10), strict=True))
     for fragment, message in zip(
         [
             "at least two",
@@ -116,6 +116,7 @@ def test_each_bad_row_is_one_line_naming_its_row_and_the_others_are_read(inputs:
             "cannot name a file",
             "unknown column `colour`",
             "num_inference_steps",
+            "bookkeeping",
         ],
         messages,
         strict=True,
@@ -186,7 +187,9 @@ def test_two_processes_render_each_shot_once_with_the_frames_of_one(inputs: Path
     records = summary_of(two)
     assert sorted(records) == list("abcdef") and {r["status"] for r in records.values()} == {"rendered"}
     assert {r["process"] for r in records.values()} == {0, 1}  # both processes took shots
-    assert len(list((two / RECORDS).glob("*.json"))) == 6  # one record per shot: each rendered once
+    # each shot once: process r renders shots r, r + 2, ... of the list, and nothing else wrote a record
+    assert {name: records[name]["process"] for name in "abcdef"} == {n: i % 2 for i, n in enumerate("abcdef")}
+    assert sorted(path.name for path in (two / RECORDS).iterdir()) == [f"{n}.json" for n in "abcdef"]
     for name in "abcdef":  # other processes: float sums may round a pixel the other way, never more
         difference = np.abs(frames_of(two / name).astype(int) - frames_of(one / name))
         assert difference.max() <= 1 and difference.mean() < 0.01, name
@@ -197,20 +200,24 @@ def test_a_killed_run_resumes_without_redoing_finished_shots(inputs: Path, model
     command = [sys.executable, "-m", "inbetween", *batch_args(shots, out, model)]
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list((out / RECORDS).glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+    while not list((out / RECORDS).glob("[!.]*.json")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    finished = {path.stem for path in (out / RECORDS).glob("*.json")}
+    finished = {path.stem for path in (out / RECORDS).glob("[!.]*.json")}
     videos = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name in set("abcdef")}
     assert finished and len(finished) < 6, "the run was not killed part way"
     assert set(videos) >= finished  # a shot's video is in place before its record
     lengths = dict(zip("abcdef", [3, 5, 4, 3, 3, 3], strict=True))
     for name in videos:  # a video under its own name is whole: it was renamed there complete
         assert len(read_video(out / name)) == lengths[name]
+    # what a kill part way through a write leaves: hidden temporaries beside the videos and the records
+    (out / ".tmp-0123456789ab.c").mkdir(exist_ok=True)
+    (out / RECORDS / ".tmp-0123456789ab.c.json").write_text("{")
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     records = summary_of(out)
     assert {name for name, r in records.items() if r["status"] == "done before"} == set(videos)
     assert {name for name, r in records.items() if r["status"] == "rendered"} == set("abcdef") - set(videos)
     assert {name: (out / name).stat().st_mtime_ns for name in videos} == videos  # not rewritten
-    assert not [path for path in out.iterdir() if path.name.startswith(".")]  # no temporary left behind
+    hidden = [path for folder in (out, out / RECORDS) for path in folder.iterdir() if path.name.startswith(".")]
+    assert not hidden  # no temporary left behind

@@ -16,15 +16,14 @@ from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny import save_tiny_svd, tiny_unet
+from tiny import FAST_CLI, tiny_unet
 
 from inbetween import BackwardAdapter, InbetweenPipeline, __version__
 from inbetween.attention import temporal_self_attention_names
 from inbetween.cli import main
 from inbetween.video_io import read_video
 
-# 64x64 keyframes, few frames and steps: each run takes well under a second on one CPU core.
-FAST = ["--height", "64", "--width", "64", "--num-frames", "3", "--steps", "2", "--noise-injection-steps", "1"]
+FAST = FAST_CLI
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,8 +36,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_tiny_svd(tmp_path_factory.mktemp("tiny_svd"))
+def model(tiny_svd_folder: Path) -> Path:
+    return tiny_svd_folder
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 from conftest import random_keyframe
 from PIL import Image
-from tiny import save_tiny_svd
+from tiny import FAST_CLI
 
 from inbetween.cli import main
 from inbetween.video_io import read_video
 
-# 64x64 keyframes, 3-frame segments, 2 steps: each run takes about a second on one CPU core.
-FAST = ["--height", "64", "--width", "64", "--num-frames", "3", "--steps", "2", "--noise-injection-steps", "1"]
+FAST = FAST_CLI
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_tiny_svd(tmp_path_factory.mktemp("tiny_svd"))
+def model(tiny_svd_folder: Path) -> Path:
+    return tiny_svd_folder
 
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,7 @@ def save_tiny_svd(folder: Path, num_frames: int = 8) -> Path:
     """Save tiny components in SVD's folder layout, as diffusers' StableVideoDiffusionPipeline writes it."""
     StableVideoDiffusionPipeline(**tiny_components(num_frames)).save_pretrained(folder)
     return folder
+
+
+# CLI flags for tiny models: 64x64 keyframes, 3-frame segments, 2 steps, about a second a run on one CPU core.
+FAST_CLI = ["--height", "64", "--width", "64", "--num-frames", "3", "--steps", "2", "--noise-injection-steps", "1"]

@@ -27,7 +27,7 @@ from ..hub import SVD_XT
 from .shotlist import Shot, ShotError, read_shot_list
 
 FORMATS = ("mp4", "gif", "webp", "png")
-RECORDS, SUMMARY = "records", "summary.json"
+RECORDS, SUMMARY = "records", "summary.json"  # shotlist.RESERVED_NAMES keeps shots off them
 RENDERED, DONE_BEFORE, FAILED = "rendered", "done before", "failed"
 
 
@@ -94,10 +94,22 @@ def write_json(path: Path, document: dict) -> None:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def records_written_since(out: Path, started: float) -> int:
+    """Shot records of every process written since ``started`` (the progress across shots); another process's
+    temporary record (a hidden name) is not one, and may be renamed away while this counts."""
+    count = 0
+    for path in (out / RECORDS).glob("[!.]*.json"):
+        try:
+            count += path.stat().st_mtime >= started
+        except FileNotFoundError:
+            pass
+    return count
+
+
 def remove_stale_temporaries(out: Path) -> None:
     """A killed run can leave the hidden temporary file of the video it was writing: remove ours
     (:func:`inbetween.files.temporary_sibling`'s names), before any process writes again."""
-    for stale in [*out.glob(".tmp-*"), *(out / RECORDS).glob(".tmp-*")]:
+    for stale in [*out.glob(".tmp-*"), *out.glob(".old-*"), *(out / RECORDS).glob(".tmp-*")]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -130,7 +142,7 @@ def render_shot(pipe, shot: Shot, config: BatchConfig) -> dict:
     frames = interpolate_sequence(
         pipe, keyframes, sampling, loop=shot.loop, generator=generator, allow_oversize=config.allow_oversize
     )
-    fps = shot.output_fps or sampling.fps
+    fps = sampling.fps if shot.output_fps is None else shot.output_fps
     path = write_video(frames, config.output_of(shot), fps=fps, overwrite=True)
     return dict(
         status=RENDERED,
@@ -154,20 +166,23 @@ def render_batch(config: BatchConfig) -> BatchSummary | None:
     from ..loading import load_on_device, pick_device
 
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"`{out}` is a file; give a folder for the videos")
     shots, bad_rows = read_shot_list(config.shots)  # every process: the same shots, and the same errors
     adapter = BackwardAdapter.load(config.adapter) if config.adapter else None
     accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
     main = accelerator.is_main_process
     started = time.time()
+    # Every process sees the same finished videos: none writes one before all have passed the barrier below.
+    done = {shot.name for shot in shots if config.output_of(shot).exists() and not config.overwrite}
+    todo = [shot for shot in shots if shot.name not in done]
+    mine = todo[accelerator.process_index :: accelerator.num_processes]
     if main:
         (out / RECORDS).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         for error in bad_rows:
             print(f"inbetween batch: {error}", file=sys.stderr)
     accelerator.wait_for_everyone()
-    done = {shot.name for shot in shots if config.output_of(shot).exists() and not config.overwrite}
-    todo = [shot for shot in shots if shot.name not in done]
-    mine = todo[accelerator.process_index :: accelerator.num_processes]
 
     if mine:
         device = accelerator.device if config.device == "auto" else pick_device(config.device)
@@ -178,12 +193,14 @@ def render_batch(config: BatchConfig) -> BatchSummary | None:
             bar.set_postfix_str(shot.name)
             try:
                 record = render_shot(pipe, shot, config)
-            except USER_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - one shot's failure (bad input, out of memory) is its record
                 record = dict(status=FAILED, message=one_line(exc))
                 where = f"{Path(config.shots).name} row {shot.row} ({shot.name})"
                 tqdm.write(f"inbetween batch: {where}: {record['message']}", file=sys.stderr)  # above the bar
+                if not isinstance(exc, USER_ERRORS) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             write_json(record_path(out, shot.name), dict(name=shot.name, process=accelerator.process_index, **record))
-            bar.n = sum(path.stat().st_mtime >= started for path in (out / RECORDS).glob("*.json"))
+            bar.n = records_written_since(out, started)
             bar.refresh()
         bar.close()
         del pipe

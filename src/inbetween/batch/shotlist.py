@@ -33,6 +33,7 @@ KEYFRAME_SEPARATOR = ";"
 SHOT_OPTIONS = ("preset", "seed", "loop", "output_fps")  # a row's options that are not sampling options
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+RESERVED_NAMES = ("records", "summary.json")  # inbetween.batch.render's RECORDS and SUMMARY
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,13 @@ def _parse_value(text: object, kind: object, column: str) -> object:
 
 def parse_shot(values: dict[str, object], row: int, folder: Path) -> Shot:
     """One row's :class:`Shot` (raises ``ValueError`` naming the column at fault)."""
-    values = {key.strip(): value for key, value in values.items() if key and value not in (None, "")}
-    name = str(values.pop("name", f"shot-{row:03d}")).strip()
+    values = {key.strip(): value.strip() if isinstance(value, str) else value for key, value in values.items() if key}
+    values = {key: value for key, value in values.items() if value not in (None, "")}
+    name = str(values.pop("name", f"shot-{row:03d}"))
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"name {name!r} cannot name a file; use letters, digits, -, _ and .")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"name {name!r} is the output folder's own bookkeeping; choose another")
     keyframes = values.pop("keyframes", None)
     if keyframes is None:
         raise ValueError("no `keyframes`; give two or more files in order")
@@ -110,6 +114,8 @@ def parse_shot(values: dict[str, object], row: int, folder: Path) -> Shot:
     for column in SHOT_OPTIONS:
         if column in values:
             shot[column] = _parse_value(values.pop(column), hints[column], column)
+    if shot.get("output_fps") is not None and not shot["output_fps"] > 0:
+        raise ValueError(f"`output_fps` must be positive, got {shot['output_fps']}")
     if shot.get("preset") is not None and shot["preset"] not in PRESETS:
         raise ValueError(f"unknown preset {shot['preset']!r}; the presets are {', '.join(PRESETS)}")
     unknown = sorted(set(values) - set(by_column))
@@ -128,7 +134,10 @@ def parse_shot(values: dict[str, object], row: int, folder: Path) -> Shot:
 
 
 def _rows(path: Path) -> list[dict[str, object]]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"shot list `{path}` is not UTF-8 text") from None
     if path.suffix.lower() == ".json":
         try:
             document = json.loads(text)
@@ -143,7 +152,10 @@ def _rows(path: Path) -> list[dict[str, object]]:
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or "keyframes" not in [name.strip() for name in reader.fieldnames]:
         raise ValueError(f"shot list `{path}` needs a header row with a `keyframes` column")
-    return list(reader)
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise ValueError(f"shot list `{path}` is not valid CSV: {exc}") from None
 
 
 def read_shot_list(path: str | Path) -> tuple[list[Shot], list[ShotError]]:
@@ -152,7 +164,7 @@ def read_shot_list(path: str | Path) -> tuple[list[Shot], list[ShotError]]:
     later row."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"shot list `{path}` does not exist")
+        raise FileNotFoundError(f"shot list `{path}` does not exist or is not a file")
     shots, errors, names = [], [], set()
     for row, values in enumerate(_rows(path), start=1):
         where = f"{path.name} row {row}"

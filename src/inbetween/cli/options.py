@@ -53,14 +53,15 @@ def _add_field_argument(
         if not required and default is not None:  # a concrete default replaces the help's own default note
             help_text = re.sub(r" \(default: [^)]*\)$", "", help_text) + " (default: %(default)s)"
     extra = {key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata}
-    if field.metadata.get("positional"):  # a required operand, ``inbetween batch SHOTS``
-        p.add_argument(field.name, metavar=field.name.upper(), help=help_text, **extra)
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    if field.metadata.get("positional"):  # an operand, ``inbetween batch SHOTS``
+        extra.setdefault("metavar", field.name.upper())
+        nargs = {} if required else dict(nargs="?", default=default)
+        p.add_argument(field.name, type=base, help=help_text, **nargs, **extra)
         return
-    if "short" in field.metadata:  # ``-o`` beside ``--out``
-        p.add_argument(field.metadata["short"], flag, dest=field.name, required=required, help=help_text, **extra)
-        return
+    flags = (field.metadata["short"], flag) if "short" in field.metadata else (flag,)  # ``-o`` beside ``--out``
     if kind is bool:
-        p.add_argument(flag, dest=field.name, action=_ExplicitBool, default=default, help=help_text)
+        p.add_argument(*flags, dest=field.name, action=_ExplicitBool, default=default, help=help_text)
     elif typing.get_origin(kind) is tuple:  # pairs of paths, repeatable
         p.add_argument(
             flag.removesuffix("s"),
@@ -72,9 +73,8 @@ def _add_field_argument(
             help="repeatable",
         )
     else:
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         p.add_argument(
-            flag,
+            *flags,
             dest=field.name,
             type=base,
             default=default,
