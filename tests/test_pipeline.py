@@ -4,6 +4,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+from inbetween.families.base import SizeRules
 from conftest import random_adapter, random_keyframe
 from reference import NaiveInbetween
 from tiny import save_tiny_svd, tiny_components
@@ -163,11 +165,20 @@ def test_decode_chunk_size_does_not_mix_videos(tiny_pipe):
     torch.testing.assert_close(together[1:], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_default_size_keeps_the_aspect(tiny_pipe):
-    assert tiny_pipe.default_size(PIL.Image.new("RGB", (1920, 1080))) == (576, 1024)
-    assert tiny_pipe.default_size(PIL.Image.new("RGB", (480, 854))) == (1024, 576)
-    assert tiny_pipe.default_size(PIL.Image.new("RGB", (300, 300))) == (1024, 1024)
-    assert tiny_pipe.default_size(torch.zeros(1, 3, 100, 200)) == (512, 1024)
+def test_default_size_keeps_the_aspect():
+    svd = SizeRules(multiple=64, long_side=1024, num_frames=25)  # SVD-XT's rules
+    assert svd.default_size(PIL.Image.new("RGB", (1920, 1080)), None, None) == (576, 1024)
+    assert svd.default_size(PIL.Image.new("RGB", (480, 854)), None, None) == (1024, 576)
+    assert svd.default_size(PIL.Image.new("RGB", (300, 300)), None, None) == (1024, 1024)
+    assert svd.default_size(torch.zeros(1, 3, 100, 200), None, None) == (512, 1024)
+    assert svd.default_size(PIL.Image.new("RGB", (1920, 1080)), None, 512) == (320, 512)
+
+
+def test_the_pipeline_sizes_by_its_models_rules(tiny_pipe):
+    rules = tiny_pipe.size_rules
+    expected = rules.default_size(PIL.Image.new("RGB", (200, 100)), None, None)
+    assert tiny_pipe.default_size(PIL.Image.new("RGB", (200, 100))) == expected
+    assert expected[1] == rules.long_side and expected[1] % rules.multiple == 0
 
 
 def test_callback_sees_every_step_and_can_replace_latents(tiny_pipe, keyframes):

@@ -23,7 +23,8 @@ FORWARD, BACKWARD = "forward", "backward"  # the branches: conditioned on the fi
 FUSIONS = ("average", "linear", FORWARD, BACKWARD, "poe")
 # The update rule (sampling.sample dispatches on it): Generative Inbetweening's fused step with re-injection, ViBiD's
 # sequential bidirectional step, time-reversal fusion (gi's step, backward branch unrotated), plain image-to-video.
-SAMPLERS = ("gi", "vibid", "trf", FORWARD)
+# native: the model's own first-last-frame conditioning in one branch (Wan FLF2V, Wan 2.2 A14B).
+SAMPLERS = ("gi", "vibid", "trf", FORWARD, "native")
 # First order; DPM-Solver++(2M), second order at one evaluation per step from the previous step's estimate (gi,
 # trf, forward); DPM-Solver++(2S), second order at two per step, self-contained (any sampler, vibid's only one).
 SOLVERS = ("euler", "dpmpp-2m", "dpmpp-2s")
@@ -99,7 +100,8 @@ class SamplingConfig:
     sampler: str = _option(
         "gi",
         "gi: the paper's fused step; vibid: ViBiD's forward then backward half-steps; trf: gi without rotation; "
-        "forward: plain SVD image-to-video",
+        "forward: plain image-to-video from the first keyframe; native: the model's own first-last-frame conditioning "
+        "(Wan FLF2V, Wan 2.2 A14B)",
         choices=SAMPLERS,
     )
     solver: str = _option(
@@ -123,6 +125,11 @@ class SamplingConfig:
         False,
         "keyframe-exact ends (any sampler): every estimate holds the keyframes' latents at the first and last "
         "frames, and the keyframes' own pixels are written there",
+    )
+
+    prompt: str = _option("", "text prompt, for models conditioned on text (Wan); SVD takes none", metavar="TEXT")
+    negative_prompt: str | None = _option(
+        None, "negative prompt of text-conditioned models (default: the model's own, Wan's standard one)", metavar="TEXT"
     )
 
     def __post_init__(self) -> None:
@@ -157,7 +164,7 @@ class SamplingConfig:
         # branch's own attention, forward is the forward branch alone.
         if self.sampler == "trf":
             object.__setattr__(self, "rotation", False)
-        if self.sampler == FORWARD:
+        if self.sampler in (FORWARD, "native"):
             object.__setattr__(self, "fusion", FORWARD)
 
     @property

@@ -500,7 +500,7 @@ def sample(
             raise ValueError("`exact_ends` needs the keyframes' latents (`keyframe_latents`)")
         share = hold_ends(keyframe_latents, share)
     hooks = Hooks(noise, share, callback)
-    if config.sampler == FORWARD:
+    if config.sampler in (FORWARD, "native"):  # native: the forward branch sees both keyframes (the family's)
         return sample_forward(config, model, x, sigmas, hooks)
     if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):
         return sample_vibid(config, model, x, sigmas, hooks, keyframe_latents)

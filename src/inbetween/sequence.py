@@ -43,9 +43,10 @@ import PIL.Image
 import torch
 
 from .config import SamplingConfig
-from .memory import check_pipeline_call
-from .pipeline import InbetweenPipeline, with_frames
+from .families.base import InbetweenMixin, with_frames
 from .sampling import Coupling
+
+InbetweenPipeline = InbetweenMixin  # any family's pipeline
 
 Keyframes = list[PIL.Image.Image] | torch.Tensor  # n PIL images, or a (n, 3, H, W) tensor in [0, 1]
 Join = tuple[int, int]  # (a, b): segment a's last frame is segment b's first frame
@@ -171,12 +172,14 @@ def sample_segment_latents(
     for chunk in chunks:
         a, b = chunk.start, chunk.stop
         whole = a == 0 and b == num_segments
-        joins = segment_joins(len(chunk), loop and whole)
+        joins: list[Join] = []
         pins: list[Pin] = []
-        if a > 0:  # continue from the frame the previous chunk ended on
-            pins.append((0, 0, segments[a - 1][-1]))
-        if loop and b == num_segments and not whole:  # close the loop on the first chunk's first frame
-            pins.append((len(chunk) - 1, -1, segments[0][0]))
+        if pipe.latent_frames_are_frames:  # else the keyframes alone tie the segments (see finish_joined_pixels)
+            joins = segment_joins(len(chunk), loop and whole)
+            if a > 0:  # continue from the frame the previous chunk ended on
+                pins.append((0, 0, segments[a - 1][-1]))
+            if loop and b == num_segments and not whole:  # close the loop on the first chunk's first frame
+                pins.append((len(chunk) - 1, -1, segments[0][0]))
         latents = pipe.sample_latents(
             firsts[a:b],
             lasts[a:b],
@@ -204,6 +207,54 @@ def decode_sequence(
         pipe.decode_latents(chunk.unsqueeze(0), decode_chunk_size).cpu() for chunk in latents.split(decode_chunk_size)
     ]
     video = with_frames(torch.cat(chunks, dim=2), keyframe_pixels or {})  # (1, 3, L, H, W) in [-1, 1]
+    return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
+
+
+def keyframe_pixels(
+    pipe: InbetweenPipeline, keyframes: Keyframes, config: SamplingConfig
+) -> dict[int, torch.Tensor]:
+    """``{frame: (1, 3, H, W) in [-1, 1]}``: each keyframe's own pixels at its frame of the joined video."""
+    images = pipe.preprocess_keyframes(keyframes, config.height, config.width)  # (n, 3, H, W)
+    positions = keyframe_positions(len(keyframes), config.num_frames)
+    return {t: image.unsqueeze(0) for t, image in zip(positions, images, strict=True)}
+
+
+def finish_joined_latents(
+    pipe: InbetweenPipeline,
+    keyframes: Keyframes,
+    segments: torch.Tensor,
+    config: SamplingConfig,
+    output_type: str,
+    loop: bool,
+) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """A family whose latent frames are frames (SVD): the segments joined in latent space (each boundary frame once)
+    and decoded as one video."""
+    latents = join_segments(segments, loop)  # (L, C, h, w)
+    if output_type == "latent":
+        return latents
+    pixels = keyframe_pixels(pipe, keyframes, config) if config.exact_ends else None
+    return decode_sequence(pipe, latents, config.decode_chunk_size, output_type, pixels)
+
+
+def finish_joined_pixels(
+    pipe: InbetweenPipeline,
+    keyframes: Keyframes,
+    segments: torch.Tensor,
+    config: SamplingConfig,
+    output_type: str,
+    loop: bool,
+) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """A family whose VAE compresses time (Wan: a segment's last latent frame holds four frames, the next segment's
+    first latent frame one), so no latent frame is shared: each segment is decoded on its own and the videos are
+    joined in pixels, each boundary frame once (the earlier segment's). Both segments are conditioned on the keyframe
+    at their join, and ``exact_ends`` writes its pixels there. ``output_type="latent"`` gives the segments'
+    latents ``(S, N', C, h, w)``."""
+    if output_type == "latent":
+        return segments
+    videos = [pipe.decode_latents(segment.unsqueeze(0), config.decode_chunk_size).cpu() for segment in segments]
+    video = join_segments(torch.cat(videos).transpose(1, 2), loop).transpose(0, 1).unsqueeze(0)  # (1, 3, L, H, W)
+    if config.exact_ends:
+        video = with_frames(video, keyframe_pixels(pipe, keyframes, config))
     return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
 
 
@@ -263,12 +314,9 @@ def interpolate_sequence(
             **options,
         )
         return video.frames[0]
-    config = pipe.sampling_config(keyframes[0], config, **options)
-    pipe.check_inputs(config, output_type, pipe.size_multiple)
     num_segments = len(keyframes) if loop else len(keyframes) - 1
     chunk_size = min(segment_batch or num_segments, num_segments)
-    check_pipeline_call(pipe, config, chunk_size, output_type, allow_oversize=allow_oversize)
-    pipe.warn_about_adapter_state(config)
+    config = pipe.prepare(keyframes[0], config, chunk_size, output_type, allow_oversize, options)
 
     segments = sample_segment_latents(
         pipe,
@@ -279,15 +327,9 @@ def interpolate_sequence(
         segment_batch=segment_batch,
         callback_on_step_end=callback_on_step_end,
     )
-    latents = join_segments(segments, loop)  # (L, 4, h, w)
-    if output_type == "latent":
-        frames = latents
+    if pipe.latent_frames_are_frames:
+        frames = finish_joined_latents(pipe, keyframes, segments, config, output_type, loop)
     else:
-        pixels = None
-        if config.exact_ends:
-            images = pipe.preprocess_keyframes(keyframes, config.height, config.width)  # (n, 3, H, W)
-            positions = keyframe_positions(len(keyframes), config.num_frames)
-            pixels = {t: image.unsqueeze(0) for t, image in zip(positions, images, strict=True)}
-        frames = decode_sequence(pipe, latents, config.decode_chunk_size, output_type, pixels)
+        frames = finish_joined_pixels(pipe, keyframes, segments, config, output_type, loop)
     pipe.maybe_free_model_hooks()
     return frames

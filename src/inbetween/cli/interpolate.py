@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..adapter import BackwardAdapter
     from ..dtypes import model_dtype
+    from ..families import size_rules_before_loading
     from ..hub import local_model_configs
     from ..memory import check_model_call
-    from ..pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, size_rules
     from ..sequence import interpolate_sequence
     from ..video_io import check_output_path, load_image, write_video
 
@@ -106,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
     check_loop_files(args, keyframes)
     first = keyframes[0]
     segments = len(keyframes) if args.loop else len(keyframes) - 1
-    configs = local_model_configs(args.model)  # a model on disk fixes its size rules before it loads
-    long_side, multiple = size_rules(*configs) if configs else (DEFAULT_LONG_SIDE, SIZE_MULTIPLE)
-    height, width = InbetweenPipeline.default_size(first, args.height, args.width, long_side, multiple)
+    rules = size_rules_before_loading(args.model)  # a model on disk fixes its size rules before it loads
+    configs = local_model_configs(args.model)  # SVD's UNet and VAE configs, for the memory estimate
+    height, width = rules.default_size(first, args.height, args.width)
     values = {name: getattr(args, name) for name in SamplingConfig.field_names()}
-    config = sampling_config(dict(values, height=height, width=width), size_multiple=multiple)
+    config = sampling_config(dict(values, height=height, width=width), rules)
     if args.output_fps is not None and not args.output_fps > 0:
         raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
     check_output_path(args.output, overwrite=args.overwrite)
@@ -180,11 +180,13 @@ def check_loop_files(args: argparse.Namespace, keyframes: list[Image.Image]) -> 
         )
 
 
-def sampling_config(values: dict, size_multiple: int) -> SamplingConfig:
-    """The validated sampling config, before the model loads; its errors name the flags the user typed."""
-    from ..pipeline import InbetweenPipeline
-
+def sampling_config(values: dict, rules) -> SamplingConfig:
+    """The validated sampling config, before the model loads (sizes and frame counts by the model's ``rules``, a
+    :class:`~inbetween.families.base.SizeRules`); its errors name the flags the user typed."""
     with errors_name_flags():
         config = SamplingConfig(**values)
-        InbetweenPipeline.check_inputs(config, output_type="pil", size_multiple=size_multiple)
+        rules.check_size("height", config.height)
+        rules.check_size("width", config.width)
+        if config.num_frames is not None:
+            rules.check_num_frames(config.num_frames)
     return config

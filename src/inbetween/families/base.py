@@ -1,0 +1,438 @@
+"""What every model family's pipeline shares: the one prepare -> sample -> finish path.
+
+Generative Inbetweening (Wang et al., ICLR 2025) adapts an image-to-video model; the method needs four things from
+it, which each family's module supplies (:mod:`inbetween.families.svd`, :mod:`inbetween.families.wan`):
+
+1. the conditioning of one branch on one keyframe, and its unconditional rows (:meth:`encode_keyframes`);
+2. a branch denoiser in the samplers' VE form ``D(x, sigma)`` over both branches in one batched network call
+   (:meth:`make_branch_denoiser`), with the family's noise schedule mapped onto the samplers' sigmas
+   (:meth:`sampling_sigmas`, :meth:`initial_latents`);
+3. the time flip of the backward branch (inside the branch denoiser; the samplers see forward frame order);
+4. the attention rotation (the family's attention processors).
+
+The samplers (:mod:`inbetween.sampling`), keyframe sequences (:mod:`inbetween.sequence`), exact ends, the batch
+layout and every front end work over this class only. A family pipeline is ``class P(InbetweenMixin,
+<a diffusers DiffusionPipeline>)`` and implements the methods marked "family" below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput, logging
+
+from ..config import SamplingConfig
+from ..layout import BatchLayout
+from ..sampling import BranchDenoiser, Coupling, gaussian_noise, sample
+
+logger = logging.get_logger(__name__)
+
+KeyframeInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor
+StepEndCallback = Callable[..., dict | None]
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+ASPECT_TOLERANCE = 0.02  # keyframes may differ this much in log aspect (a pixel of rounding at any size)
+
+
+@dataclass
+class InbetweenPipelineOutput(BaseOutput):
+    """``frames``: per pair a list of PIL images, or an array/tensor ``(B, N, H, W, 3)`` / ``(B, N, 3, H, W)``
+    in [0, 1], or the sampler's latents ``(B, N', C, h, w)`` for ``output_type="latent"``."""
+
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """A model's size and frame-count rules, built from its configs (one value per family instance).
+
+    ``multiple``: height and width must be multiples of it; ``long_side``: the output's long side when no size is
+    given; ``num_frames``: the default frame count; ``frame_step``: frame counts are ``frame_step * k + 1``
+    (1: any count >= 3; 4 for a causal VAE that compresses time 4x with the first frame alone)."""
+
+    multiple: int
+    long_side: int
+    num_frames: int
+    frame_step: int = 1
+
+    def check_size(self, name: str, size: int | None) -> None:
+        if size is not None and (size <= 0 or size % self.multiple):
+            hint = round_to_multiple(size, self.multiple)
+            raise ValueError(f"`{name}` must be a positive multiple of {self.multiple}, got {size}; try {hint}")
+
+    def check_num_frames(self, num_frames: int) -> None:
+        if self.frame_step > 1 and (num_frames - 1) % self.frame_step:
+            below = (num_frames - 1) // self.frame_step * self.frame_step + 1
+            hint = f"{below} or {below + self.frame_step}" if below >= 3 else f"{below + self.frame_step}"
+            raise ValueError(
+                f"`num_frames` must be {self.frame_step}k + 1 for this model (its VAE compresses time "
+                f"{self.frame_step}x after the first frame), got {num_frames}; try {hint}"
+            )
+
+    def default_size(self, image: KeyframeInput, height: int | None, width: int | None) -> tuple[int, int]:
+        """``(height, width)`` for ``image``: a missing side keeps its aspect (a multiple of ``multiple``); with
+        neither given, the long side is ``long_side``."""
+        image_width, image_height = image_size(image)
+        aspect = image_width / image_height
+        if height is None and width is None:
+            scale = self.long_side / max(image_width, image_height)
+            return (
+                round_to_multiple(image_height * scale, self.multiple),
+                round_to_multiple(image_width * scale, self.multiple),
+            )
+        if height is None:
+            return round_to_multiple(width / aspect, self.multiple), width
+        if width is None:
+            return height, round_to_multiple(height * aspect, self.multiple)
+        return height, width
+
+
+class InbetweenMixin:
+    """The family-independent half of a keyframe-interpolation pipeline (mixed into a diffusers pipeline)."""
+
+    # family ------------------------------------------------------------------------------------
+
+    family: str = ""  # the family's name, as `inbetween.families.FAMILIES` lists it
+    takes_prompt: bool = False  # whether the family is conditioned on text (`prompt`, `negative_prompt`)
+    native_last_frame: bool = False  # whether the model itself conditions on a last frame (sampler "native")
+    # whether latent frame i is pixel frame i (SVD), so keyframe sequences can join segments in latent space
+    latent_frames_are_frames: bool = True
+
+    @property
+    def size_rules(self) -> SizeRules:
+        raise NotImplementedError
+
+    def encode_keyframes(
+        self,
+        first: torch.Tensor,
+        last: torch.Tensor,
+        first_images: KeyframeInput,
+        last_images: KeyframeInput,
+        config: SamplingConfig,
+        generator: torch.Generator | None,
+    ) -> object:
+        """The family's conditioning of every group of ``config``'s layout, from the preprocessed keyframes
+        ``(B, 3, H, W)`` in [-1, 1] and the keyframes as given."""
+        raise NotImplementedError
+
+    def make_branch_denoiser(self, cond: object, config: SamplingConfig) -> BranchDenoiser:
+        raise NotImplementedError
+
+    def sampling_sigmas(self, config: SamplingConfig) -> torch.Tensor:
+        """The samplers' VE sigmas ``(steps + 1,)``, float32, last one 0, on the execution device."""
+        raise NotImplementedError
+
+    def latent_shape(self, config: SamplingConfig, batch_size: int) -> tuple[int, ...]:
+        """Shape of the unit noise the family draws (in the order its own pipeline draws it)."""
+        raise NotImplementedError
+
+    def initial_latents(self, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The sampler's start ``(B, N', C, h, w)`` (frames on axis 1) from unit noise of :meth:`latent_shape`."""
+        raise NotImplementedError
+
+    def keyframe_latents(self, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The clean keyframes ``(B, 3, H, W)`` in the sampler's space, ``(B, 2, C, h, w)``."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        """Sampled latents ``(B, N', C, h, w)`` -> frames ``(B, 3, N, H, W)`` in [-1, 1], float32."""
+        raise NotImplementedError
+
+    def check_call(self, config: SamplingConfig, batch_size: int, output_type: str, allow_oversize: bool) -> None:
+        """Refuse, before allocating, a call that does not fit the device's memory (family's estimate)."""
+
+    def check_family_options(self, config: SamplingConfig) -> None:
+        """Raise ``ValueError`` for options this family does not take (one line, with the fix)."""
+        if config.prompt and not self.takes_prompt:
+            raise ValueError(
+                f"this {self.family} model takes no text prompt, got `prompt`={config.prompt!r}; drop --prompt "
+                "(a Wan model takes one)"
+            )
+        if config.negative_prompt is not None and not self.takes_prompt:
+            raise ValueError(f"this {self.family} model takes no text, so no `negative_prompt`; drop --negative-prompt")
+        if config.sampler == "native" and not self.native_last_frame:
+            raise ValueError(
+                f"`sampler='native'` needs a model trained on first and last frames, and this {self.family} model is "
+                "image-to-video only; use gi, vibid or trf (or a Wan FLF2V / Wan 2.2 A14B model)"
+            )
+
+    def fill_config(self, config: SamplingConfig) -> SamplingConfig:
+        """The family's values for the options a config leaves to the model (``None`` fields)."""
+        return config
+
+    def warn_about_adapter_state(self, config: SamplingConfig) -> None:
+        """Say when the backward branch will not use a loaded adapter, or has none to use (families with one)."""
+
+    # shared ------------------------------------------------------------------------------------
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (64 for SVD)."""
+        return self.size_rules.multiple
+
+    @property
+    def default_long_side(self) -> int:
+        """The long side of the output when no size is given (1024 for SVD)."""
+        return self.size_rules.long_side
+
+    def default_size(self, image: KeyframeInput, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """``(height, width)`` of the output for ``image`` by the model's size rules (:meth:`SizeRules.default_size`)."""
+        return self.size_rules.default_size(image, height, width)
+
+    @staticmethod
+    def check_keyframes(first_image: KeyframeInput, last_image: KeyframeInput) -> None:
+        """Raise ``ValueError`` for keyframes of the wrong type, count or aspect (needs no model: the CLI calls it
+        before loading one)."""
+        for name, image in (("first_image", first_image), ("last_image", last_image)):
+            if not isinstance(image, PIL.Image.Image | list | torch.Tensor):
+                raise ValueError(
+                    f"`{name}` must be a PIL image, a list of them or a tensor, got {type(image).__name__}"
+                )
+        if batch_size_of(first_image) != batch_size_of(last_image):
+            raise ValueError(
+                f"got {batch_size_of(first_image)} first keyframes but {batch_size_of(last_image)} last ones"
+            )
+        first_aspect, last_aspect = aspect_of(first_image), aspect_of(last_image)
+        if abs(math.log(first_aspect / last_aspect)) > ASPECT_TOLERANCE:
+            raise ValueError(
+                f"the keyframes have different aspect ratios ({first_aspect:.3f} vs {last_aspect:.3f}); "
+                "crop them to the same aspect first"
+            )
+
+    def check_inputs(self, config: SamplingConfig, output_type: str) -> None:
+        """Raise ``ValueError`` naming the argument, the value and the fix, for what only the model decides (sizes,
+        frame counts, the options its family takes) and the output type; the config validated itself."""
+        rules = self.size_rules
+        rules.check_size("height", config.height)
+        rules.check_size("width", config.width)
+        if config.num_frames is not None:
+            rules.check_num_frames(config.num_frames)
+        self.check_family_options(config)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+    def preprocess_keyframes(self, images: KeyframeInput, height: int, width: int) -> torch.Tensor:
+        """Keyframes as ``(B, 3, H, W)`` in [-1, 1] for the VAE; PIL images are resized and center-cropped to the
+        aspect, tensors ``(B, 3, H', W')`` in [0, 1] are resized."""
+        mode = "crop" if not isinstance(images, torch.Tensor) else "default"
+        return self.video_processor.preprocess(images, height=height, width=width, resize_mode=mode)
+
+    def sampling_config(
+        self, first_image: KeyframeInput, config: SamplingConfig | None = None, **options: object
+    ) -> SamplingConfig:
+        """``config`` (default: the paper's) with ``options`` applied and the size and frame count filled in from
+        the first keyframe and the model. Raises ``ValueError`` for an unknown option or a bad value."""
+        unknown = sorted(set(options) - set(SamplingConfig.field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown sampling option {', '.join(f'`{name}`' for name in unknown)}; "
+                f"the options are the fields of SamplingConfig: {', '.join(SamplingConfig.field_names())}"
+            )
+        config = replace(config or SamplingConfig(), **options)
+        rules = self.size_rules
+        height, width = rules.default_size(first_image, config.height, config.width)
+        return self.fill_config(config.with_defaults(rules.num_frames, height, width))
+
+    def prepare(
+        self,
+        firsts: KeyframeInput,
+        config: SamplingConfig | None,
+        batch_size: int,
+        output_type: str,
+        allow_oversize: bool,
+        options: dict[str, object],
+    ) -> SamplingConfig:
+        """Steps 0-1 of every call (two keyframes or a sequence): the filled-in config, checked against the model,
+        the memory and the adapter state."""
+        if not isinstance(config, SamplingConfig | None):
+            raise ValueError(
+                f"the third argument is a `SamplingConfig`, got {type(config).__name__}; pass sampling options by "
+                "keyword, e.g. `pipe(first, last, height=576, width=1024)`"
+            )
+        config = self.sampling_config(firsts, config, **options)
+        self.check_inputs(config, output_type)
+        self.check_call(config, batch_size, output_type, allow_oversize)
+        self.warn_about_adapter_state(config)
+        return config
+
+    def finish(
+        self,
+        latents: torch.Tensor,
+        config: SamplingConfig,
+        output_type: str,
+        keyframe_pixels: dict[int, torch.Tensor],
+    ) -> list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor:
+        """The last step of every call: decode ``latents``, write the keyframes' own pixels at their frames when
+        ``exact_ends`` is on (``{frame: (B, 3, H, W) in [-1, 1]}``), and hand the frames back as ``output_type``."""
+        if output_type == "latent":
+            return latents
+        video = self.decode_latents(latents, config.decode_chunk_size)
+        if config.exact_ends:
+            video = with_frames(video, keyframe_pixels)
+        return self.video_processor.postprocess_video(video=video, output_type=output_type)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        first_image: KeyframeInput,
+        last_image: KeyframeInput,
+        config: SamplingConfig | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        return_dict: bool = True,
+        allow_oversize: bool = False,
+        **options: object,
+    ) -> InbetweenPipelineOutput | tuple:
+        r"""Generate the video from ``first_image`` to ``last_image`` (both included).
+
+        Args:
+            first_image, last_image (`PIL.Image.Image`, `list[PIL.Image.Image]` or `torch.Tensor`):
+                The keyframes; a list or a `(B, 3, H, W)` tensor in [0, 1] interpolates B pairs in one call.
+            config (`SamplingConfig`, *optional*): the sampling options (default: the paper's).
+            **options: any field of :class:`~inbetween.config.SamplingConfig` as a keyword, overriding `config`:
+                `num_frames` (default: the model's), `height`, `width` (multiples of `pipe.size_multiple`; default:
+                the first keyframe's aspect with the long side `pipe.default_long_side`; PIL keyframes are resized
+                and center-cropped to it), `num_inference_steps`, guidance, `sampler`, `fusion`, `rotation`,
+                re-injection, `solver`, `exact_ends`, the family's own (SVD: `fps`, `motion_bucket_id`,
+                `noise_aug_strength`; Wan: `prompt`, `negative_prompt`); named settings:
+                `SamplingConfig.preset("fast")`.
+            generator (`torch.Generator`, *optional*): source of ALL noise: the same seed gives the same video.
+            latents (`torch.Tensor`, *optional*): unit-variance noise of the family's latent shape.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, sigma, {"latents": ...})`
+                after every step; may return `{"latents": new_latents}`.
+            return_dict (`bool`, defaults to True): return an :class:`InbetweenPipelineOutput` instead of a tuple.
+            allow_oversize (`bool`, defaults to False): run even when the call's estimated peak memory exceeds the
+                memory available on the execution device (refused by default with a one-line `ValueError`).
+
+        Returns:
+            :class:`InbetweenPipelineOutput` or `(frames,)`.
+        """
+        # 0-1. The sampling options, filled in and checked
+        self.check_keyframes(first_image, last_image)
+        config = self.prepare(first_image, config, batch_size_of(first_image), output_type, allow_oversize, options)
+
+        # 2-6. Encode the keyframes, sample the latents
+        x = self.sample_latents(
+            first_image,
+            last_image,
+            config,
+            generator=generator,
+            latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+        # 7. Decode, the keyframes' own pixels at the ends
+        pixels = {}
+        if config.exact_ends and output_type != "latent":
+            first, last = (self.preprocess_keyframes(k, config.height, config.width) for k in (first_image, last_image))
+            pixels = {0: first, -1: last}
+        frames = self.finish(x, config, output_type, pixels)
+        self.maybe_free_model_hooks()
+        return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def sample_latents(
+        self,
+        first_image: KeyframeInput,
+        last_image: KeyframeInput,
+        config: SamplingConfig,
+        *,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        coupling: Coupling | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+    ) -> torch.Tensor:
+        """The sampled latents ``(B, N', C, h, w)`` of checked keyframes and a filled-in ``config`` (what
+        :meth:`__call__` does between its checks and the decode). ``coupling`` ties the B videos to each other
+        (:mod:`inbetween.sequence`: shared boundary frames); by default they are independent."""
+        device = self._execution_device
+
+        # 2. Encode keyframes (the family draws its keyframe noise, if any, from `generator` first)
+        first = self.preprocess_keyframes(first_image, config.height, config.width)
+        last = self.preprocess_keyframes(last_image, config.height, config.width)
+        cond = self.encode_keyframes(first, last, first_image, last_image, config, generator)
+
+        # 3. The family's noise schedule as the samplers' sigmas
+        sigmas = self.sampling_sigmas(config)
+
+        # 4. Initial noise
+        shape = self.latent_shape(config, first.shape[0])
+        noise = gaussian_noise(generator, coupling)
+        if latents is None:
+            latents = noise(torch.empty(shape, device=device, dtype=torch.float32))
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        x = self.initial_latents(latents.to(device, torch.float32), sigmas)
+
+        # 5-6. The branch denoiser, handed to the sampler `config.sampler`
+        model = self.make_branch_denoiser(cond, config)
+        needs_latents = config.keyframe_consistency or config.exact_ends
+        keyframe_latents = self.keyframe_latents(first, last) if needs_latents else None
+        share = coupling.share if coupling is not None else Coupling().share
+        with self.progress_bar(total=config.num_inference_steps) as progress_bar:
+
+            def on_step_end(step: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+                progress_bar.update()
+                if callback_on_step_end is None:
+                    return None
+                tensors = {name: x for name in callback_on_step_end_tensor_inputs if name == "latents"}
+                return (callback_on_step_end(self, step, sigma, tensors) or {}).get("latents")
+
+            return sample(
+                config,
+                model,
+                x,
+                sigmas,
+                noise=noise,
+                share=share,
+                callback=on_step_end,
+                keyframe_latents=keyframe_latents,
+            )
+
+    def layout_of(self, config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
+        return BatchLayout.of(config, branches)
+
+
+def with_frames(video: torch.Tensor, frames: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``video`` ``(B, 3, N, H, W)`` with frame ``t`` replaced by ``frames[t]`` ``(B, 3, H, W)`` (same value range)
+    for every ``t``: keyframe-exact ends write the keyframes' own pixels where the decoder's are near them."""
+    out = video.clone()
+    for t, pixels in frames.items():
+        out[:, :, t] = pixels.to(out.device, out.dtype)
+    return out
+
+
+def batch_size_of(image: KeyframeInput) -> int:
+    if isinstance(image, list):
+        return len(image)
+    if isinstance(image, torch.Tensor):
+        return image.shape[0] if image.ndim == 4 else 1
+    return 1
+
+
+def image_size(image: KeyframeInput) -> tuple[int, int]:
+    """``(width, height)`` of the first keyframe of ``image``."""
+    if isinstance(image, list):
+        image = image[0]
+    if isinstance(image, torch.Tensor):
+        return image.shape[-1], image.shape[-2]
+    return image.size
+
+
+def aspect_of(image: KeyframeInput) -> float:
+    width, height = image_size(image)
+    return width / height
+
+
+def round_to_multiple(size: float, multiple: int) -> int:
+    return max(multiple, int(round(size / multiple)) * multiple)
