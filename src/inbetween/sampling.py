@@ -112,9 +112,11 @@ def edm_scalings(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """One Euler step of the probability-flow ODE (Karras et al. 2022, algorithm 2 without churn)."""
-    d = (x - denoised) / sigma
-    return x + d * (sigma_next - sigma)
+    """One Euler step of the probability-flow ODE (Karras et al. 2022, algorithm 2 without churn),
+    ``x + (x - D) / sigma * (sigma_next - sigma)``, written as ``D + sigma_next / sigma * (x - D)``: the same update,
+    exact also where ``sigma`` is huge (a flow model's ``t = 1``, :mod:`inbetween.families.wan`), where the first form
+    cancels ``x`` against nearly ``-x``."""
+    return denoised + (x - denoised) * (sigma_next / sigma)
 
 
 def reinject_noise(x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor, noise: Noise) -> torch.Tensor:

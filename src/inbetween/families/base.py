@@ -164,6 +164,10 @@ class InbetweenMixin:
         """The family's values for the options a config leaves to the model (``None`` fields)."""
         return config
 
+    def default_config(self) -> SamplingConfig:
+        """The sampling options of a call given no config: the paper's, with the family's own guidance."""
+        return SamplingConfig()
+
     def warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say when the backward branch will not use a loaded adapter, or has none to use (families with one)."""
 
@@ -232,7 +236,7 @@ class InbetweenMixin:
                 f"unknown sampling option {', '.join(f'`{name}`' for name in unknown)}; "
                 f"the options are the fields of SamplingConfig: {', '.join(SamplingConfig.field_names())}"
             )
-        config = replace(config or SamplingConfig(), **options)
+        config = replace(config or self.default_config(), **options)
         rules = self.size_rules
         height, width = rules.default_size(first_image, config.height, config.width)
         return self.fill_config(config.with_defaults(rules.num_frames, height, width))
