@@ -8,6 +8,7 @@ Rewrite the references (after a change that is meant to alter the output) with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from inbetween.toyworld.science import heldout_videos
 REFERENCES = Path(__file__).parent / "data" / "reference_frames"
 UPDATE = os.environ.get("INBETWEEN_UPDATE_REFERENCES") == "1"
 # Reordered float operations (e.g. Euler's step as D + (x - D) sigma_next / sigma instead of x + (x - D) / sigma *
-# (sigma_next - sigma)) move frames by ~1e-6 here; any real change to the sampling moves them by far more.
+# (sigma_next - sigma)) move frames by up to 4e-6 here (measured); real changes to the sampling, by far more.
 TOLERANCE = 1e-4
 # Below this, a frame is blank: the tiny world's frames have a grid background and balls (std ~0.14).
 MIN_FRAME_STD = 0.01
@@ -54,11 +55,14 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(SEED)
 
 
-def check_against_reference(case: str, frames: np.ndarray, keyframes: np.ndarray) -> None:
-    """Compare ``frames`` ``(N, H, W, 3)`` in [0, 1] with the reference of ``case``, or write it when updating.
+def check_against_reference(case: str, frames: np.ndarray, keyframes: np.ndarray, preset: str) -> None:
+    """Compare ``frames`` ``(N, H, W, 3)`` in [0, 1], sampled under ``preset`` at :data:`STEPS`, with the reference
+    of ``case``, or write it when updating.
 
-    The keyframes are stored too, so a changed toy world is told apart from a changed sampler.
+    The keyframes and the preset's options are stored too: a changed toy world is told apart from a changed
+    sampler, and a preset's own step count, which the frames do not see, is still held to the reference's.
     """
+    options = PRESETS[preset]
     frame_std = frames.std(axis=(1, 2, 3))
     assert frame_std.min() > MIN_FRAME_STD, f"{case}: frame {frame_std.argmin()} is blank (std {frame_std.min():.2g})"
     path = REFERENCES / f"{case}.npz"
@@ -66,7 +70,9 @@ def check_against_reference(case: str, frames: np.ndarray, keyframes: np.ndarray
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as file:
             # float32: float16's steps near 1 (~5e-4) are wider than the tolerance.
-            np.savez_compressed(file, frames=frames.astype(np.float32), keyframes=keyframes)
+            np.savez_compressed(
+                file, frames=frames.astype(np.float32), keyframes=keyframes, preset=np.array(json.dumps(options))
+            )
         pytest.skip(f"wrote {path.relative_to(Path(__file__).parent.parent)}")
     if not path.is_file():
         pytest.fail(
@@ -75,9 +81,13 @@ def check_against_reference(case: str, frames: np.ndarray, keyframes: np.ndarray
         )
     with np.load(path) as stored:
         reference, stored_keyframes = stored["frames"], stored["keyframes"]
+        stored_options = json.loads(str(stored["preset"]))
     assert np.array_equal(keyframes, stored_keyframes), (
         f"{case}: the held-out keyframes are not those the reference was made from (the toy world changed?)"
     )
+    changed = {key: (stored_options.get(key), options.get(key)) for key in stored_options | options}
+    changed = {key: values for key, values in changed.items() if values[0] != values[1]}
+    assert not changed, f"{case}: preset {preset}'s options changed since the reference, (then, now): {changed}"
     assert frames.shape == reference.shape, f"{case}: frames {frames.shape}, reference {reference.shape}"
     difference = np.abs(frames - reference)
     worst, frame = difference.max(), difference.max(axis=(1, 2, 3)).argmax()
@@ -94,7 +104,7 @@ def test_each_preset_reproduces_its_reference_frames(pipe: InbetweenPipeline, vi
     first, last = (Image.fromarray(frame) for frame in keyframes)
     frames = pipe(first, last, config, generator=generator(), output_type="np").frames[0]
     assert frames.shape == video.shape  # the model's own 8 frames at 32 px
-    check_against_reference(f"preset-{preset}", frames, keyframes)
+    check_against_reference(f"preset-{preset}", frames, keyframes, preset)
 
 
 @pytest.mark.parametrize("loop", [False, True], ids=["sequence", "loop"])
@@ -106,4 +116,4 @@ def test_sequence_and_loop_reproduce_their_reference_frames(
     images = [Image.fromarray(frame) for frame in keyframes]
     frames = interpolate_sequence(pipe, images, config, loop=loop, generator=generator(), output_type="np")
     assert len(frames) == (3 if loop else 2) * (len(video) - 1) + (0 if loop else 1)
-    check_against_reference(f"{'loop' if loop else 'sequence'}-fast", frames, keyframes)
+    check_against_reference(f"{'loop' if loop else 'sequence'}-fast", frames, keyframes, "fast")
