@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import config_from_flat, flat_option_names
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
+from ..config import SamplingConfig, config_from_flat, flat_option_names
+from .options import EXPLICIT, add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
 
 HELP = "render a shot list (CSV or JSON of keyframe files and per-shot options) into a folder, resumably"
 DESCRIPTION = (
@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..batch import BatchConfig, render_batch
 
+    typed = frozenset(getattr(args, EXPLICIT, ())) & set(SamplingConfig.field_names())
+    values = {name: getattr(args, name) for name in flat_option_names(BatchConfig) if name != "typed_options"}
     with errors_name_flags():
-        config = config_from_flat(BatchConfig, {name: getattr(args, name) for name in flat_option_names(BatchConfig)})
+        config = config_from_flat(BatchConfig, values | {"typed_options": typed})
     with library_output(quiet=args.quiet):
         summary = render_batch(config)
     if summary is None:  # not process 0 of a launched run
