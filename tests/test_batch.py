@@ -127,6 +127,36 @@ def test_each_bad_row_is_one_line_naming_its_row_and_the_others_are_read(inputs:
         read_shot_list(inputs / "headless.csv")
 
 
+def test_a_rows_preset_undoes_no_typed_option(inputs: Path, tmp_path: Path) -> None:
+    """Each shot's options: the row's own, then the options typed, then the row's preset, then the defaults (and the
+    command's --preset, which a row's preset replaces where both set an option)."""
+    from inbetween.cli import build_parser
+    from inbetween.cli.batch import batch_config
+
+    rows = ["name,keyframes,preset,steps", "plain,k0.png;k1.png,,", "preset,k0.png;k1.png,fast,", "own,k0.png;k1.png,fast,3"]
+    (inputs / "precedence.csv").write_text("\n".join(rows) + "\n")
+    typed = ["--steps", "7", "--fusion", "linear"]
+    args = build_parser(only="batch").parse_args(["batch", str(inputs / "precedence.csv"), "-o", str(tmp_path), *typed])
+    config = batch_config(args)
+    assert config.typed_options == {"num_inference_steps", "fusion"}
+    shots = {shot.name: shot.sampling_config(config.sampling, config.typed_options) for shot in read_shot_list(
+        inputs / "precedence.csv")[0]}  # fmt: skip
+    fast = SamplingConfig.preset("fast")
+    assert (shots["plain"].num_inference_steps, shots["plain"].fusion, shots["plain"].solver) == (7, "linear", "euler")
+    assert (shots["preset"].num_inference_steps, shots["preset"].fusion) == (7, "linear")  # typed beats the preset
+    assert (shots["preset"].solver, shots["preset"].exact_ends) == (fast.solver, fast.exact_ends)  # the rest is fast's
+    assert (shots["own"].num_inference_steps, shots["own"].fusion) == (3, "linear")  # the row's own beats typed
+    # The command's --preset is not typed: a row's preset replaces it, and typed options still win over both.
+    args = build_parser(only="batch").parse_args(
+        ["batch", str(inputs / "precedence.csv"), "-o", str(tmp_path), "--preset", "vibid", "--steps", "7"]
+    )
+    config = batch_config(args)
+    preset_row = next(shot for shot in read_shot_list(inputs / "precedence.csv")[0] if shot.name == "preset")
+    chosen = preset_row.sampling_config(config.sampling, config.typed_options)
+    assert (chosen.sampler, chosen.solver, chosen.num_inference_steps) == ("gi", fast.solver, 7)
+    assert config.sampling.sampler == "vibid" and config.sampling.num_inference_steps == 7  # rows without a preset
+
+
 # rendering ---------------------------------------------------------------------------------------------------------
 
 
@@ -138,8 +168,8 @@ def test_a_batch_renders_every_shot_as_interpolate_would(inputs: Path, model: Pa
     assert [records[name]["status"] for name in "abcdef"] == ["rendered"] * 6
     assert [len(read_video(out / name)) for name in "abcdef"] == [3, 5, 4, 3, 3, 3]  # loop: 2 (3 - 1)
     # the same shot through `inbetween interpolate` with the row's options gives the same frames
-    # (a row's preset applies over the command's options: the command's steps give way to fast's)
-    for name, extra in [("d", [*FAST, "--seed", "7"]), ("e", [*FAST[:6], "--preset", "fast"]), ("b", FAST)]:
+    # (a row's preset gives way to the options typed: the command's steps stay, as with interpolate's --preset)
+    for name, extra in [("d", [*FAST, "--seed", "7"]), ("e", [*FAST, "--preset", "fast"]), ("b", FAST)]:
         shot = next(s for s in read_shot_list(shots)[0] if s.name == name)
         single = tmp_path / f"single-{name}"
         command = ["interpolate", *shot.keyframes, "-o", str(single), "--model", str(model), *extra, "--quiet"]
