@@ -152,7 +152,12 @@ def test_the_settings_command_makes_the_same_config_in_the_cli(preset):
     cli_config = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.field_names()})
     assert cli_config == job.config()
     assert (args.keyframes, args.loop, args.seed, args.segment_batch) == (list(job.names), True, 123, 2)
-    assert (args.model, args.adapter, args.dtype, args.device) == ("tiny-world", "my adapter.safetensors", "float32", "auto")
+    assert (args.model, args.adapter, args.dtype, args.device) == (
+        "tiny-world",
+        "my adapter.safetensors",
+        "float32",
+        "auto",
+    )
 
 
 @needs_app

@@ -133,28 +133,30 @@ def test_a_rows_preset_undoes_no_typed_option(inputs: Path, tmp_path: Path) -> N
     from inbetween.cli import build_parser
     from inbetween.cli.batch import batch_config
 
-    rows = ["name,keyframes,preset,steps", "plain,k0.png;k1.png,,", "preset,k0.png;k1.png,fast,", "own,k0.png;k1.png,fast,3"]
-    (inputs / "precedence.csv").write_text("\n".join(rows) + "\n")
-    typed = ["--steps", "7", "--fusion", "linear"]
-    args = build_parser(only="batch").parse_args(["batch", str(inputs / "precedence.csv"), "-o", str(tmp_path), *typed])
-    config = batch_config(args)
-    assert config.typed_options == {"num_inference_steps", "fusion"}
-    shots = {shot.name: shot.sampling_config(config.sampling, config.typed_options) for shot in read_shot_list(
-        inputs / "precedence.csv")[0]}  # fmt: skip
-    fast = SamplingConfig.preset("fast")
-    assert (shots["plain"].num_inference_steps, shots["plain"].fusion, shots["plain"].solver) == (7, "linear", "euler")
-    assert (shots["preset"].num_inference_steps, shots["preset"].fusion) == (7, "linear")  # typed beats the preset
-    assert (shots["preset"].solver, shots["preset"].exact_ends) == (fast.solver, fast.exact_ends)  # the rest is fast's
-    assert (shots["own"].num_inference_steps, shots["own"].fusion) == (3, "linear")  # the row's own beats typed
-    # The command's --preset is not typed: a row's preset replaces it, and typed options still win over both.
-    args = build_parser(only="batch").parse_args(
-        ["batch", str(inputs / "precedence.csv"), "-o", str(tmp_path), "--preset", "vibid", "--steps", "7"]
+    shots = inputs / "precedence.csv"
+    shots.write_text(
+        "name,keyframes,preset,steps\nplain,k0.png;k1.png,,\npreset,k0.png;k1.png,fast,\nown,k0.png;k1.png,fast,3\n"
     )
-    config = batch_config(args)
-    preset_row = next(shot for shot in read_shot_list(inputs / "precedence.csv")[0] if shot.name == "preset")
-    chosen = preset_row.sampling_config(config.sampling, config.typed_options)
-    assert (chosen.sampler, chosen.solver, chosen.num_inference_steps) == ("gi", fast.solver, 7)
-    assert config.sampling.sampler == "vibid" and config.sampling.num_inference_steps == 7  # rows without a preset
+
+    def sampling(*flags: str) -> dict[str, SamplingConfig]:
+        config = batch_config(
+            build_parser(only="batch").parse_args(["batch", str(shots), "-o", str(tmp_path), *flags])
+        )
+        return {
+            shot.name: shot.sampling_config(config.sampling, config.typed_options) for shot in read_shot_list(shots)[0]
+        }
+
+    fast = SamplingConfig.preset("fast")
+    typed = sampling("--steps", "7", "--fusion", "linear")
+    assert (typed["plain"].num_inference_steps, typed["plain"].fusion, typed["plain"].solver) == (7, "linear", "euler")
+    assert (typed["preset"].num_inference_steps, typed["preset"].fusion) == (7, "linear")  # typed beats the preset
+    assert (typed["preset"].solver, typed["preset"].exact_ends) == (fast.solver, True)  # the rest is the preset's
+    assert (typed["own"].num_inference_steps, typed["own"].fusion) == (3, "linear")  # the row's own beats typed
+    # The command's --preset is not typed: a row's preset replaces it where both set an option.
+    command_preset = sampling("--preset", "vibid", "--steps", "7")
+    assert (command_preset["plain"].sampler, command_preset["plain"].num_inference_steps) == ("vibid", 7)
+    assert (command_preset["preset"].sampler, command_preset["preset"].solver) == ("gi", fast.solver)
+    assert command_preset["preset"].num_inference_steps == 7
 
 
 # rendering ---------------------------------------------------------------------------------------------------------

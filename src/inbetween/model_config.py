@@ -59,10 +59,10 @@ class ModelConfig:
     def cli_flags(self) -> list[str]:
         """The ``inbetween interpolate`` flags that load this model the same way: ``--model`` always, the others
         where they are not the default."""
-        flags = ["--model", self.model]
-        for option in fields(self)[1:]:
+        flags = []
+        for option in fields(self):
             value = getattr(self, option.name)
-            if value == option.default:
+            if value == option.default and option.name != "model":  # the model always: a reader sees which
                 continue
             flag = "--" + option.name.replace("_", "-")
             flags += [flag] if value is True else [flag, str(value)]

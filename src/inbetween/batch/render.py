@@ -158,13 +158,14 @@ def render_batch(config: BatchConfig) -> BatchSummary | None:
     from ..adapter import BackwardAdapter
     from ..loading import job_accelerator, load_pipeline, model_device
 
+    model_device(config.model)  # a device this machine lacks: before anything is read
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"`{out}` is a file; give a folder for the videos")
     shots, bad_rows = read_shot_list(config.shots)  # every process: the same shots, and the same errors
     adapter = BackwardAdapter.load(config.model.adapter) if config.model.adapter else None
     accelerator = job_accelerator(config.model)
-    device = model_device(config.model, accelerator)  # every process: a device this machine lacks stops all
+    device = model_device(config.model, accelerator)
     main = accelerator.is_main_process
     started = time.time()
     # Every process sees the same finished videos: none writes one before all have passed the barrier below.

@@ -8,7 +8,7 @@ import signal
 
 from ..errors import one_line
 from ..hub import SVD_XT, TINY_WORLD
-from .options import add_model_arguments, errors_name_flags, model_config_of
+from .options import add_model_arguments, model_config_of, model_device_of
 
 HELP = "the browser app: keyframes in, video out (needs `pip install 'inbetween[app]'`)"
 DESCRIPTION = (
@@ -44,11 +44,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..app import serve
-    from ..loading import model_device
 
     model = model_config_of(args, model=args.model or (SVD_XT if torch.cuda.is_available() else TINY_WORLD))
-    with errors_name_flags():
-        model_device(model)  # a device this machine lacks stops here, not on the page
+    model_device_of(model)  # a device this machine lacks stops here, not on the page
     # Stop on SIGTERM as on Ctrl-C, and on Ctrl-C even when started in the background: the temporary files go too.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.default_int_handler)

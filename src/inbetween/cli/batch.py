@@ -7,7 +7,14 @@ import argparse
 import typing
 
 from ..config import SamplingConfig, config_from_flat, flat_option_names
-from .options import EXPLICIT, add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
+from .options import (
+    EXPLICIT,
+    add_dataclass_arguments,
+    add_preset_argument,
+    errors_name_flags,
+    library_output,
+    model_device_of,
+)
 
 if typing.TYPE_CHECKING:
     from ..batch import BatchConfig
@@ -33,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import render_batch
 
     config = batch_config(args)
+    model_device_of(config.model)
     with library_output(quiet=args.quiet):
         summary = render_batch(config)
     if summary is None:  # not process 0 of a launched run

@@ -7,7 +7,7 @@ import argparse
 import typing
 
 from ..config import SamplingConfig
-from ..loading import check_keyframe_files, load_pipeline, model_device
+from ..loading import check_keyframe_files, load_pipeline
 from .options import (
     add_dataclass_arguments,
     add_model_arguments,
@@ -15,6 +15,7 @@ from .options import (
     errors_name_flags,
     library_output,
     model_config_of,
+    model_device_of,
 )
 
 if typing.TYPE_CHECKING:
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..video_io import check_output_path, load_image, write_video
 
     model = model_config_of(args)
+    device = model_device_of(model)
     check_sequence_arguments(args)
     keyframes = [load_image(path) for path in args.keyframes]  # an unreadable one is named, before any work
     for path, keyframe in zip(args.keyframes[1:], keyframes[1:], strict=True):
@@ -97,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
     check_output_path(args.output, overwrite=args.overwrite)
     adapter = BackwardAdapter.load(model.adapter) if model.adapter else None
-    with errors_name_flags():
-        device = model_device(model)
     dtype = model_dtype(model.dtype, device)
     if configs:  # refuse a call that cannot fit before spending minutes loading the model
         with errors_name_flags():

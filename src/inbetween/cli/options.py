@@ -69,6 +69,15 @@ def model_config_of(args: argparse.Namespace, **overrides: object) -> ModelConfi
         return ModelConfig(**{name: getattr(args, name) for name in MODEL_OPTIONS} | overrides)
 
 
+def model_device_of(model: ModelConfig) -> str:
+    """The device ``model`` runs on here (:func:`inbetween.loading.model_device`), asked before anything else a
+    command does, as every command does; its errors name the flags."""
+    from ..loading import model_device
+
+    with errors_name_flags(ModelConfig):
+        return model_device(model)
+
+
 def _add_field_argument(
     p: argparse.ArgumentParser, field: dataclasses.Field, kind: type, default: object, required: bool
 ) -> None:

@@ -420,7 +420,9 @@ def frechet(real: list[np.ndarray], fake: list[np.ndarray], reason: str | None) 
 
 
 def check_environment(config: EvalConfig) -> None:
-    """Fail before any work when an optional package, the adapter or an explicit weight file is missing."""
+    """Fail before any work when the device, an optional package, the adapter or an explicit weight file is
+    missing."""
+    model_device(config.model)  # the model options first, as in every command
     for name in config.methods:
         module = METHODS[name].needs_module
         if module and importlib.util.find_spec(module) is None:
@@ -563,7 +565,7 @@ def evaluate(config: EvalConfig) -> Path | None:
     # Every rank: the same pairs, and the same user errors before anything is written.
     pairs, videos = resolve_pairs(config)
     accelerator = job_accelerator(config.model)
-    device = torch.device(model_device(config.model, accelerator))  # a device this machine lacks: before any write
+    device = torch.device(model_device(config.model, accelerator))
     if accelerator.is_main_process:
         prepare_out(config, pairs, videos)
     accelerator.wait_for_everyone()
