@@ -2,8 +2,9 @@
 
 Two nodes, thin over what the CLI and the app call (no second implementation):
 
-- **Load inbetween model** (:class:`LoadInbetweenModel`): a Hub id or a local SVD folder (``tiny-world``: the tiny
-  model shipped in the package), an optional backward adapter file, dtype, CPU offload; gives an
+- **Load inbetween model** (:class:`LoadInbetweenModel`): the :class:`~inbetween.model_config.ModelConfig` fields as
+  inputs: a Hub id or a local SVD folder (``tiny-world``: the tiny model shipped in the package), an optional backward
+  adapter file, dtype, CPU offload, and optionally the weights variant and the device; gives an
   ``INBETWEEN_PIPELINE``, loaded as ``inbetween interpolate`` loads it (:func:`inbetween.app.load_model`).
 - **Inbetween interpolate** (:class:`InbetweenInterpolate`): the keyframes in order as ComfyUI's IMAGE batch
   ``(B, H, W, C)`` float in [0, 1] (and an optional second batch appended after them), loop, preset, seed, frames per

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import one_line
 from .hub import SVD_XT, pipeline_allow_patterns, resolve_model_folder
-from .model_config import ModelConfig
+from .model_config import ModelConfig, check_cpu_offload
 
 if typing.TYPE_CHECKING:
     import torch
@@ -64,11 +64,6 @@ def job_accelerator(config: ModelConfig) -> Accelerator:
 
     on_cuda = config.device == "auto" or config.device.startswith("cuda")
     return Accelerator(cpu=not (on_cuda and torch.cuda.is_available()))
-
-
-def check_cpu_offload(cpu_offload: bool, device: str) -> None:
-    if cpu_offload and device.partition(":")[0] != "cuda":
-        raise ValueError(f"`cpu_offload` needs a CUDA GPU (the device is {device}); drop it or pass `device` cuda")
 
 
 def load_pipeline(

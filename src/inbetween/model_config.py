@@ -51,10 +51,8 @@ class ModelConfig:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"`device` must be {DEVICES}, got {self.device!r}")
-        if self.cpu_offload and self.device in ("cpu", "mps"):
-            raise ValueError(
-                f"`cpu_offload` needs a CUDA GPU (the device is {self.device}); drop it or pass `device` cuda"
-            )
+        if self.device != "auto":  # auto is known once the machine is: loading.model_device checks it then
+            check_cpu_offload(self.cpu_offload, self.device)
 
     def cli_flags(self) -> list[str]:
         """The ``inbetween interpolate`` flags that load this model the same way: ``--model`` always, the others
@@ -67,6 +65,12 @@ class ModelConfig:
             flag = "--" + option.name.replace("_", "-")
             flags += [flag] if value is True else [flag, str(value)]
         return flags
+
+
+def check_cpu_offload(cpu_offload: bool, device: str) -> None:
+    """CPU offload moves each model to a CUDA GPU as it is used (diffusers' ``enable_model_cpu_offload``)."""
+    if cpu_offload and device.partition(":")[0] != "cuda":
+        raise ValueError(f"`cpu_offload` needs a CUDA GPU (the device is {device}); drop it or pass `device` cuda")
 
 
 MODEL_OPTIONS = tuple(option.name for option in fields(ModelConfig))
