@@ -39,12 +39,13 @@ def child(preset: str, first: str, last: str, out: str) -> None:
     import torch
 
     from inbetween.hub import TINY_WORLD
-    from inbetween.loading import load_on_device
+    from inbetween.loading import load_pipeline
+    from inbetween.model_config import ModelConfig
     from inbetween.sequence import interpolate_sequence
     from inbetween.video_io import load_image, write_video
 
     imported = time.perf_counter()
-    pipe = load_on_device(TINY_WORLD, torch.float32, None, "cpu", progress=False)
+    pipe = load_pipeline(ModelConfig(TINY_WORLD, dtype="float32", device="cpu"), progress=False)
     loaded = time.perf_counter()
     sampled = []
 

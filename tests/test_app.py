@@ -30,7 +30,6 @@ from inbetween.app.generation import (
     Cancelled,
     Job,
     ModelSlot,
-    ModelSpec,
     ModelUnavailable,
     Run,
     RunFolders,
@@ -40,6 +39,7 @@ from inbetween.app.generation import (
 from inbetween.app.uploads import read_keyframe
 from inbetween.config import PRESETS, SamplingConfig
 from inbetween.files import atomic_output
+from inbetween.model_config import ModelConfig
 
 needs_app = pytest.mark.skipif(
     importlib.util.find_spec("gradio") is None or importlib.util.find_spec("gradio_client") is None,
@@ -144,15 +144,20 @@ def test_the_settings_command_makes_the_same_config_in_the_cli(preset):
     options = dict(num_inference_steps=7, rotation=False, fusion="linear", noise_aug_strength=0.05, height=64)
     job = Job(("first frame.png", "b.png", "c.png"), ("first frame.png", "b.png", "c.png"), loop=True,
               preset=preset, seed=123, segment_batch=2, options=options)  # fmt: skip
-    spec = ModelSpec("tiny-world", adapter="my adapter.safetensors")
-    command = settings_command(spec, job, job.config())
+    model = ModelConfig("tiny-world", dtype="float32", adapter="my adapter.safetensors")
+    command = settings_command(model, job, job.config())
     words = shlex.split(command)
     assert words[:2] == ["inbetween", "interpolate"]
     args = build_parser(only="interpolate").parse_args(words[1:])
     cli_config = SamplingConfig(**{name: getattr(args, name) for name in SamplingConfig.field_names()})
     assert cli_config == job.config()
     assert (args.keyframes, args.loop, args.seed, args.segment_batch) == (list(job.names), True, 123, 2)
-    assert (args.model, args.adapter) == ("tiny-world", "my adapter.safetensors")
+    assert (args.model, args.adapter, args.dtype, args.device) == (
+        "tiny-world",
+        "my adapter.safetensors",
+        "float32",
+        "auto",
+    )
 
 
 @needs_app
@@ -173,7 +178,7 @@ def test_the_page_shows_each_presets_values():
 def slot() -> ModelSlot:
     from inbetween.app import load_model
 
-    slot = ModelSlot(ModelSpec("tiny-world"), load_model)
+    slot = ModelSlot(ModelConfig("tiny-world"), load_model)
     slot.start()
     return slot
 
@@ -230,7 +235,7 @@ def test_a_missing_model_is_a_message_not_a_traceback(files, tmp_path):
     from inbetween.app import load_model
     from inbetween.app.ui import status_text
 
-    slot = ModelSlot(ModelSpec(str(tmp_path / "no_such_model")), load_model)
+    slot = ModelSlot(ModelConfig(str(tmp_path / "no_such_model")), load_model)
     slot.start()
     job = Job((str(files / "key0.png"), str(files / "key1.png")), ("key0.png", "key1.png"))
     with pytest.raises(ModelUnavailable, match=r"could not be loaded: model folder `.*no_such_model` not found"):

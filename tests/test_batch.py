@@ -127,6 +127,38 @@ def test_each_bad_row_is_one_line_naming_its_row_and_the_others_are_read(inputs:
         read_shot_list(inputs / "headless.csv")
 
 
+def test_a_rows_preset_undoes_no_typed_option(inputs: Path, tmp_path: Path) -> None:
+    """Each shot's options: the row's own, then the options typed, then the row's preset, then the defaults (and the
+    command's --preset, which a row's preset replaces where both set an option)."""
+    from inbetween.cli import build_parser
+    from inbetween.cli.batch import batch_config
+
+    shots = inputs / "precedence.csv"
+    shots.write_text(
+        "name,keyframes,preset,steps\nplain,k0.png;k1.png,,\npreset,k0.png;k1.png,fast,\nown,k0.png;k1.png,fast,3\n"
+    )
+
+    def sampling(*flags: str) -> dict[str, SamplingConfig]:
+        config = batch_config(
+            build_parser(only="batch").parse_args(["batch", str(shots), "-o", str(tmp_path), *flags])
+        )
+        return {
+            shot.name: shot.sampling_config(config.sampling, config.typed_options) for shot in read_shot_list(shots)[0]
+        }
+
+    fast = SamplingConfig.preset("fast")
+    typed = sampling("--steps", "7", "--fusion", "linear")
+    assert (typed["plain"].num_inference_steps, typed["plain"].fusion, typed["plain"].solver) == (7, "linear", "euler")
+    assert (typed["preset"].num_inference_steps, typed["preset"].fusion) == (7, "linear")  # typed beats the preset
+    assert (typed["preset"].solver, typed["preset"].exact_ends) == (fast.solver, True)  # the rest is the preset's
+    assert (typed["own"].num_inference_steps, typed["own"].fusion) == (3, "linear")  # the row's own beats typed
+    # The command's --preset is not typed: a row's preset replaces it where both set an option.
+    command_preset = sampling("--preset", "vibid", "--steps", "7")
+    assert (command_preset["plain"].sampler, command_preset["plain"].num_inference_steps) == ("vibid", 7)
+    assert (command_preset["preset"].sampler, command_preset["preset"].solver) == ("gi", fast.solver)
+    assert command_preset["preset"].num_inference_steps == 7
+
+
 # rendering ---------------------------------------------------------------------------------------------------------
 
 
@@ -138,8 +170,8 @@ def test_a_batch_renders_every_shot_as_interpolate_would(inputs: Path, model: Pa
     assert [records[name]["status"] for name in "abcdef"] == ["rendered"] * 6
     assert [len(read_video(out / name)) for name in "abcdef"] == [3, 5, 4, 3, 3, 3]  # loop: 2 (3 - 1)
     # the same shot through `inbetween interpolate` with the row's options gives the same frames
-    # (a row's preset applies over the command's options: the command's steps give way to fast's)
-    for name, extra in [("d", [*FAST, "--seed", "7"]), ("e", [*FAST[:6], "--preset", "fast"]), ("b", FAST)]:
+    # (a row's preset gives way to the options typed: the command's steps stay, as with interpolate's --preset)
+    for name, extra in [("d", [*FAST, "--seed", "7"]), ("e", [*FAST, "--preset", "fast"]), ("b", FAST)]:
         shot = next(s for s in read_shot_list(shots)[0] if s.name == name)
         single = tmp_path / f"single-{name}"
         command = ["interpolate", *shot.keyframes, "-o", str(single), "--model", str(model), *extra, "--quiet"]

@@ -201,7 +201,10 @@ BAD_INPUTS = {
     "not an adapter": bad("--adapter", "{inputs}/plain.safetensors", expect=("not an inbetween backward adapter",)),
     "corrupt adapter": bad("--adapter", "{inputs}/corrupt.safetensors", expect=("cannot read adapter",)),
     "offload on cpu": bad("--device", "cpu", "--cpu-offload", expect=("`--cpu-offload` needs a CUDA GPU",)),
-    "no cuda": bad("--device", "cuda", expect=("`--device cuda` is not available",)),
+    "no cuda": bad("--device", "cuda", expect=("`--device` cuda is not available",)),
+    "no second gpu": bad("--device", "cuda:1", expect=("`--device` cuda:1 is not available",)),
+    "unknown device": bad("--device", "tpu", expect=("`--device` must be auto, cpu, cuda, cuda:N or mps, got 'tpu'",)),
+    "unknown dtype": bad("--dtype", "float64", expect=("`--dtype` must be one of auto, float32,", "got 'float64'")),
     "missing model folder": bad("--model", "{out}/no_such_model", expect=("not found", "hf download")),
     "offline hub id": bad("--model", "nobody/nonexistent-model", expect=("nobody/nonexistent-model", "hf download")),
 }

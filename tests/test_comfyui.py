@@ -118,13 +118,25 @@ def test_bad_input_is_one_line(pipe, inputs: dict, message: str) -> None:
 
 
 def test_the_loader_takes_the_models_flags_and_says_what_is_missing_in_one_line(tmp_path) -> None:
-    (pipe,) = LoadInbetweenModel().load("tiny-world", "", "float32", False)
+    # ComfyUI passes a node's inputs by name; the optional ones (variant, device) may be missing from old workflows.
+    (pipe,) = LoadInbetweenModel().load(model="tiny-world", adapter="", dtype="float32", cpu_offload=False)
     assert pipe.has_backward_adapter and pipe.unet.dtype == torch.float32
+    inputs = LoadInbetweenModel.INPUT_TYPES()
+    assert list(inputs["required"]) == ["model", "adapter", "dtype", "cpu_offload"]  # saved workflows' widget order
+    assert set(inputs["optional"]) == {"variant", "device"}
     with pytest.raises(InbetweenError, match="not found") as error:
         load_model("tiny-world", str(tmp_path / "missing.safetensors"))
     assert "\n" not in str(error.value)
     with pytest.raises(InbetweenError, match="nowhere"):
         load_model(str(tmp_path / "nowhere"))
+
+
+def test_keyframes_within_the_pipelines_aspect_tolerance_are_taken_and_brought_to_the_firsts_size() -> None:
+    """The pipeline's rule (2 %), not exact equality: a 64x64 and a 64x65 keyframe are one aspect."""
+    frames = keyframe_batch(images(1, 64, 64), images(1, 65, 64, seed=1))
+    assert frames.shape == (2, 3, 64, 64)
+    with pytest.raises(InbetweenError, match=r"keyframe 2 \(64x68\) and the first \(64x64\): .*different aspect"):
+        keyframe_batch(images(1, 64, 64), images(1, 68, 64, seed=1))  # 6 % off
 
 
 def test_the_nodes_declare_what_comfyui_reads() -> None:

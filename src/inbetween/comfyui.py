@@ -2,8 +2,9 @@
 
 Two nodes, thin over what the CLI and the app call (no second implementation):
 
-- **Load inbetween model** (:class:`LoadInbetweenModel`): a Hub id or a local SVD folder (``tiny-world``: the tiny
-  model shipped in the package), an optional backward adapter file, dtype, CPU offload; gives an
+- **Load inbetween model** (:class:`LoadInbetweenModel`): the :class:`~inbetween.model_config.ModelConfig` fields as
+  inputs: a Hub id or a local SVD folder (``tiny-world``: the tiny model shipped in the package), an optional backward
+  adapter file, dtype, CPU offload, and optionally the weights variant and the device; gives an
   ``INBETWEEN_PIPELINE``, loaded as ``inbetween interpolate`` loads it (:func:`inbetween.app.load_model`).
 - **Inbetween interpolate** (:class:`InbetweenInterpolate`): the keyframes in order as ComfyUI's IMAGE batch
   ``(B, H, W, C)`` float in [0, 1] (and an optional second batch appended after them), loop, preset, seed, frames per
@@ -22,11 +23,13 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from .config import DTYPE_NAMES, PRESETS, SamplingConfig
+from .config import PRESETS, SamplingConfig
 from .errors import USER_ERRORS, one_line
 from .hub import TINY_WORLD
+from .model_config import DTYPES, ModelConfig
+from .progress import StepProgress, step_progress
 
 if typing.TYPE_CHECKING:
     import torch
@@ -37,6 +40,10 @@ PIPELINE_TYPE = "INBETWEEN_PIPELINE"
 CATEGORY = "inbetween"
 MAX_SEED = 2**63 - 1
 MAX_SIZE = 16384
+# The loader's inputs are ModelConfig's fields; these come first, in the order saved workflows list their widgets
+# (the others were added later, as optional inputs). An empty path input means none.
+LOADER_REQUIRED = ("model", "adapter", "dtype", "cpu_offload")
+OPTIONAL_PATHS = ("adapter", "variant")
 # The node's own inputs that are SamplingConfig fields; `options` may not set them a second time.
 NODE_FIELDS = {
     "num_frames": "frames_per_segment",
@@ -83,16 +90,34 @@ def user_errors(run: Callable[[], object]) -> object:
         raise InbetweenError(one_line(exc)) from None
 
 
-def load_model(
-    model: str = TINY_WORLD, adapter: str = "", dtype: str = "auto", cpu_offload: bool = False, device: str = "auto"
-) -> tuple[InbetweenPipeline]:
+def load_model(model: str = TINY_WORLD, adapter: str = "", **options: object) -> tuple[InbetweenPipeline]:
     """The pipeline of ``model`` (Hub id or folder) with the backward adapter file ``adapter`` ("" for none, or the
-    model folder's own), as ``inbetween interpolate --model ... --adapter ...`` loads it."""
-    from .app import ModelSpec
-    from .app import load_model as load_spec
+    model folder's own), as ``inbetween interpolate --model ... --adapter ...`` loads it; ``options``: the other
+    :class:`~inbetween.model_config.ModelConfig` fields (``dtype``, ``cpu_offload``, ``device``, ``variant``)."""
+    from .app import load_model as load_config
 
-    spec = ModelSpec(model.strip(), adapter.strip() or None, device=device, dtype=dtype, cpu_offload=cpu_offload)
-    return (user_errors(lambda: load_spec(spec)),)
+    values = {name: value.strip() if isinstance(value, str) else value for name, value in options.items()}
+    values |= {name: values.get(name) or None for name in OPTIONAL_PATHS if name in values}  # widgets send ""
+    config = user_errors(lambda: ModelConfig(model.strip(), adapter=adapter.strip() or None, **values))
+    return (user_errors(lambda: load_config(config)),)
+
+
+def loader_inputs() -> dict[str, dict[str, tuple]]:
+    """The loader node's inputs, one per :class:`~inbetween.model_config.ModelConfig` field, typed and explained by
+    the field itself; the default model is the one shipped with the package (a node works offline at once)."""
+    hints = typing.get_type_hints(ModelConfig)
+    inputs: dict[str, dict[str, tuple]] = {"required": {}, "optional": {}}
+    for option in fields(ModelConfig):
+        default = TINY_WORLD if option.name == "model" else option.default
+        extra = {"default": "" if default is None else default, "tooltip": option.metadata["help"]}
+        if option.name == "dtype":
+            kind: object = DTYPES
+        else:
+            kind = "BOOLEAN" if hints[option.name] is bool else "STRING"
+        group = "required" if option.name in LOADER_REQUIRED else "optional"
+        inputs[group][option.name] = (kind, extra)
+    inputs["required"] = {name: inputs["required"][name] for name in LOADER_REQUIRED}
+    return inputs
 
 
 def parse_options(text: str) -> dict[str, object]:
@@ -137,6 +162,8 @@ def keyframe_batch(keyframes: torch.Tensor, more: torch.Tensor | None = None) ->
     then ``more``, in order; their sizes must share one aspect."""
     import torch
 
+    from .pipeline import InbetweenPipeline
+
     batches = [keyframes] + ([more] if more is not None else [])
     for batch in batches:
         if batch.ndim != 4 or batch.shape[-1] not in (3, 4):
@@ -146,12 +173,14 @@ def keyframe_batch(keyframes: torch.Tensor, more: torch.Tensor | None = None) ->
         raise InbetweenError(f"got {len(frames)} keyframe; give at least two (first and last) in the IMAGE batch")
     first = frames[0]
     for index, frame in enumerate(frames[1:], start=1):
-        if frame.shape[1] * first.shape[2] != frame.shape[2] * first.shape[1]:
+        try:
+            InbetweenPipeline.check_keyframes(first, frame)  # the pipeline's rule: one aspect, within 2 %
+        except ValueError as exc:
             raise InbetweenError(
-                f"keyframe {index + 1} is {frame.shape[2]}x{frame.shape[1]} but the first is "
-                f"{first.shape[2]}x{first.shape[1]}: the keyframes have different aspect ratios; crop them to one"
-            )
-    if any(frame.shape != first.shape for frame in frames):  # same aspect, other size: bring them to the first's
+                f"keyframe {index + 1} ({frame.shape[2]}x{frame.shape[1]}) and the first "
+                f"({first.shape[2]}x{first.shape[1]}): {one_line(exc)}"
+            ) from None
+    if any(frame.shape != first.shape for frame in frames):  # one aspect, other sizes: bring them to the first's
         frames = [
             torch.nn.functional.interpolate(f[None], size=first.shape[1:], mode="bilinear", antialias=True)[0]
             for f in frames
@@ -188,16 +217,12 @@ def interpolate(
     config = sampling_config(preset, frames_per_segment, width, height, steps, options)
     segments = len(frames) if loop else len(frames) - 1
     filled = user_errors(lambda: pipe.sampling_config(frames[0:1], config))
-    total = filled.num_inference_steps * len(plan_chunks(segments, segment_batch or None))
-    hooks = hooks or comfy_hooks(total)
-    done = 0
+    chunks = plan_chunks(segments, segment_batch or None)
+    hooks = hooks or comfy_hooks(filled.num_inference_steps * len(chunks))
 
-    def on_step_end(pipe, step, sigma, tensors):
-        nonlocal done
-        done += 1
-        hooks.progress(done, total)
+    def report(progress: StepProgress) -> None:
+        hooks.progress(progress.done, progress.total)
         hooks.check()  # ComfyUI's cancel raises here, between two steps
-        return {}
 
     video = user_errors(
         lambda: interpolate_sequence(
@@ -208,7 +233,7 @@ def interpolate(
             generator=torch.Generator(device="cpu").manual_seed(seed),
             segment_batch=segment_batch or None,
             output_type="pt",
-            callback_on_step_end=on_step_end,
+            callback_on_step_end=step_progress(filled.num_inference_steps, chunks, report),
         )
     )
     return (video.movedim(1, -1).float().cpu().contiguous(),)
@@ -225,20 +250,10 @@ class LoadInbetweenModel:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802 (ComfyUI's name)
-        return {
-            "required": {
-                "model": ("STRING", {"default": TINY_WORLD, "tooltip": "Hub id or local SVD folder; tiny-world"}),
-                "adapter": (
-                    "STRING",
-                    {"default": "", "tooltip": "backward_adapter.safetensors (empty: none, or the folder's own)"},
-                ),
-                "dtype": (("auto", *DTYPE_NAMES), {"default": "auto"}),
-                "cpu_offload": ("BOOLEAN", {"default": False, "tooltip": "CUDA only: components on the GPU in turn"}),
-            }
-        }
+        return loader_inputs()
 
-    def load(self, model: str, adapter: str, dtype: str, cpu_offload: bool) -> tuple[InbetweenPipeline]:
-        return load_model(model, adapter, dtype, cpu_offload)
+    def load(self, **inputs: object) -> tuple[InbetweenPipeline]:
+        return load_model(**inputs)
 
 
 class InbetweenInterpolate:

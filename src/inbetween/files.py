@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -65,3 +66,12 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, document: object) -> None:
+    """Write ``document`` as indented JSON, atomically (:func:`atomic_output`, replacing ``path``), creating the
+    folder: a reader never sees half a file, so its presence can mark work as done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")

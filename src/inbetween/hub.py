@@ -8,6 +8,11 @@ from pathlib import Path
 
 SVD_XT = "stabilityai/stable-video-diffusion-img2vid-xt"
 SVD = "stabilityai/stable-video-diffusion-img2vid"
+# Wan image-to-video models in diffusers' layout (the family is read from their model_index.json).
+WAN_I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+WAN_I2V_720P = "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"
+WAN_FLF2V_720P = "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers"
+WAN_22_I2V = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 UNET_WEIGHTS = "diffusion_pytorch_model"
 # SVD's scheduler (model card of stabilityai/stable-video-diffusion-img2vid-xt): tiny models sample like SVD.
 SVD_SCHEDULER_CONFIG = dict(
@@ -108,9 +113,9 @@ def find_unet_weight_files(source: str | os.PathLike, variant: str | None = None
 
 
 def pipeline_allow_patterns(variant: str | None = None) -> list[str]:
-    """Hub file patterns of an SVD pipeline in diffusers' layout with one weights variant: its configs and
+    """Hub file patterns of a pipeline (SVD, Wan) in diffusers' layout with one weights variant: its configs and
     safetensors, without the other variant or the repo's single-file checkpoints (several GB each)."""
-    configs = ["model_index.json", "*/*.json"]
+    configs = ["model_index.json", "*/*.json", "tokenizer/*"]  # a text-conditioned family's tokenizer files too
     if variant:
         return [*configs, f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
     names = ("model", UNET_WEIGHTS)

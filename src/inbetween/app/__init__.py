@@ -15,36 +15,31 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from .generation import ModelSpec
+from ..model_config import ModelConfig
 
 if typing.TYPE_CHECKING:
     from ..pipeline import InbetweenPipeline
 
-__all__ = ["ModelSpec", "load_model", "serve"]
+__all__ = ["load_model", "serve"]
 
 MAX_QUEUE = 16  # waiting generations; one more is refused with "queue full" in the page
 
 
-def load_model(spec: ModelSpec) -> InbetweenPipeline:
-    """The pipeline as ``inbetween interpolate`` loads it: same model flags, same one-line errors; the adapter is
-    read first, so a missing one is reported without waiting for the model."""
-    from ..adapter import BackwardAdapter
-    from ..dtypes import model_dtype
-    from ..loading import load_on_device, pick_device
+def load_model(model: ModelConfig) -> InbetweenPipeline:
+    """The pipeline as ``inbetween interpolate`` loads it: same model options, same one-line errors; the device and
+    the adapter are checked first, so a missing one is reported without waiting for the model."""
+    from ..loading import load_pipeline, model_device
 
-    adapter = BackwardAdapter.load(spec.adapter) if spec.adapter else None
-    device = pick_device(spec.device)
-    dtype = model_dtype(spec.dtype, device)
-    # The page shows the progress, not the console.
-    return load_on_device(spec.model, dtype, spec.variant, device, adapter, spec.cpu_offload, progress=False)
+    device = model_device(model)
+    return load_pipeline(model, device, progress=False)  # the page shows the progress, not the console
 
 
 def serve(
-    spec: ModelSpec,
+    model: ModelConfig,
     host: str = "127.0.0.1",
     port: int = 7860,
     share: bool = False,
-    load: Callable[[ModelSpec], InbetweenPipeline] = load_model,
+    load: Callable[[ModelConfig], InbetweenPipeline] = load_model,
 ) -> None:
     """Serve the app on ``host:port`` until interrupted (Ctrl-C or SIGTERM), then delete its temporary folder.
 
@@ -60,7 +55,7 @@ def serve(
         from .ui import build_app
         from .uploads import MAX_UPLOAD_MB
 
-        slot = ModelSlot(spec, load)
+        slot = ModelSlot(model, load)
         app = build_app(slot, RunFolders(folder / "runs"))
         app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
         print(f"inbetween app: temporary files in {folder} (deleted on exit)", flush=True)

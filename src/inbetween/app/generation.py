@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw
 
 from ..config import PRESETS, SamplingConfig
 from ..errors import USER_ERRORS, one_line
+from ..model_config import ModelConfig
+from ..progress import StepProgress, step_progress
 from .uploads import read_keyframes
 
 if typing.TYPE_CHECKING:
@@ -40,30 +42,6 @@ RED = (200, 0, 0)
 
 class Cancelled(Exception):
     """The user cancelled the generation; raised between two denoising steps."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model the app serves and how it is loaded (the CLI's ``--model``, ``--adapter``, ...)."""
-
-    model: str
-    adapter: str | None = None
-    variant: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    cpu_offload: bool = False
-
-    def cli_flags(self) -> list[str]:
-        """The ``inbetween interpolate`` flags that load this model the same way."""
-        flags = ["--model", self.model]
-        for flag, value in (("--variant", self.variant), ("--adapter", self.adapter)):
-            if value:
-                flags += [flag, value]
-        if self.device != "auto":
-            flags += ["--device", self.device]
-        if self.dtype != "auto":
-            flags += ["--dtype", self.dtype]
-        return flags + (["--cpu-offload"] if self.cpu_offload else [])
 
 
 @dataclass(frozen=True)
@@ -163,8 +141,8 @@ class ModelSlot:
     """The app's one pipeline: loaded once in a background thread (the page is up meanwhile), then lent to one
     generation at a time. A failed load is kept as a one-line message for the page."""
 
-    def __init__(self, spec: ModelSpec, load: Callable[[ModelSpec], InbetweenPipeline]):
-        self.spec = spec
+    def __init__(self, config: ModelConfig, load: Callable[[ModelConfig], InbetweenPipeline]):
+        self.config = config
         self._load = load
         self._loaded = threading.Event()
         self._pipe: InbetweenPipeline | None = None
@@ -189,12 +167,12 @@ class ModelSlot:
 
     def _load_now(self) -> None:
         try:
-            self._pipe = self._load(self.spec)
+            self._pipe = self._load(self.config)
         except USER_ERRORS as exc:
-            self._error = f"model `{self.spec.model}` could not be loaded: {one_line(exc)}"
+            self._error = f"model `{self.config.model}` could not be loaded: {one_line(exc)}"
         except Exception as exc:  # a bug or a broken install: the page says so, the log has the traceback
-            logger.exception("loading %s failed", self.spec.model)
-            self._error = f"model `{self.spec.model}` could not be loaded ({type(exc).__name__}: {one_line(exc)})"
+            logger.exception("loading %s failed", self.config.model)
+            self._error = f"model `{self.config.model}` could not be loaded ({type(exc).__name__}: {one_line(exc)})"
         finally:
             self._loaded.set()
 
@@ -215,7 +193,7 @@ class ModelSlot:
         """The pipeline, once loaded and free; raises :class:`ModelUnavailable` if it failed to load."""
         self._loaded.wait()
         if self._pipe is None:
-            raise ModelUnavailable(self._error or f"model `{self.spec.model}` is not loaded")
+            raise ModelUnavailable(self._error or f"model `{self.config.model}` is not loaded")
         with self._turn:
             self._run = run
             try:
@@ -294,15 +272,11 @@ def generate(
         chunks = plan_chunks(segments, job.segment_batch)
         steps = filled.num_inference_steps
         total = steps * len(chunks)
-        calls = 0
 
-        def on_step_end(pipe, step, sigma, tensors):
-            nonlocal calls
-            calls += 1
-            chunk = chunks[min((calls - 1) // steps, len(chunks) - 1)]  # each chunk runs all the steps in turn
-            on_progress(Progress(calls, total, step_text(step + 1, steps, chunk, segments)))
-            run.check(f"after step {calls} of {total}")  # a cancel takes effect here, between two steps
-            return {}
+        def report(progress: StepProgress) -> None:
+            text = step_text(progress.step, steps, progress.chunk, segments)
+            on_progress(Progress(progress.done, total, text))
+            run.check(f"after step {progress.done} of {total}")  # a cancel takes effect here, between two steps
 
         on_progress(Progress(0, total, step_text(0, steps, chunks[0], segments)))
         generator = torch.Generator(device="cpu").manual_seed(job.seed)  # the CLI's: same seed, same video
@@ -313,7 +287,7 @@ def generate(
             loop=job.loop,
             generator=generator,
             segment_batch=job.segment_batch,
-            callback_on_step_end=on_step_end,
+            callback_on_step_end=step_progress(steps, chunks, report),
         )
         folder = folders.new()
         video = write_video(frames, folder / f"inbetween-seed{job.seed}.mp4", fps=filled.fps)
@@ -323,7 +297,7 @@ def generate(
     return Result(
         video=video,
         strip=strip,
-        command=settings_command(slot.spec, job, config),
+        command=settings_command(slot.config, job, config),
         frames=frames,
         seconds=seconds,
     )
@@ -346,13 +320,13 @@ def step_text(step: int, steps: int, chunk: range, segments: int) -> str:
     return f"{which}: step {step} of {steps}"
 
 
-def settings_command(spec: ModelSpec, job: Job, config: SamplingConfig, output: str | None = None) -> str:
+def settings_command(model: ModelConfig, job: Job, config: SamplingConfig, output: str | None = None) -> str:
     """The ``inbetween interpolate`` command that makes the same video from the same files: the model flags, the
     seed, the preset and every option whose value differs from the preset's."""
     from ..config import flag_of
 
     output = output or f"inbetween-seed{job.seed}.mp4"
-    words = ["inbetween", "interpolate", *job.names, "-o", output, *spec.cli_flags(), "--seed", str(job.seed)]
+    words = ["inbetween", "interpolate", *job.names, "-o", output, *model.cli_flags(), "--seed", str(job.seed)]
     if job.loop:
         words.append("--loop")
     if job.segment_batch is not None:

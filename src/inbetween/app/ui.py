@@ -53,7 +53,7 @@ The video between your keyframes, generated with Stable Video Diffusion and the 
 def build_app(slot: ModelSlot, folders: RunFolders) -> gr.Blocks:
     """The app's page and its ``/interpolate`` endpoint, serving ``slot``'s model and writing into ``folders``."""
     defaults = SamplingConfig.preset(DEFAULT_PRESET)
-    frames_default, multiple = _model_sizes(slot.spec.model)
+    frames_default, multiple = _model_sizes(slot.config.model)
     with gr.Blocks(title="inbetween", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(INTRO)
         model_status = gr.Markdown(status_text(slot), elem_id="model-status")
@@ -185,7 +185,7 @@ def _model_sizes(model: str) -> tuple[int | str, int]:
 
 def status_text(slot: ModelSlot) -> str:
     """The model line at the top of the page."""
-    model = slot.spec.model
+    model = slot.config.model
     if slot.loading:
         return f"Loading the model `{model}`… the page works meanwhile; **Generate** waits for it."
     if slot.error:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ..config import SamplingConfig, flat_values
 from ..errors import USER_ERRORS, one_line
-from ..files import atomic_output
-from ..hub import SVD_XT
+from ..files import write_json
+from ..model_config import ModelConfig
 from .shotlist import Shot, ShotError, read_shot_list
 
 FORMATS = ("mp4", "gif", "webp", "png")
@@ -42,25 +42,25 @@ class BatchConfig:
     out: str = field(
         metadata={"help": "folder for the videos, records/ and summary.json; a re-run resumes", "short": "-o"}
     )
-    model: str = field(default=SVD_XT, metadata={"help": "Hub id or folder of an SVD model, or `tiny-world`"})
-    variant: str | None = field(default=None, metadata={"help": "weights variant, e.g. fp16"})
-    adapter: str | None = field(default=None, metadata={"help": "backward adapter .safetensors", "metavar": "PATH"})
+    model: ModelConfig = field(default_factory=ModelConfig)
     format: str = field(
         default="mp4", metadata={"help": "mp4, gif, webp, or png (a folder of frames per shot)", "choices": FORMATS}
     )
     seed: int = field(default=0, metadata={"help": "every shot's seed unless its row sets one"})
     overwrite: bool = field(default=False, metadata={"help": "render every shot again, replacing its video"})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    device: str = field(
-        default="auto",
-        metadata={"help": "auto: the process's accelerator device, else cpu", "choices": ("auto", "cuda", "cpu")},
-    )
-    dtype: str = field(default="auto", metadata={"help": "auto: float16 on cuda, float32 elsewhere"})
     allow_oversize: bool = field(
         default=False, metadata={"help": "run shots whose estimated peak memory exceeds what is available"}
     )
 
+    # The sampling options typed on the command line (field names): a row's preset does not undo them, as no
+    # command's --preset does (the precedence: the row's options, these, the row's preset, then `sampling`).
+    typed_options: frozenset[str] = field(default=frozenset(), metadata={"cli": False})
+
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.typed_options) - set(SamplingConfig.field_names()))
+        if unknown:
+            raise ValueError(f"`typed_options` names {', '.join(unknown)}, which are not sampling options")
         if self.format not in FORMATS:
             raise ValueError(f"`format` must be one of {', '.join(FORMATS)}, got {self.format!r}")
 
@@ -87,11 +87,6 @@ class BatchSummary:
 
 def record_path(out: Path, name: str) -> Path:
     return out / RECORDS / f"{name}.json"
-
-
-def write_json(path: Path, document: dict) -> None:
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def records_written_since(out: Path, started: float) -> int:
@@ -136,7 +131,7 @@ def render_shot(pipe, shot: Shot, config: BatchConfig) -> dict:
 
     started = time.perf_counter()
     keyframes = load_shot_keyframes(shot)
-    sampling = shot.sampling_config(config.sampling)
+    sampling = shot.sampling_config(config.sampling, config.typed_options)
     seed = config.seed if shot.seed is None else shot.seed
     generator = torch.Generator(device="cpu").manual_seed(seed)
     frames = interpolate_sequence(
@@ -158,19 +153,19 @@ def render_shot(pipe, shot: Shot, config: BatchConfig) -> dict:
 def render_batch(config: BatchConfig) -> BatchSummary | None:
     """Render ``config``'s shot list (see the module docstring); the summary on process 0, ``None`` elsewhere."""
     import torch
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from ..adapter import BackwardAdapter
-    from ..dtypes import model_dtype
-    from ..loading import load_on_device, pick_device
+    from ..loading import job_accelerator, load_pipeline, model_device
 
+    model_device(config.model)  # a device this machine lacks: before anything is read
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"`{out}` is a file; give a folder for the videos")
     shots, bad_rows = read_shot_list(config.shots)  # every process: the same shots, and the same errors
-    adapter = BackwardAdapter.load(config.adapter) if config.adapter else None
-    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    adapter = BackwardAdapter.load(config.model.adapter) if config.model.adapter else None
+    accelerator = job_accelerator(config.model)
+    device = model_device(config.model, accelerator)
     main = accelerator.is_main_process
     started = time.time()
     # Every process sees the same finished videos: none writes one before all have passed the barrier below.
@@ -185,9 +180,7 @@ def render_batch(config: BatchConfig) -> BatchSummary | None:
     accelerator.wait_for_everyone()
 
     if mine:
-        device = accelerator.device if config.device == "auto" else pick_device(config.device)
-        dtype = model_dtype(config.dtype, torch.device(device))
-        pipe = load_on_device(config.model, dtype, config.variant, str(device), adapter, progress=main)
+        pipe = load_pipeline(config.model, device, adapter, progress=main)
         bar = tqdm(total=len(todo), desc="shots", unit="shot", disable=not main)
         for shot in mine:
             bar.set_postfix_str(shot.name)
@@ -227,5 +220,5 @@ def write_summary(config: BatchConfig, shots: list[Shot], bad_rows: list[ShotErr
         entries.append((error.row, dict(row=error.row, name=error.name, status=FAILED, message=str(error))))
     records = [entry for _, entry in sorted(entries, key=lambda item: item[0])]
     path = out / SUMMARY
-    write_json(path, dict(shots=str(config.shots), model=config.model, records=records))
+    write_json(path, dict(shots=str(config.shots), model=config.model.model, records=records))
     return BatchSummary(path, records)

@@ -49,10 +49,12 @@ class Shot:
     loop: bool = False
     output_fps: float | None = None
 
-    def sampling_config(self, base: SamplingConfig) -> SamplingConfig:
-        """``base`` (the command's) with this row's preset, then its options."""
+    def sampling_config(self, base: SamplingConfig, typed: frozenset[str] = frozenset()) -> SamplingConfig:
+        """The row's options, over the options ``typed`` on the command line (their values in ``base``), over the
+        row's preset, over ``base`` (the command's defaults and preset): a row's preset undoes no typed option, as
+        no command's ``--preset`` does."""
         config = SamplingConfig.preset(self.preset, base) if self.preset else base
-        return replace(config, **self.sampling)
+        return replace(config, **{name: getattr(base, name) for name in typed} | self.sampling)
 
 
 class ShotError(ValueError):

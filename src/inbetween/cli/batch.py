@@ -4,9 +4,20 @@ GPUs or processes with ``accelerate launch``."""
 from __future__ import annotations
 
 import argparse
+import typing
 
-from ..config import config_from_flat, flat_option_names
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
+from ..config import SamplingConfig, config_from_flat, flat_option_names
+from .options import (
+    EXPLICIT,
+    add_dataclass_arguments,
+    add_preset_argument,
+    errors_name_flags,
+    library_output,
+    model_device_of,
+)
+
+if typing.TYPE_CHECKING:
+    from ..batch import BatchConfig
 
 HELP = "render a shot list (CSV or JSON of keyframe files and per-shot options) into a folder, resumably"
 DESCRIPTION = (
@@ -26,13 +37,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import BatchConfig, render_batch
+    from ..batch import render_batch
 
-    with errors_name_flags():
-        config = config_from_flat(BatchConfig, {name: getattr(args, name) for name in flat_option_names(BatchConfig)})
+    config = batch_config(args)
+    model_device_of(config.model)
     with library_output(quiet=args.quiet):
         summary = render_batch(config)
     if summary is None:  # not process 0 of a launched run
         return 0
     print(summary.line)
     return 1 if summary.count("failed") else 0
+
+
+def batch_config(args: argparse.Namespace) -> BatchConfig:
+    """The job of the parsed flags, with the sampling options typed on the command line named (a row's preset does
+    not undo them); its errors name the flags."""
+    from ..batch import BatchConfig
+
+    typed = frozenset(getattr(args, EXPLICIT, ())) & set(SamplingConfig.field_names())
+    values = {name: getattr(args, name) for name in flat_option_names(BatchConfig) if name != "typed_options"}
+    with errors_name_flags():
+        return config_from_flat(BatchConfig, values | {"typed_options": typed})

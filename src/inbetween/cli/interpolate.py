@@ -6,10 +6,18 @@ from __future__ import annotations
 import argparse
 import typing
 
-from ..config import DTYPE_NAMES, SamplingConfig
-from ..hub import SVD_XT, TINY_WORLD
-from ..loading import check_cpu_offload, check_keyframe_files, load_on_device, pick_device
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, library_output
+from ..config import SamplingConfig
+from ..loading import check_keyframe_files, load_pipeline
+from .options import (
+    add_dataclass_arguments,
+    add_model_arguments,
+    add_preset_argument,
+    sampling_values,
+    errors_name_flags,
+    library_output,
+    model_config_of,
+    model_device_of,
+)
 
 if typing.TYPE_CHECKING:
     from PIL import Image
@@ -44,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run even when the estimated peak memory exceeds what is available (default: refuse, with the estimate)",
     )
-    add_model_arguments(p.add_argument_group("model and hardware"))
+    add_model_arguments(p)
 
 
 def add_sequence_arguments(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -63,42 +71,19 @@ def add_sequence_arguments(g: argparse._ArgumentGroup | argparse.ArgumentParser)
     )
 
 
-def add_model_arguments(m: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    """``--model``, ``--variant``, ``--adapter``, ``--device``, ``--dtype``, ``--cpu-offload``."""
-    m.add_argument(
-        "--model",
-        default=SVD_XT,
-        help=f"Hub id or folder of an SVD model, or `{TINY_WORLD}` (the small offline model shipped with inbetween; "
-        "default: %(default)s)",
-    )
-    m.add_argument("--variant", help="weights variant, e.g. fp16")
-    m.add_argument("--adapter", metavar="PATH", help="backward adapter .safetensors (see convert-checkpoint)")
-    m.add_argument(
-        "--device",
-        choices=("auto", "cuda", "mps", "cpu"),
-        default="auto",
-        help="auto: cuda, else mps, else cpu (default: %(default)s)",
-    )
-    m.add_argument(
-        "--dtype",
-        choices=("auto", *DTYPE_NAMES),
-        default="auto",
-        help="auto: float16 on cuda, float32 elsewhere (default: %(default)s)",
-    )
-    m.add_argument("--cpu-offload", action="store_true", help="keep models in CPU memory until used (cuda only)")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..adapter import BackwardAdapter
     from ..dtypes import model_dtype
-    from ..families import size_rules_before_loading
+    from ..families import default_config, guess_family, size_rules_before_loading
     from ..hub import local_model_configs
     from ..memory import check_model_call
     from ..sequence import interpolate_sequence
     from ..video_io import check_output_path, load_image, write_video
 
+    model = model_config_of(args)
+    device = model_device_of(model)
     check_sequence_arguments(args)
     keyframes = [load_image(path) for path in args.keyframes]  # an unreadable one is named, before any work
     for path, keyframe in zip(args.keyframes[1:], keyframes[1:], strict=True):
@@ -106,18 +91,16 @@ def run(args: argparse.Namespace) -> int:
     check_loop_files(args, keyframes)
     first = keyframes[0]
     segments = len(keyframes) if args.loop else len(keyframes) - 1
-    rules = size_rules_before_loading(args.model)  # a model on disk fixes its size rules before it loads
-    configs = local_model_configs(args.model)  # SVD's UNet and VAE configs, for the memory estimate
+    rules = size_rules_before_loading(model.model)  # a model on disk fixes its size rules before it loads
+    configs = local_model_configs(model.model)  # SVD's UNet and VAE configs, for the memory estimate
     height, width = rules.default_size(first, args.height, args.width)
-    values = {name: getattr(args, name) for name in SamplingConfig.field_names()}
+    values = sampling_values(args, default_config(guess_family(model.model)))  # Wan: its guidance and fps
     config = sampling_config(dict(values, height=height, width=width), rules)
     if args.output_fps is not None and not args.output_fps > 0:
         raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
     check_output_path(args.output, overwrite=args.overwrite)
-    adapter = BackwardAdapter.load(args.adapter) if args.adapter else None
-    device = pick_device(args.device)
-    dtype = model_dtype(args.dtype, device)
-    check_cpu_offload(args.cpu_offload, device)
+    adapter = BackwardAdapter.load(model.adapter) if model.adapter else None
+    dtype = model_dtype(model.dtype, device)
     if configs:  # refuse a call that cannot fit before spending minutes loading the model
         with errors_name_flags():
             check_model_call(
@@ -130,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
     with library_output(quiet=args.quiet):
-        pipe = load_on_device(args.model, dtype, args.variant, device, adapter, args.cpu_offload, not args.quiet)
+        pipe = load_pipeline(model, device, adapter, progress=not args.quiet)
         # A CPU generator draws the same numbers on every device, so a seed means one video everywhere.
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
         with errors_name_flags():
@@ -143,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 segment_batch=args.segment_batch,
                 allow_oversize=args.allow_oversize,
             )
-    output_fps = args.output_fps or args.fps
+    output_fps = args.output_fps or config.fps
     path = write_video(frames, args.output, fps=output_fps, overwrite=args.overwrite)
     line = f"wrote {path}: {len(frames)} frames, {frames[0].width}x{frames[0].height}, {output_fps:g} fps"
     if segments > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import config_from_flat, flat_option_names
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags
+from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, model_device_of
 
 TRAIN_HELP = "fine-tune a backward adapter on a folder of videos"
 TRAIN_DESCRIPTION = (
@@ -48,6 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     with errors_name_flags():
         config = config_from_flat(EvalConfig, {name: getattr(args, name) for name in flat_option_names(EvalConfig)})
+    model_device_of(config.model)
     summary = evaluate(config)
     if summary is not None:  # rank 0 of a launched run, or a plain run
         print(f"wrote {summary}")

@@ -1,5 +1,5 @@
 """Command-line options generated from the config dataclasses, and what every command shares: flag names in
-errors, the device choice, quiet library output, ``--preset``."""
+errors, the model options, quiet library output, ``--preset``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..config import PRESETS, SamplingConfig, flag_of, nested_config_fields, with_flag_names
+from ..model_config import MODEL_OPTIONS, ModelConfig
 
 EXPLICIT = "_explicit_options"  # the namespace attribute listing the options typed on the command line
 
@@ -31,6 +32,8 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, defa
     hints = typing.get_type_hints(config_class)
     nested = nested_config_fields(config_class)
     for field in dataclasses.fields(config_class):
+        if field.metadata.get("cli") is False:  # set by the command itself, not a flag
+            continue
         if field.name in nested:  # a nested config's options are flags of their own, defaulted from this default
             group = p.add_argument_group(f"{field.name} options") if hasattr(p, "add_argument_group") else p
             default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
@@ -41,6 +44,38 @@ def add_dataclass_arguments(p: argparse.ArgumentParser, config_class: type, defa
         if defaults is not None:
             default = getattr(defaults, field.name)
         _add_field_argument(p, field, hints[field.name], default, required)
+
+
+def add_model_arguments(
+    p: argparse.ArgumentParser,
+    defaults: dict[str, object] | None = None,
+    only: tuple[str, ...] = MODEL_OPTIONS,
+    description: str | None = None,
+) -> None:
+    """The :class:`~inbetween.model_config.ModelConfig` flags (``only`` those) in a "model and hardware" group,
+    defaulted from the dataclass or ``defaults`` (a ``None`` default: the command decides, ``description`` says
+    how)."""
+    group = p.add_argument_group("model and hardware", description)
+    hints = typing.get_type_hints(ModelConfig)
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in only:
+            default = (defaults or {}).get(field.name, field.default)
+            _add_field_argument(group, field, hints[field.name], default, required=False)
+
+
+def model_config_of(args: argparse.Namespace, **overrides: object) -> ModelConfig:
+    """The validated model config of the flags :func:`add_model_arguments` added; its errors name the flags."""
+    with errors_name_flags(ModelConfig):
+        return ModelConfig(**{name: getattr(args, name) for name in MODEL_OPTIONS} | overrides)
+
+
+def model_device_of(model: ModelConfig) -> str:
+    """The device ``model`` runs on here (:func:`inbetween.loading.model_device`), asked before anything else a
+    command does, as every command does; its errors name the flags."""
+    from ..loading import model_device
+
+    with errors_name_flags(ModelConfig):
+        return model_device(model)
 
 
 def _add_field_argument(
@@ -128,6 +163,18 @@ class _PresetAction(argparse.Action):
         for name, value in PRESETS[values].items():
             if name not in typed and name not in self.ignored:
                 setattr(namespace, name, value)
+
+
+def sampling_values(args: argparse.Namespace, base: object) -> dict[str, object]:
+    """The sampling options of a command line over ``base`` (the model family's defaults): an option typed, or set
+    by ``--preset``, keeps its value; any other takes ``base``'s."""
+    chosen = set(getattr(args, EXPLICIT, frozenset()))
+    if getattr(args, "preset", None):
+        chosen |= set(PRESETS[args.preset])
+    return {
+        field.name: getattr(args, field.name) if field.name in chosen else getattr(base, field.name)
+        for field in dataclasses.fields(base)
+    }
 
 
 @contextmanager

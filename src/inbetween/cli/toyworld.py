@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig
 from ..hub import TINY_WORLD
-from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags
+from .options import add_dataclass_arguments, add_model_arguments, add_preset_argument, errors_name_flags
 
 DEMO_HELP = "see the method work offline in under a minute (the bundled tiny-world model)"
 DEMO_DESCRIPTION = (
@@ -38,7 +38,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_heldout_arguments(p: argparse.ArgumentParser, count: str, default: int, what: str) -> None:
     """The model folder, how many held-out ``what`` (``--COUNT``) and the first held-out seed they are drawn from."""
-    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    add_model_arguments(p, defaults={"model": TINY_WORLD}, only=("model",))  # a model trained in the tiny world
     p.add_argument(f"--{count}", type=int, default=default, help=f"held-out {what} (default: %(default)s)")
     p.add_argument(
         "--first-seed",
@@ -66,7 +66,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="inbetween-demo", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default: %(default)s)")
-    p.add_argument("--model", default=TINY_WORLD, help="tiny-world model folder (default: %(default)s)")
+    add_model_arguments(p, defaults={"model": TINY_WORLD}, only=("model",))  # a model trained in the tiny world
     add_sampling_arguments(p)
 
 

@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..adapter import BackwardAdapter
 from ..config import SamplingConfig
-from ..dtypes import DTYPES, model_dtype
 from ..errors import one_line
-from ..files import atomic_output
-from ..hub import SVD_XT, TINY_WORLD, TINY_WORLD_FOLDER, pipeline_allow_patterns, resolve_model_folder
+from ..files import atomic_output, write_json
+from ..hub import TINY_WORLD, TINY_WORLD_FOLDER
+from ..loading import job_accelerator, load_pipeline, model_device
+from ..model_config import ModelConfig
 from ..pipeline import ADAPTER_FILE, InbetweenPipeline
 from ..seeds import derive_seed
 from .flow import interpolate_flow
@@ -65,9 +65,9 @@ class EvalConfig:
     data: str  # folder of videos and/or frame folders (DAVIS: .../JPEGImages/480p)
     out: str  # results folder; a re-run into it resumes
     methods: str | tuple[str, ...] = "blend,flow,forward,gi"  # comma-separated names of `METHODS`; stored as a tuple
-    model: str = SVD_XT  # SVD folder or Hub id (only loaded when a method needs it)
-    variant: str | None = None  # weights variant of `model`, e.g. fp16
-    adapter: str | None = None  # backward adapter .safetensors for `gi`; default: the model folder's own, if any
+    # Loaded only when a method needs it; `model.adapter` is the backward adapter of `gi` (default: the model
+    # folder's own, if any); `model.device` "auto" is each launched process's own GPU.
+    model: ModelConfig = field(default_factory=ModelConfig)
     manifest: str | None = None  # pairs manifest to reuse (written here if missing); default <out>/manifest.json
     gap: int | None = None  # source frames between the keyframes; None: num_frames - 1
     pairs_per_video: int = 1
@@ -76,8 +76,6 @@ class EvalConfig:
     # The paper's sampling at SVD-XT's size; `fusion` is how gi, gi-no-ft and trf fuse (average or linear), the
     # methods choose the branches and rotation themselves.
     sampling: SamplingConfig = field(default_factory=lambda: EVAL_SAMPLING)
-    device: str = "auto"  # auto: the accelerator's device (cuda:<rank> when launched on GPUs), else cpu
-    dtype: str = "auto"  # of the video model; auto: float16 on cuda, float32 elsewhere (metric networks: float32)
     inception_weights: str | None = None  # FID InceptionV3 file; None: cache or download (docs/metrics.md)
     i3d_weights: str | None = None  # FVD I3D file; None: cache or download
     videomae_weights: str | None = None  # VideoMAE folder, file or Hub id; None: MCG-NJU/videomae-base
@@ -118,10 +116,6 @@ class EvalConfig:
                 f"`fusion` must be average, linear or poe (the methods choose the branches), got {sampling.fusion!r}"
             )
         self.pair_spec  # noqa: B018 - PairSpec validates gap (with num_frames), pairs_per_video, height, width, seed
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"`device` must be auto, cuda or cpu, got {self.device!r}")
-        if self.dtype not in ("auto", *DTYPES):
-            raise ValueError(f"`dtype` must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     @property
     def pair_spec(self) -> PairSpec:
@@ -139,9 +133,10 @@ class EvalConfig:
     @property
     def adapter_file(self) -> str | None:
         """`adapter`, else the model folder's own adapter file (loaded by `from_pretrained`), else None."""
-        if self.adapter is not None:
-            return self.adapter
-        folder = TINY_WORLD_FOLDER if self.model == TINY_WORLD else Path(self.model).expanduser()
+        if self.model.adapter is not None:
+            return self.model.adapter
+        model = self.model.model
+        folder = TINY_WORLD_FOLDER if model == TINY_WORLD else Path(model).expanduser()
         return str(folder / ADAPTER_FILE) if (folder / ADAPTER_FILE).is_file() else None
 
 
@@ -170,7 +165,10 @@ class Runtime:
     def pipeline(self, adapter: bool) -> InbetweenPipeline:
         """The pipeline with the backward adapter loaded (`adapter`) or the base weights in the backward branch."""
         if self._pipe is None:
-            self._pipe = load_pipeline(self.config, self.device)
+            # The progress bar is the harness's own, over pairs; the adapter is each method's choice, so the base
+            # weights come first (a folder's own adapter is loaded again by the methods that use it).
+            self._pipe = load_pipeline(replace(self.config.model, adapter=None), self.device, progress=False)
+            self._pipe.unload_backward_adapter()
         if adapter:
             if self._adapter is None:
                 self._adapter = BackwardAdapter.load(self.config.adapter_file)
@@ -308,29 +306,12 @@ def pair_seed(seed: int, name: str) -> int:
     return derive_seed(seed, name)
 
 
-def load_pipeline(config: EvalConfig, device: torch.device) -> InbetweenPipeline:
-    """The video model of `config` on `device`, progress bar off (the harness shows its own, over pairs)."""
-    dtype = model_dtype(config.dtype, device)
-    folder = resolve_model_folder(config.model, allow_patterns=pipeline_allow_patterns(config.variant))
-    pipe = InbetweenPipeline.from_pretrained(str(folder), dtype=dtype, variant=config.variant)
-    pipe.unload_backward_adapter()  # a folder's own adapter is loaded again by the methods that use it
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def frames_path(out: Path, method: str, pair: str) -> Path:
     return out / "frames" / method / f"{pair}.npz"
 
 
 def result_path(out: Path, method: str, pair: str) -> Path:
     return out / "results" / method / f"{pair}.json"
-
-
-def write_json(path: Path, document: dict) -> None:
-    """Write `document` atomically (temporary file + rename), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(document, indent=1) + "\n")
 
 
 def save_frames(path: Path, frames: np.ndarray) -> None:
@@ -421,7 +402,7 @@ def set_features(networks: dict, frames: torch.Tensor, clip: torch.Tensor | None
             x = frames.to(device) * 2 - 1  # (M, 3, H, W)
         else:
             x = clip.permute(1, 0, 2, 3)[None].to(device) * 2 - 1  # (1, 3, 16, H, W)
-        features[metric] = net.features(x).double().cpu().numpy()
+        features[metric] = net.features(x).cpu().double().numpy()  # on the CPU first: MPS has no float64
     return features
 
 
@@ -439,15 +420,18 @@ def frechet(real: list[np.ndarray], fake: list[np.ndarray], reason: str | None) 
 
 
 def check_environment(config: EvalConfig) -> None:
-    """Fail before any work when an optional package, the adapter or an explicit weight file is missing."""
+    """Fail before any work when the device, an optional package, the adapter or an explicit weight file is
+    missing."""
+    model_device(config.model)  # the model options first, as in every command
     for name in config.methods:
         module = METHODS[name].needs_module
         if module and importlib.util.find_spec(module) is None:
             raise ValueError(f'method `{name}` needs the `{module}` package: pip install "inbetween[eval]"')
     if importlib.util.find_spec("matplotlib") is None:
         raise ValueError('the report plot needs matplotlib: pip install "inbetween[eval]"')
-    if config.adapter is not None and not Path(config.adapter).is_file():
-        raise FileNotFoundError(f"adapter `{config.adapter}` not found; pass a .safetensors backward adapter")
+    adapter = config.model.adapter
+    if adapter is not None and not Path(adapter).is_file():
+        raise FileNotFoundError(f"adapter `{adapter}` not found; pass a .safetensors backward adapter")
     for name in ("inception_weights", "i3d_weights", "lpips_backbone_weights", "lpips_linear_weights"):
         path = getattr(config, name)
         if path is not None and not Path(path).expanduser().is_file():
@@ -464,7 +448,7 @@ def check_environment(config: EvalConfig) -> None:
 
 
 def generation_settings(config: EvalConfig) -> dict:
-    settings = {name: getattr(config, name) for name in GENERATION_SETTINGS}
+    settings = {name: getattr(config.model, name) for name in GENERATION_SETTINGS}
     settings.update(
         (name, value) for name, value in asdict(config.sampling).items() if name not in NOT_GENERATION_SETTINGS
     )
@@ -575,24 +559,16 @@ def run_pair(
     return len(todo)
 
 
-def pick_device(config: EvalConfig, accelerator: Accelerator) -> torch.device:
-    if config.device == "cpu":
-        return torch.device("cpu")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("`device` cuda is not available on this machine; use `--device cpu`")
-    return accelerator.device
-
-
 def evaluate(config: EvalConfig) -> Path | None:
     """Run the evaluation of `config`; returns the summary.md path on rank 0, None on the other processes."""
     check_environment(config)
     # Every rank: the same pairs, and the same user errors before anything is written.
     pairs, videos = resolve_pairs(config)
-    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    accelerator = job_accelerator(config.model)
+    device = torch.device(model_device(config.model, accelerator))
     if accelerator.is_main_process:
         prepare_out(config, pairs, videos)
     accelerator.wait_for_everyone()
-    device = pick_device(config, accelerator)
     runtime = Runtime(config, device)
     lpips, lpips_skipped = load_lpips_or_reason(config, device)
 

@@ -83,6 +83,18 @@ def size_rules_before_loading(model: str | os.PathLike):
     return svd_size_rules(folder)
 
 
+def default_config(family: str):
+    """The sampling options of ``family`` when none are given (:class:`~inbetween.config.SamplingConfig`): the
+    paper's, with the family's own guidance and playback rate."""
+    if family == "wan":
+        from .wan import wan_default_config
+
+        return wan_default_config()
+    from ..config import SamplingConfig
+
+    return SamplingConfig()
+
+
 def pipeline_class(family: str) -> type:
     """The pipeline class of ``family`` (imported on demand: a family's diffusers classes load only when used)."""
     if family == "svd":

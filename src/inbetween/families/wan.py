@@ -52,6 +52,7 @@ WAN_NEGATIVE_PROMPT = (
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
 WAN_GUIDANCE = 5.0  # Wan 2.1's default classifier-free guidance scale (diffusers' pipeline default)
+WAN_FPS = 16  # Wan's videos play at 16 fps (it has no fps conditioning)
 WAN_LONG_SIDE = 832  # 480P: 832 x 480
 WAN_NUM_FRAMES = 81
 TEXT_LENGTH = 512  # UMT5 tokens; Wan 2.1's image attention splits its context at 512 text tokens
@@ -150,8 +151,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         return wan_size_rules_of(self.vae.config, self.experts[0].config)
 
     def default_config(self) -> SamplingConfig:
-        """Wan's own guidance (5.0 on every frame) over the paper's sampling options."""
-        return SamplingConfig(min_guidance_scale=WAN_GUIDANCE, max_guidance_scale=WAN_GUIDANCE)
+        return wan_default_config()
 
     def sampling_sigmas(self, config: SamplingConfig) -> torch.Tensor:
         """The scheduler's flow times ``t`` (shifted, 1 -> 0) as VE sigmas ``t / (1 - t)``; ``t = 1`` is
@@ -346,6 +346,11 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             z = denormalise_latents(video.transpose(0, 1).unsqueeze(0), self.vae.config).to(self.vae.dtype)
             videos.append(self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1))
         return torch.cat(videos)
+
+
+def wan_default_config() -> SamplingConfig:
+    """The paper's sampling options with Wan's own guidance (5.0 on every frame) and playback rate (16 fps)."""
+    return SamplingConfig(min_guidance_scale=WAN_GUIDANCE, max_guidance_scale=WAN_GUIDANCE, fps=WAN_FPS)
 
 
 def latent_frames(num_frames: int, temporal: int) -> int:
