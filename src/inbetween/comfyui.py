@@ -144,8 +144,11 @@ def sampling_config(
     height: int = 0,
     steps: int = 0,
     options: str = "",
+    base: SamplingConfig | None = None,
+    **text: str,
 ) -> SamplingConfig:
-    """The preset with the node's inputs (0: the model's / the preset's) and ``options`` over it."""
+    """The preset over ``base`` (the model family's defaults) with the node's inputs (0: the model's / the preset's;
+    ``text``: a prompt and negative prompt where not empty) and ``options`` over it."""
     from .app.generation import Job
 
     given = parse_options(options)
@@ -153,8 +156,9 @@ def sampling_config(
     if twice:
         raise InbetweenError(f"set `{twice[0]}` with the node's `{NODE_FIELDS[twice[0]]}` input, not in `options`")
     node = {"num_frames": frames_per_segment, "width": width, "height": height, "num_inference_steps": steps}
-    given |= {name: value for name, value in node.items() if value}
-    return typing.cast(SamplingConfig, user_errors(lambda: Job((), (), preset=preset, options=given).config()))
+    given |= {name: value for name, value in {**node, **text}.items() if value}
+    job = Job((), (), preset=preset, options=given)
+    return typing.cast(SamplingConfig, user_errors(lambda: job.config(base)))
 
 
 def keyframe_batch(keyframes: torch.Tensor, more: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,6 +206,8 @@ def interpolate(
     options: str = "",
     more_keyframes: torch.Tensor | None = None,
     hooks: StepHooks | None = None,
+    prompt: str = "",
+    negative_prompt: str = "",
 ) -> tuple[torch.Tensor]:
     """Every frame through ``keyframes`` (IMAGE ``(B, H, W, C)``, then ``more_keyframes``) as an IMAGE batch
     ``(L, H', W', 3)`` float32 in [0, 1] on the CPU: :func:`inbetween.sequence.interpolate_sequence` with the
@@ -214,7 +220,8 @@ def interpolate(
     if not 0 <= seed <= MAX_SEED:
         raise InbetweenError(f"`seed` must be from 0 to {MAX_SEED}, got {seed}")
     frames = keyframe_batch(keyframes, more_keyframes)
-    config = sampling_config(preset, frames_per_segment, width, height, steps, options)
+    text = dict(prompt=prompt, negative_prompt=negative_prompt)  # Wan's; an SVD model refuses a prompt in one line
+    config = sampling_config(preset, frames_per_segment, width, height, steps, options, pipe.default_config(), **text)
     segments = len(frames) if loop else len(frames) - 1
     filled = user_errors(lambda: pipe.sampling_config(frames[0:1], config))
     chunks = plan_chunks(segments, segment_batch or None)
@@ -287,6 +294,11 @@ class InbetweenInterpolate:
             "optional": {
                 "options": ("STRING", {"default": "", "multiline": True, "tooltip": f"name=value, ... of: {names}"}),
                 "more_keyframes": ("IMAGE", {"tooltip": "appended after the keyframes"}),
+                "prompt": ("STRING", {"default": "", "multiline": True, "tooltip": "text prompt (Wan models)"}),
+                "negative_prompt": (
+                    "STRING",
+                    {"default": "", "multiline": True, "tooltip": "negative prompt (Wan; empty: Wan's own)"},
+                ),
             },
         }
 

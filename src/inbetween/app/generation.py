@@ -57,8 +57,9 @@ class Job:
     segment_batch: int | None = None
     options: Mapping[str, object] = field(default_factory=dict)
 
-    def config(self) -> SamplingConfig:
-        """The preset with the given options; ``ValueError`` naming the option for a bad one."""
+    def config(self, base: SamplingConfig | None = None) -> SamplingConfig:
+        """The preset over ``base`` (the model family's defaults; the paper's if None) with the given options;
+        ``ValueError`` naming the option for a bad one."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         given = {name: value for name, value in self.options.items() if value is not None}
@@ -69,7 +70,7 @@ class Job:
                     f"unknown sampling option `{name}`; the options are {', '.join(SamplingConfig.field_names())}"
                 )
             check_option_type(name, value, hints[name])
-        return SamplingConfig.preset(self.preset, **given)
+        return SamplingConfig.preset(self.preset, base, **given)
 
     def check(self) -> None:
         """Refuse what the model cannot be asked (before it is waited for): bad seed, segment batch or options."""
@@ -255,7 +256,7 @@ def generate(
     run = run or Run(owner=None)
     job.check()
     images = read_keyframes(list(job.keyframes), list(job.names))
-    config = job.config()
+    config = job.config(family_defaults(slot.config))
     on_progress(Progress(0, 1, "waiting for the model"))
     with slot.lend(run) as pipe:
         # Imported once the model is loaded: the loading thread may still be importing diffusers until then.
@@ -320,6 +321,13 @@ def step_text(step: int, steps: int, chunk: range, segments: int) -> str:
     return f"{which}: step {step} of {steps}"
 
 
+def family_defaults(model: ModelConfig) -> SamplingConfig:
+    """The sampling options the model's family starts from (Wan: its guidance and frame rate), as the CLI's."""
+    from ..families import default_config, guess_family
+
+    return default_config(guess_family(model.model))
+
+
 def settings_command(model: ModelConfig, job: Job, config: SamplingConfig, output: str | None = None) -> str:
     """The ``inbetween interpolate`` command that makes the same video from the same files: the model flags, the
     seed, the preset and every option whose value differs from the preset's."""
@@ -333,7 +341,7 @@ def settings_command(model: ModelConfig, job: Job, config: SamplingConfig, outpu
         words += ["--segment-batch", str(job.segment_batch)]
     if job.preset != DEFAULT_PRESET:
         words += ["--preset", job.preset]
-    preset = SamplingConfig.preset(job.preset)
+    preset = SamplingConfig.preset(job.preset, family_defaults(model))
     for option in dataclasses.fields(SamplingConfig):
         value = getattr(config, option.name)
         if value == getattr(preset, option.name):

@@ -19,7 +19,6 @@ import gradio as gr
 
 from ..config import PRESETS, SamplingConfig, flag_of, with_flag_names
 from ..errors import USER_ERRORS, one_line
-from ..hub import local_model_configs
 from .generation import (
     DEFAULT_PRESET,
     MAIN_OPTIONS,
@@ -39,7 +38,11 @@ logger = logging.getLogger(__name__)
 API_NAME = "interpolate"
 GENERATION = "generation"  # the concurrency group of both generation events: one at a time per model
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp"]
-ADVANCED = tuple(name for name in SamplingConfig.field_names() if name not in MAIN_OPTIONS)
+TEXT_OPTIONS = ("prompt", "negative_prompt")
+# The text fields lead the advanced group: a Wan user types a prompt first.
+ADVANCED = TEXT_OPTIONS + tuple(
+    name for name in SamplingConfig.field_names() if name not in MAIN_OPTIONS and name not in TEXT_OPTIONS
+)
 # Options whose default is unset (None: from the model or the keyframes): the page shows them as 0.
 UNSET_IS_ZERO = frozenset(
     {f.name for f in dataclasses.fields(SamplingConfig) if f.default is None} | {"segment_batch"}
@@ -52,7 +55,11 @@ The video between your keyframes, generated with Stable Video Diffusion and the 
 
 def build_app(slot: ModelSlot, folders: RunFolders) -> gr.Blocks:
     """The app's page and its ``/interpolate`` endpoint, serving ``slot``'s model and writing into ``folders``."""
-    defaults = SamplingConfig.preset(DEFAULT_PRESET)
+    from ..families import default_config, guess_family
+
+    family = guess_family(slot.config.model)
+    takes_text = family == "wan"
+    defaults = SamplingConfig.preset(DEFAULT_PRESET, default_config(family))
     frames_default, multiple = _model_sizes(slot.config.model)
     with gr.Blocks(title="inbetween", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(INTRO)
@@ -104,6 +111,8 @@ def build_app(slot: ModelSlot, folders: RunFolders) -> gr.Blocks:
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 with gr.Accordion("advanced sampling options (defaults: the preset's)", open=False):
                     advanced = {name: option_component(name, getattr(defaults, name)) for name in ADVANCED}
+                    for name in TEXT_OPTIONS:  # a text-conditioned family's (Wan's) prompt fields, hidden for SVD
+                        advanced[name].visible = takes_text
                     segment_batch = gr.Number(
                         label="segment batch (0: all)",
                         info="segments sampled together; fewer lower the peak memory of long sequences",
@@ -174,13 +183,11 @@ def build_app(slot: ModelSlot, folders: RunFolders) -> gr.Blocks:
 
 
 def _model_sizes(model: str) -> tuple[int | str, int]:
-    """(frames per video, size multiple) from the model's configs on disk; SVD's multiple before a download."""
-    from ..pipeline import SIZE_MULTIPLE, size_rules
+    """(frames per video, size multiple) by the model's family rules, from its configs on disk when there."""
+    from ..families import size_rules_before_loading
 
-    configs = local_model_configs(model)
-    if configs is None:
-        return "from the model", SIZE_MULTIPLE
-    return configs[0].get("num_frames", "from the model"), size_rules(*configs)[1]
+    rules = size_rules_before_loading(model)
+    return rules.num_frames, rules.multiple
 
 
 def status_text(slot: ModelSlot) -> str:

@@ -171,6 +171,11 @@ class InbetweenMixin:
     def warn_about_adapter_state(self, config: SamplingConfig) -> None:
         """Say when the backward branch will not use a loaded adapter, or has none to use (families with one)."""
 
+    @property
+    def has_backward_adapter(self) -> bool:
+        """Whether a backward adapter is loaded (a family without adapters has none)."""
+        return False
+
     # shared ------------------------------------------------------------------------------------
 
     @property
