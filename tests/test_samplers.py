@@ -15,7 +15,7 @@ from reference import NaiveInbetween
 from tiny import SVD_SCHEDULER_CONFIG
 
 from inbetween.cli import build_parser
-from inbetween.config import BACKWARD, FORWARD, PRESETS, SamplingConfig, sampler_candidates
+from inbetween.config import BACKWARD, FORWARD, PRESETS, SamplingConfig
 from inbetween.cost import evaluations_per_video, largest_request, requests_per_video, unet_rows_per_video
 from inbetween.evaluation.harness import METHODS
 from inbetween.sampling import (
@@ -26,6 +26,7 @@ from inbetween.sampling import (
     sample,
     sample_euler_with_reinjection,
 )
+from inbetween.toyworld.candidates import sampler_candidates
 
 # A Gaussian data distribution N(MU, SD^2) per element: its denoiser and probability-flow ODE are closed form,
 # D(x, sigma) = MU + SD^2 / (SD^2 + sigma^2) (x - MU) and x(sigma) = MU + (x(sigma_0) - MU) sqrt(SD^2 + sigma^2) /

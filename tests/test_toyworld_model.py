@@ -10,9 +10,9 @@ import torch
 
 from inbetween import InbetweenPipeline
 from inbetween.cli import main
-from inbetween.config import TINY_WORLD_SAMPLING
 from inbetween.evaluation.metrics import psnr
 from inbetween.hub import TINY_WORLD, TINY_WORLD_FOLDER
+from inbetween.toyworld.candidates import TINY_WORLD_SAMPLING
 from inbetween.toyworld.recipe import (
     TinyWorldRecipe,
     build_feature_extractor,

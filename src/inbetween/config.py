@@ -6,9 +6,7 @@ Diffusion (Blattmann et al. 2023), whose micro-conditioning the paper keeps.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import typing
+import importlib
 from dataclasses import dataclass, field, fields, replace
 
 # SVD's micro-conditioning and training noise (sgm's SVD configs; the paper keeps them).
@@ -31,12 +29,6 @@ SOLVERS = ("euler", "dpmpp-2m", "dpmpp-2s")
 # product fusions, each branch's own SVD ramp otherwise.
 GUIDANCE_RAMPS = ("auto", "svd", "symmetric", "weighted")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
-
-# The tiny world (inbetween.toyworld): seed ranges of its videos, far apart so training, adapter and evaluation
-# never share a video, and the sampling its science check and demo use.
-FORWARD_SEEDS = 0
-ADAPTER_SEEDS = 50_000_000
-HELDOUT_SEEDS = 90_000_000
 
 
 def _option(default, help: str, flag: str | None = None, metavar: str | None = None, choices=None):
@@ -203,65 +195,6 @@ class SamplingConfig:
         return replace(base or cls(), **{**PRESETS[name], **overrides})
 
 
-def flag_of(field: dataclasses.Field) -> str:
-    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-
-
-def with_flag_names(message: str, config_class: type) -> str:
-    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
-    flags = {field.name: flag_of(field) for field in dataclasses.fields(config_class)}
-    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
-
-
-def nested_config_fields(config_class: type) -> dict[str, type]:
-    """The fields of ``config_class`` that are themselves config dataclasses (their options are flattened into
-    the parent's command-line flags)."""
-    hints = typing.get_type_hints(config_class)
-    return {f.name: hints[f.name] for f in fields(config_class) if dataclasses.is_dataclass(hints[f.name])}
-
-
-def flat_option_names(config_class: type) -> list[str]:
-    """The option names of ``config_class`` with nested configs flattened, as the command-line flags are."""
-    nested = nested_config_fields(config_class)
-    names = []
-    for f in fields(config_class):
-        names.extend(flat_option_names(nested[f.name]) if f.name in nested else [f.name])
-    return names
-
-
-def flat_values(config: object) -> dict[str, object]:
-    """A config instance's option values, nested configs flattened (the inverse of :func:`config_from_flat`)."""
-    values = {}
-    for f in fields(config):
-        value = getattr(config, f.name)
-        values.update(flat_values(value) if dataclasses.is_dataclass(value) else {f.name: value})
-    return values
-
-
-def config_from_flat(config_class: type, values: dict):
-    """``config_class`` from one flat dict of option values, nested configs included (the form the CLI and
-    settings files have): ``EvalConfig`` from ``{"data": ..., "num_inference_steps": 25}``. Missing nested
-    options keep the nested default's values."""
-    nested = nested_config_fields(config_class)
-    own = {f.name for f in fields(config_class)} - set(nested)
-    unknown = set(values) - set(flat_option_names(config_class))
-    if unknown:
-        raise ValueError(
-            f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}"
-        )
-    kwargs = {name: values[name] for name in own if name in values}
-    for name, kind in nested.items():
-        declared = next(f for f in fields(config_class) if f.name == name)
-        if declared.default_factory is not dataclasses.MISSING:
-            base = declared.default_factory()
-        else:
-            base = kind() if declared.default is dataclasses.MISSING else declared.default
-        options = {f.name: values[f.name] for f in fields(kind) if f.name in values}
-        kwargs[name] = replace(base, **options)
-    return config_class(**kwargs)
-
-
 # Named sampler settings (SamplingConfig.preset, --preset): the options each sets; every other option keeps its value.
 # UNet rows per video at SVD's guidance (inbetween.cost.unet_rows_per_video): paper 700, fast 148, vibid 100,
 # vibid-adapter 150. `fast` was picked from the exact-denoiser world's table (`inbetween toyworld
@@ -303,63 +236,19 @@ PRESETS: dict[str, dict[str, object]] = {
 PRESETS["vibid-adapter"] = dict(PRESETS["vibid"], rotation=True)
 
 
-def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, SamplingConfig]:
-    """Every sampler, preset and fusion candidate to judge side by side (the exact-denoiser world's table), by name,
-    over ``base`` (default: the paper's config): the presets; the paper's sampler without re-injection; the per-frame
-    linear fusion; the product of experts, plain (g = 1) and guided over a few scales and ramps, with and without
-    re-injection; the solver alone (Euler at fast's steps); ViBiD without its options; plain image-to-video."""
-    base = base or SamplingConfig()
-    paper = SamplingConfig.preset("paper", base)
-    candidates = {name: SamplingConfig.preset(name, base) for name in PRESETS}
-    variants = {
-        "paper, no re-injection": dict(noise_injection_steps=0),
-        "gi linear": dict(fusion="linear"),
-        "gi linear, no re-injection": dict(fusion="linear", noise_injection_steps=0),
-        "poe g=1": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
-        "poe g=1, no re-injection": dict(
-            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, noise_injection_steps=0
-        ),
-        "poe g=1.5": dict(fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5),
-        "poe g=1->2 svd ramp": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=2.0, guidance_ramp="svd"),
-        "poe g=1 weighted": dict(
-            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, guidance_ramp="weighted"
-        ),
-        "poe g=1.5 weighted": dict(
-            fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted"
-        ),
-        "gi at fast's steps": FAST_STEPS,
-        "gi at fast's steps, euler": dict(FAST_STEPS, solver="euler"),
-        "gi at fast's steps, no re-injection": dict(FAST_STEPS, noise_injection_steps=0),
-        "poe g=1 at fast's steps": dict(FAST_STEPS, fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
-        "fast, no re-injection": dict(PRESETS["fast"], noise_injection_steps=0),
-        # Cheaper than fast: one unconditional row for both branches (exact here, where the fine-tuned backward
-        # model's unconditional videos are the forward model's), fewer re-injected steps, fewer steps.
-        "fast, shared uncond": dict(PRESETS["fast"], shared_unconditional=True),
-        "fast, shared uncond, no re-injection": dict(
-            PRESETS["fast"], shared_unconditional=True, noise_injection_steps=0
-        ),
-        "fast, shared uncond, re-injection on the first 8": dict(
-            PRESETS["fast"], shared_unconditional=True, noise_injection_ratio=0.32
-        ),
-        "fast, 20 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=20),
-        "fast, 15 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=15),
-        "fast, 20 steps, no re-injection": dict(PRESETS["fast"], num_inference_steps=20, noise_injection_steps=0),
-        # the best of them, 88 rows: better on the exact world, but below fast on the tiny world (150 pairs)
-        "fast, 15 steps": dict(PRESETS["fast"], num_inference_steps=15),
-        "fast, 12 steps": dict(PRESETS["fast"], num_inference_steps=12),
-        "trf": dict(sampler="trf"),
-    }
-    candidates |= {name: replace(paper, **options) for name, options in variants.items()}
-    vibid = candidates["vibid"]
-    candidates["vibid, plain (no CFG++, no DDS)"] = replace(vibid, cfg_pp=False, keyframe_consistency=False)
-    # DPM-Solver++(2S) at about the rows of its first-order counterpart: 13 steps make 2 x 12 + 1 evaluations.
-    candidates["vibid, dpmpp-2s, 13 steps"] = replace(vibid, solver="dpmpp-2s", num_inference_steps=13)
-    candidates["gi at fast's steps, dpmpp-2s, 13 steps"] = replace(
-        candidates["gi at fast's steps"], solver="dpmpp-2s", num_inference_steps=13
-    )
-    candidates["forward"] = replace(paper, sampler=FORWARD)
-    return candidates
+# Names that moved out of this module, still importable from here for the front ends (cli/, app/, batch/) whose
+# imports have not followed yet; new code imports them from their modules.
+_MOVED = {
+    **dict.fromkeys(
+        ("flag_of", "with_flag_names", "nested_config_fields", "flat_option_names", "flat_values", "config_from_flat"),
+        "inbetween.options",
+    ),
+    **dict.fromkeys(("FORWARD_SEEDS", "ADAPTER_SEEDS", "HELDOUT_SEEDS"), "inbetween.toyworld.seeds"),
+    **dict.fromkeys(("TINY_WORLD_SAMPLING", "sampler_candidates"), "inbetween.toyworld.candidates"),
+}
 
 
-# The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
-TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, **UNIT_GUIDANCE)
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
