@@ -28,6 +28,11 @@ SOLVERS = ("euler", "dpmpp-2m", "dpmpp-2s")
 # Per-frame guidance scale of each branch (sampling.branch_guidance_scales); auto: symmetric for the average and
 # product fusions, each branch's own SVD ramp otherwise.
 GUIDANCE_RAMPS = ("auto", "svd", "symmetric", "weighted")
+# What a sampler fixes (trf: gi's step with the backward branch's own attention; forward: the forward branch
+# alone), and the defaults of those options under the other samplers.
+SAMPLER_FIXES: dict[str, dict[str, object]] = {"trf": {"rotation": False}, FORWARD: {"fusion": FORWARD}}
+SAMPLER_MEANS = {"trf": "the backward branch unrotated", FORWARD: "the forward branch alone"}
+SAMPLER_DEFAULTS: dict[str, object] = {"rotation": True, "fusion": "average"}
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
 
 
@@ -68,13 +73,18 @@ class SamplingConfig:
     noise_aug_strength: float = _option(
         NOISE_AUG_STRENGTH, "noise added to the keyframes before encoding", metavar="X"
     )
+    # fusion and rotation: None is the sampler's own (SAMPLER_OWN), filled in by __post_init__, so every reader sees
+    # a str and a bool (the annotations, from which the CLI makes `--fusion` and `--rotation/--no-rotation`).
     fusion: str = _option(
-        "average",
-        "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward)",
+        None,
+        "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward) "
+        "(default: average; forward for --sampler forward)",
         choices=FUSIONS,
     )
     rotation: bool = _option(
-        True, "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion"
+        None,
+        "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion "
+        "(default: on; off for --sampler trf)",
     )
     noise_injection_steps: int = _option(5, "noise re-injections per step, 0 turns them off", metavar="N")
     noise_injection_ratio: float = _option(0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X")
@@ -118,6 +128,7 @@ class SamplingConfig:
     )
 
     def __post_init__(self) -> None:
+        self._fill_sampler_own()
         # height and width are checked by the pipeline, which knows the model's size multiple.
         if self.num_frames is not None and self.num_frames < 3:
             raise ValueError(
@@ -145,12 +156,22 @@ class SamplingConfig:
                 "`solver` dpmpp-2m extrapolates from the previous step's estimate on the sample's path, which vibid's "
                 "half-steps do not have (each starts from a re-noised sample or the other branch's); use dpmpp-2s"
             )
-        # A sampler name that fixes another option sets it (frozen: once, here): trf is gi's step with the backward
-        # branch's own attention, forward is the forward branch alone.
-        if self.sampler == "trf":
-            object.__setattr__(self, "rotation", False)
-        if self.sampler == FORWARD:
-            object.__setattr__(self, "fusion", FORWARD)
+
+    def _fill_sampler_own(self) -> None:
+        """Fill the ``None`` options with the sampler's own (frozen: once, here); refuse a given value that
+        contradicts a sampler that fixes it, rather than silently run something else than what was asked."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        fixed = SAMPLER_FIXES.get(self.sampler, {})
+        for name, value in (SAMPLER_DEFAULTS | fixed).items():
+            given = getattr(self, name)
+            if given is None:
+                object.__setattr__(self, name, value)
+            elif name in fixed and given != value:
+                raise ValueError(
+                    f"`{name}` {given!r} contradicts `sampler` {self.sampler!r} ({SAMPLER_MEANS[self.sampler]}); "
+                    f"drop `{name}` or pick another `sampler`"
+                )
 
     @property
     def guided(self) -> bool:
@@ -182,6 +203,15 @@ class SamplingConfig:
             decode_chunk_size=self.decode_chunk_size or self.num_frames or num_frames,
         )
 
+    def with_options(self, **options: object) -> SamplingConfig:
+        """This config with ``options`` (as ``dataclasses.replace``), where a new sampler's fixed options follow the
+        sampler unless given: ``SamplingConfig().with_options(sampler="trf")`` runs unrotated, while
+        ``dataclasses.replace(SamplingConfig(), sampler="trf")`` carries the paper's ``rotation=True`` and is
+        refused."""
+        if "sampler" in options:
+            options = {**dict.fromkeys(SAMPLER_FIXES.get(str(options["sampler"]), {})), **options}
+        return replace(self, **options)
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
@@ -192,7 +222,7 @@ class SamplingConfig:
         ``overrides``: ``SamplingConfig.preset("fast", height=576, width=1024)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
-        return replace(base or cls(), **{**PRESETS[name], **overrides})
+        return (base or cls()).with_options(**{**PRESETS[name], **overrides})
 
 
 # Named sampler settings (SamplingConfig.preset, --preset): the options each sets; every other option keeps its value.

@@ -57,7 +57,7 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
         "fast, 12 steps": dict(PRESETS["fast"], num_inference_steps=12),
         "trf": dict(sampler="trf"),
     }
-    candidates |= {name: replace(paper, **options) for name, options in variants.items()}
+    candidates |= {name: paper.with_options(**options) for name, options in variants.items()}
     vibid = candidates["vibid"]
     candidates["vibid, plain (no CFG++, no DDS)"] = replace(vibid, cfg_pp=False, keyframe_consistency=False)
     # DPM-Solver++(2S) at about the rows of its first-order counterpart: 13 steps make 2 x 12 + 1 evaluations.
@@ -65,5 +65,5 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
     candidates["gi at fast's steps, dpmpp-2s, 13 steps"] = replace(
         candidates["gi at fast's steps"], solver="dpmpp-2s", num_inference_steps=13
     )
-    candidates["forward"] = replace(paper, sampler=FORWARD)
+    candidates["forward"] = paper.with_options(sampler=FORWARD)
     return candidates
