@@ -73,8 +73,9 @@ class SamplingConfig:
     noise_aug_strength: float = _option(
         NOISE_AUG_STRENGTH, "noise added to the keyframes before encoding", metavar="X"
     )
-    # fusion and rotation: None is the sampler's own (SAMPLER_OWN), filled in by __post_init__, so every reader sees
-    # a str and a bool (the annotations, from which the CLI makes `--fusion` and `--rotation/--no-rotation`).
+    # fusion and rotation: None is the sampler's own (SAMPLER_FIXES, else SAMPLER_DEFAULTS), filled in by
+    # __post_init__, so every reader sees the annotated str and bool (from which the CLI makes `--fusion` and
+    # `--rotation/--no-rotation`).
     fusion: str = _option(
         None,
         "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward) "
@@ -253,11 +254,10 @@ VIBID_STEP = dict(
 )
 PRESETS: dict[str, dict[str, object]] = {
     "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
-    # Chosen from the exact-denoiser world (`inbetween toyworld samplers`: 0.935 [0.892, 0.962] of 200 pairs
-    # consistent with both keyframes vs paper's 0.440 [0.373, 0.509]) and confirmed on the tiny-world model (hit rate
-    # 0.483 +- 0.070 vs 0.200 +- 0.061 for the gi average at the same cost): 148 UNet rows, 21 % of paper's 700.
-    # With keyframe-exact ends: on the tiny-world model they cost nothing (hit rate +0.005 +- 0.028, paired over 50
-    # pairs) and its ends go from 27.5 dB to the keyframes themselves.
+    # The candidate most often consistent with both keyframes on the exact-denoiser world (`inbetween toyworld
+    # samplers`), ahead of the gi average at the same cost on the tiny-world model too, at about a fifth of paper's
+    # UNet rows (docs/tiny_world/samplers.md, README "Which sampler?"). Keyframe-exact ends cost it no hit rate on the
+    # tiny world and make its ends the keyframes themselves (README, docs/tiny_world/exact_ends).
     "fast": dict(FAST_STEPS, **WEIGHTED_POE, exact_ends=True),
     # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
     # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).

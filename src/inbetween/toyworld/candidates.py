@@ -52,7 +52,8 @@ def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, Sampling
         "fast, 20 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=20),
         "fast, 15 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=15),
         "fast, 20 steps, no re-injection": dict(PRESETS["fast"], num_inference_steps=20, noise_injection_steps=0),
-        # the best of them, 88 rows: better on the exact world, but below fast on the tiny world (150 pairs)
+        # the best of them, 88 rows: better on the exact world, but below fast on the tiny world
+        # (docs/tiny_world/cheaper/README.md)
         "fast, 15 steps": dict(PRESETS["fast"], num_inference_steps=15),
         "fast, 12 steps": dict(PRESETS["fast"], num_inference_steps=12),
         "trf": dict(sampler="trf"),

@@ -14,7 +14,7 @@ Four stages, each resumable from its own checkpoints, all randomness a pure func
 4. ``adapter_own_attention``: the paper's "w/o RA" ablation (section 4.3): W_q, W_k, W_v, W_o fine-tuned with the
    backward branch's own attention, on the same videos for the same number of steps as stage 3.
 
-Run it (about two hours on two CPU cores):
+Run it (hours on a CPU; the shipped run's wall time is in the README's tiny-world section):
 
     inbetween toyworld train --out runs/tiny_world            # re-run the same command to resume
 """
