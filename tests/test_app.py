@@ -121,6 +121,15 @@ def test_a_job_is_its_preset_with_the_given_options():
     assert job.config() == SamplingConfig.preset("fast", num_inference_steps=7)
 
 
+def test_an_unticked_rotation_box_turns_rotation_off():
+    from inbetween.app.ui import page_options
+
+    options = page_options({"rotation": False, "fusion": "linear", "num_frames": 0})
+    assert options == {"rotation": False, "fusion": "linear", "num_frames": None}  # 0 is unset only where None is
+    job = Job(("a.png", "b.png"), ("a.png", "b.png"), preset="paper", options=options)
+    assert (job.config().rotation, job.config().fusion) == (False, "linear")
+
+
 @pytest.mark.parametrize(
     ("job", "message"),
     [

@@ -33,6 +33,20 @@ GUIDANCE_RAMPS = ("auto", "svd", "symmetric", "weighted")
 SAMPLER_FIXES: dict[str, dict[str, object]] = {"trf": {"rotation": False}, FORWARD: {"fusion": FORWARD}}
 SAMPLER_MEANS = {"trf": "the backward branch unrotated", FORWARD: "the forward branch alone"}
 SAMPLER_DEFAULTS: dict[str, object] = {"rotation": True, "fusion": "average"}
+
+
+@dataclass(frozen=True)
+class SamplerOwn:
+    """The default of an option a sampler may fix: the sampler's own value, which ``SamplingConfig.__post_init__``
+    fills in, so no config holds it once made. Not ``None``: the app reads a ``None`` default as "unset, shown as 0",
+    which an unticked box would equal. ``description``: that value in words, the CLI's help shows it."""
+
+    description: str
+
+    def __str__(self) -> str:
+        return self.description
+
+
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
 
 
@@ -73,19 +87,17 @@ class SamplingConfig:
     noise_aug_strength: float = _option(
         NOISE_AUG_STRENGTH, "noise added to the keyframes before encoding", metavar="X"
     )
-    # fusion and rotation: None is the sampler's own (SAMPLER_FIXES, else SAMPLER_DEFAULTS), filled in by
+    # fusion and rotation default to the sampler's own (SAMPLER_FIXES, else SAMPLER_DEFAULTS), filled in by
     # __post_init__, so every reader sees the annotated str and bool (from which the CLI makes `--fusion` and
     # `--rotation/--no-rotation`).
     fusion: str = _option(
-        None,
-        "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward) "
-        "(default: average; forward for --sampler forward)",
+        SamplerOwn("average; forward for --sampler forward"),
+        "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward)",
         choices=FUSIONS,
     )
     rotation: bool = _option(
-        None,
-        "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion "
-        "(default: on; off for --sampler trf)",
+        SamplerOwn("on; off for --sampler trf"),
+        "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion",
     )
     noise_injection_steps: int = _option(5, "noise re-injections per step, 0 turns them off", metavar="N")
     noise_injection_ratio: float = _option(0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X")
@@ -159,14 +171,15 @@ class SamplingConfig:
             )
 
     def _fill_sampler_own(self) -> None:
-        """Fill the ``None`` options with the sampler's own (frozen: once, here); refuse a given value that
-        contradicts a sampler that fixes it, rather than silently run something else than what was asked."""
+        """Fill the options left to the sampler (:class:`SamplerOwn`, or ``None``) with its own (frozen: once, here);
+        refuse a given value that contradicts a sampler that fixes it, rather than silently run something else than
+        what was asked."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         fixed = SAMPLER_FIXES.get(self.sampler, {})
         for name, value in (SAMPLER_DEFAULTS | fixed).items():
             given = getattr(self, name)
-            if given is None:
+            if given is None or isinstance(given, SamplerOwn):
                 object.__setattr__(self, name, value)
             elif name in fixed and given != value:
                 raise ValueError(
@@ -210,7 +223,8 @@ class SamplingConfig:
         ``dataclasses.replace(SamplingConfig(), sampler="trf")`` carries the paper's ``rotation=True`` and is
         refused."""
         if "sampler" in options:
-            options = {**dict.fromkeys(SAMPLER_FIXES.get(str(options["sampler"]), {})), **options}
+            fixed = SAMPLER_FIXES.get(str(options["sampler"]), {})
+            options = {**{f.name: f.default for f in fields(self) if f.name in fixed}, **options}
         return replace(self, **options)
 
     @classmethod
