@@ -161,7 +161,7 @@ class SamplingConfig:
             raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
         if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
             raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
-        for name, allowed in (("sampler", SAMPLERS), ("solver", SOLVERS), ("guidance_ramp", GUIDANCE_RAMPS)):
+        for name, allowed in (("solver", SOLVERS), ("guidance_ramp", GUIDANCE_RAMPS)):  # sampler: checked first
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.sampler == "vibid" and self.solver == "dpmpp-2m":
