@@ -94,7 +94,7 @@ def case_flags(case: str) -> list[str]:
     if case == FLOOR:
         return FLOOR_FLAGS
     from inbetween.batch.shotlist import sampling_fields
-    from inbetween.config import flag_of
+    from inbetween.options import flag_of
 
     preset, options = case_options(case)
     flags = [(flag_of(sampling_fields()[name]), value) for name, value in options.items()]

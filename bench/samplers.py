@@ -3,7 +3,7 @@
 Every preset (``inbetween.config.PRESETS``: paper, fast, vibid, vibid-adapter) runs in ONE process on the same
 seeded components (``bench/step_cost.py``'s: SVD's UNet and VAE architectures, a small CLIP, SVD's scheduler, a
 random backward adapter), so the ratios share the machine's state. The rows table (every candidate of
-``inbetween.config.sampler_candidates``) is counted, not timed (``inbetween.cost``).
+``inbetween.toyworld.candidates.sampler_candidates``) is counted, not timed (``inbetween.cost``).
 
 Modes:
 
@@ -42,8 +42,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from step_cost import build_components, keyframes, random_adapter  # noqa: E402
 
 from inbetween import InbetweenPipeline  # noqa: E402
-from inbetween.config import PRESETS, SamplingConfig, sampler_candidates  # noqa: E402
-from inbetween.cost import evaluations_per_video, request_layout, requests_per_video, unet_rows_per_video  # noqa: E402
+from inbetween.config import PRESETS, SamplingConfig  # noqa: E402
+from inbetween.cost import request_layout, requests_per_video, unet_rows_per_video  # noqa: E402
+from inbetween.toyworld.candidates import sampler_candidates  # noqa: E402
 
 PROBE_STEPS = 2  # steps of a request-mode probe: enough for every request kind a preset makes
 
@@ -117,7 +118,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
         results[name] = dict(
             seconds=seconds,
             sampling=sampling,
-            requests=evaluations_per_video(config),
+            requests=sum(requests_per_video(config).values()),
             rows=unet_rows_per_video(config),
             per_kind={kind: statistics.median(times) for kind, times in log.items()},
         )
@@ -132,7 +133,7 @@ def rows_table(frames: int) -> str:
     lines = ["| sampler / preset | requests | UNet rows / video | rows vs paper |", "|---|---|---|---|"]
     for name, config in candidates.items():
         rows = unet_rows_per_video(config)
-        lines.append(f"| {name} | {evaluations_per_video(config)} | {rows} | {rows / paper:.3f} |")
+        lines.append(f"| {name} | {sum(requests_per_video(config).values())} | {rows} | {rows / paper:.3f} |")
     return "\n".join(lines)
 
 

@@ -159,9 +159,7 @@ def build_components(device: torch.device, dtype: torch.dtype, seed: int) -> dic
 
 def random_adapter(unet: torch.nn.Module, seed: int):
     """A non-zero backward adapter: W_v / W_o deltas of all 16 temporal attention layers, N(0, 1e-3)."""
-    from inbetween import BackwardAdapter
-
-    adapter = BackwardAdapter.zeros_like(unet)
+    adapter = tests_module("reference").zero_adapter(unet)
     generator = torch.Generator().manual_seed(seed + 1)
     for delta in adapter.deltas.values():
         delta.normal_(0.0, ADAPTER_STD, generator=generator)

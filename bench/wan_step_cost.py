@@ -85,7 +85,7 @@ class StepTimer:
         return {}
 
     def steps(self) -> list[float]:
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 def run_pipeline(case: str, args) -> dict:
@@ -102,15 +102,32 @@ def run_pipeline(case: str, args) -> dict:
             pipe = WanImageToVideoPipeline(**components)
             pipe.set_progress_bar_config(disable=True)
             timer.marks = [time.perf_counter()]
-            pipe(image=first, prompt="a cat", negative_prompt="blurry", guidance_scale=5.0, output_type="latent",
-                 callback_on_step_end=timer, **common)
+            pipe(
+                image=first,
+                prompt="a cat",
+                negative_prompt="blurry",
+                guidance_scale=5.0,
+                output_type="latent",
+                callback_on_step_end=timer,
+                **common,
+            )
         else:
             pipe = WanInbetweenPipeline(**components)
             pipe.set_progress_bar_config(disable=True)
             timer.marks = [time.perf_counter()]
-            pipe(first, last, prompt="a cat", negative_prompt="blurry", sampler="gi", noise_injection_steps=0,
-                 min_guidance_scale=5.0, max_guidance_scale=5.0, output_type="latent", callback_on_step_end=timer,
-                 **common)
+            pipe(
+                first,
+                last,
+                prompt="a cat",
+                negative_prompt="blurry",
+                sampler="gi",
+                noise_injection_steps=0,
+                min_guidance_scale=5.0,
+                max_guidance_scale=5.0,
+                output_type="latent",
+                callback_on_step_end=timer,
+                **common,
+            )
     steps = timer.steps()[1:]  # the first step includes the encoders' work and warms up
     return {"step_s": statistics.median(steps), "steps": steps}
 
@@ -174,8 +191,22 @@ def run_case(case: str, args) -> dict:
 
 
 def child(case: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", case, "--size", str(args.size), "--frames", str(args.frames),
-               "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        "--size",
+        str(args.size),
+        "--frames",
+        str(args.frames),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
     print(f"running {case} ...", file=sys.stderr, flush=True)
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -193,7 +224,8 @@ def report(results: dict, args) -> str:
         "",
         "| case | step s (median) | peak RSS MB |",
         "|---|---|---|",
-        f"| diffusers' WanImageToVideoPipeline (2 x 1-row calls) | {theirs['step_s']:.2f} | {theirs['peak_rss_mb']:.0f} |",
+        f"| diffusers' WanImageToVideoPipeline (2 x 1-row calls) | {theirs['step_s']:.2f} | "
+        f"{theirs['peak_rss_mb']:.0f} |",
         f"| ours, gi (1 x 4-row dual call) | {ours['step_s']:.2f} | {ours['peak_rss_mb']:.0f} |",
         f"| plain 4-row transformer call | {floor['step_s']:.2f} | {floor['peak_rss_mb']:.0f} |",
         f"| paired: plain 4-row / dual 4-row, same process | {paired['plain_s']:.2f} / {paired['dual_s']:.2f} | "

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
+from reference import zero_adapter  # noqa: E402
 from tiny import save_tiny_svd, tiny_components  # noqa: E402
 
 from inbetween import BackwardAdapter, InbetweenPipeline  # noqa: E402
@@ -26,7 +27,7 @@ def random_keyframe(seed: int, size: tuple[int, int] = (64, 64)) -> PIL.Image.Im
 def random_adapter(unet: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> BackwardAdapter:
     """A non-zero adapter for ``unet`` (W_v, W_o and b_o deltas)."""
     generator = torch.Generator().manual_seed(seed)
-    zeros = BackwardAdapter.zeros_like(unet, include_bias=True)
+    zeros = zero_adapter(unet, include_bias=True)
     return BackwardAdapter({k: torch.randn(v.shape, generator=generator) * scale for k, v in zeros.deltas.items()})
 
 

@@ -17,7 +17,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from inbetween import BackwardAdapter, InbetweenPipeline
-from inbetween.sampling import edm_scalings
+from inbetween.adapter import OUTPUT_BIAS, OUTPUT_WEIGHT, VALUE_WEIGHT
+from inbetween.attention import temporal_self_attention_names
+from inbetween.config import SamplingConfig
+from inbetween.cost import requests_per_video
+from inbetween.sampling import Denoiser, Noise, StepCallback, edm_scalings, euler_step, gaussian_noise, run_steps
 
 
 class StoringAttnProcessor:
@@ -291,3 +295,55 @@ class NaiveBackwardTrainer:
         loss.backward()
         self.optimizer.step()
         return loss.item()
+
+
+# Reference samplers, adapters and counts the library itself does not need -------------------------------------------
+
+
+def sample_euler_with_reinjection(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: Noise | None = None,
+    noise_injection_steps: int = 5,
+    noise_injection_ratio: float = 0.5,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Euler sampling over ``sigmas`` (last one 0) of the (already fused) ``denoise(x, sigma)``, with the paper's
+    noise re-injection (:func:`inbetween.sampling.run_steps`; ``noise`` defaults to unseeded Gaussian draws)."""
+
+    def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
+        return euler_step(x, denoise(x, sigmas[i]), sigmas[i], sigmas[i + 1])
+
+    return run_steps(
+        step,
+        x,
+        sigmas,
+        noise=noise or gaussian_noise(None),
+        noise_injection_steps=noise_injection_steps,
+        noise_injection_ratio=noise_injection_ratio,
+        callback=callback,
+    )
+
+
+def evaluations_per_video(config: SamplingConfig) -> int:
+    """Branch-denoiser requests of one video (each one UNet call, two with ``split_guidance_batch``)."""
+    return sum(requests_per_video(config).values())
+
+
+def zero_adapter(
+    unet: torch.nn.Module, include_bias: bool = False, dtype: torch.dtype = torch.float32
+) -> BackwardAdapter:
+    """An adapter that leaves the backward branch equal to the base weights (the start of training): zero W_v and W_o
+    deltas (and b_o with ``include_bias``) for every temporal self-attention layer of ``unet``."""
+    state = unet.state_dict()
+    params = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS) if include_bias else (VALUE_WEIGHT, OUTPUT_WEIGHT)
+    deltas = {
+        f"{layer}.{param}": torch.zeros_like(state[f"{layer}.{param}"], dtype=dtype, device="cpu")
+        for layer in temporal_self_attention_names(unet)
+        for param in params
+        if f"{layer}.{param}" in state
+    }
+    base_model = str(getattr(getattr(unet, "config", None), "_name_or_path", "") or "")
+    return BackwardAdapter(deltas, base_model=base_model)

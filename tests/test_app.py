@@ -47,6 +47,7 @@ needs_app = pytest.mark.skipif(
 )
 
 REPO = Path(__file__).resolve().parent.parent
+# The README's screenshot of the app, rewritten when INBETWEEN_UPDATE_DOCS=1 (else into the test's folder).
 SCREENSHOT = REPO / "docs" / "app.png"
 # Few steps, no guidance, no re-injection: a 32x32 tiny-world generation in about a second.
 QUICK = dict(num_inference_steps=2, noise_injection_steps=0, max_guidance_scale=1.0)
@@ -118,6 +119,15 @@ def test_an_unsafe_or_broken_upload_is_a_one_line_message(files, name, message):
 def test_a_job_is_its_preset_with_the_given_options():
     job = Job(("a.png", "b.png"), ("a.png", "b.png"), preset="fast", options=dict(num_inference_steps=7, fusion=None))
     assert job.config() == SamplingConfig.preset("fast", num_inference_steps=7)
+
+
+def test_an_unticked_rotation_box_turns_rotation_off():
+    from inbetween.app.ui import page_options
+
+    options = page_options({"rotation": False, "fusion": "linear", "num_frames": 0})
+    assert options == {"rotation": False, "fusion": "linear", "num_frames": None}  # 0 is unset only where None is
+    job = Job(("a.png", "b.png"), ("a.png", "b.png"), preset="paper", options=options)
+    assert (job.config().rotation, job.config().fusion) == (False, "linear")
 
 
 @pytest.mark.parametrize(
@@ -360,7 +370,8 @@ def visible(elements: list) -> object | None:
 @needs_app
 @pytest.mark.skipif(browser_paths() is None, reason="no chromium + chromedriver (Debian: apt-get install chromium "
                     "chromium-driver; .ci/run installs them)")  # fmt: skip
-def test_the_page_makes_a_video_that_plays_in_a_real_browser(server, files):
+def test_the_page_makes_a_video_that_plays_in_a_real_browser(server, files, tmp_path):
+    screenshot = SCREENSHOT if os.environ.get("INBETWEEN_UPDATE_DOCS") == "1" else tmp_path / SCREENSHOT.name
     pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -410,8 +421,8 @@ def test_the_page_makes_a_video_that_plays_in_a_real_browser(server, files):
         browser.find_element(By.XPATH, accordion).click()  # the screenshot shows the page as it first looks
         browser.execute_script("window.scrollTo(0, 0)")
         time.sleep(1)  # the accordion's animation
-        with atomic_output(SCREENSHOT, overwrite=True) as tmp:
+        with atomic_output(screenshot, overwrite=True) as tmp:
             assert browser.save_screenshot(str(tmp))
     finally:
         browser.quit()
-    assert Image.open(SCREENSHOT).size[0] >= 1000
+    assert Image.open(screenshot).size[0] >= 1000

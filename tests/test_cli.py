@@ -129,15 +129,15 @@ def test_same_seed_same_frames_other_seed_differs(inputs: Path, model: Path, tmp
     assert interpolate(inputs, model, tmp_path / "again", "--seed", "0") == 0
     assert interpolate(inputs, model, tmp_path / "other", "--seed", "1") == 0
     np.testing.assert_array_equal(frames_of(tmp_path / "again"), baseline)
-    assert np.abs(frames_of(tmp_path / "other").astype(int) - baseline).mean() > 1  # measured: 21 grey levels
+    assert not np.array_equal(frames_of(tmp_path / "other"), baseline)
 
 
 def test_adapter_changes_the_video(inputs: Path, model: Path, tmp_path: Path, baseline) -> None:
     assert interpolate(inputs, model, tmp_path / "adapted", "--adapter", str(inputs / "adapter.safetensors")) == 0
     adapted = frames_of(tmp_path / "adapted")
     assert adapted.shape == baseline.shape
-    # The backward branch's W_v / W_o moved, so the fused video must too (measured: 2.3 grey levels on average).
-    assert np.abs(adapted.astype(int) - baseline).mean() > 0.5
+    # The backward branch's W_v / W_o moved, so the fused video must too.
+    assert not np.array_equal(adapted, baseline)
 
 
 def test_missing_side_keeps_the_keyframe_aspect(inputs: Path, model: Path, tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from inbetween.config import HELDOUT_SEEDS
 from inbetween.evaluation.report import contact_sheet
 from inbetween.files import atomic_output
+from inbetween.toyworld.seeds import HELDOUT_SEEDS
 from inbetween.toyworld.world import interpolation_pairs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,8 +3,9 @@
 import dataclasses
 
 import pytest
+from PIL import Image
 
-from inbetween.cli import build_parser
+from inbetween.cli import build_parser, main
 from inbetween.config import SamplingConfig
 
 
@@ -48,3 +49,46 @@ def test_interpolate_flags_are_generated_from_every_field_with_its_default():
         ["interpolate", "a.png", "b.png", "-o", "o.mp4", "--steps", "7", "--no-rotation", "--fusion", "linear"]
     )
     assert (args.num_inference_steps, args.rotation, args.fusion) == (7, False, "linear")
+
+
+@pytest.mark.parametrize(
+    "sampler, name, own, other",
+    [
+        ("trf", "rotation", False, True),
+        ("forward", "fusion", "forward", "poe"),
+        ("forward", "fusion", "forward", "average"),
+    ],
+)
+def test_a_sampler_fills_the_option_it_fixes_and_refuses_a_contradiction(sampler, name, own, other):
+    assert getattr(SamplingConfig(sampler=sampler), name) == own
+    assert getattr(SamplingConfig(sampler=sampler, **{name: own}), name) == own
+    with pytest.raises(ValueError, match=f"`{name}` {other!r} contradicts `sampler` {sampler!r}.*drop `{name}`"):
+        SamplingConfig(sampler=sampler, **{name: other})
+    # dataclasses.replace carries the base's value, which is then a contradiction; with_options lets it follow.
+    with pytest.raises(ValueError, match="contradicts"):
+        dataclasses.replace(SamplingConfig(**{name: other}), sampler=sampler)
+    assert SamplingConfig(**{name: other}).with_options(sampler=sampler) == SamplingConfig(sampler=sampler)
+    assert SamplingConfig.preset("paper", sampler=sampler) == SamplingConfig(sampler=sampler)
+
+
+def test_the_options_no_sampler_fixes_keep_the_papers_defaults_under_every_sampler():
+    for sampler in ("gi", "vibid"):
+        config = SamplingConfig(sampler=sampler)
+        assert (config.rotation, config.fusion) == (True, "average")
+    unrotated = SamplingConfig(sampler="trf")
+    assert dataclasses.replace(unrotated, sampler="gi").rotation is False  # an unrotated config stays unrotated
+    assert SamplingConfig(sampler="forward", rotation=False).rotation is False
+
+
+def test_the_cli_fills_the_samplers_own_and_names_flags_in_a_contradiction(tmp_path, capsys):
+    args = build_parser().parse_args(["interpolate", "a.png", "b.png", "-o", "o.mp4", "--sampler", "trf"])
+    values = {name: getattr(args, name) for name in SamplingConfig.field_names()}
+    assert SamplingConfig(**values) == SamplingConfig(sampler="trf")
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    for path in (first, last):
+        Image.new("RGB", (64, 64)).save(path)
+    code = main(
+        ["interpolate", str(first), str(last), "-o", str(tmp_path / "o.mp4"), "--sampler", "trf", "--rotation"]
+    )
+    assert code == 2
+    assert "`--rotation` True contradicts `--sampler` 'trf'" in capsys.readouterr().err

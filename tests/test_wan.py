@@ -93,7 +93,9 @@ def test_native_first_last_frame_equals_diffusers_with_last_image(pipes, kind, g
     first, last = keyframe(0), keyframe(1)
     reference = diffusers_pipe(kind)
     latents = ours(pipes[kind], first, last, guidance, "latent", sampler="native")
-    torch.testing.assert_close(latents.transpose(1, 2), theirs(reference, first, last, guidance, "latent"), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        latents.transpose(1, 2), theirs(reference, first, last, guidance, "latent"), rtol=0, atol=1e-5
+    )
     # the last keyframe is really used: another last keyframe, another video
     other = ours(pipes[kind], first, keyframe(2), guidance, "latent", sampler="native")
     assert (other - latents).abs().max() > 1e-3
@@ -144,7 +146,9 @@ def test_every_preset_runs_on_wan_and_a_seed_gives_one_video(pipes, preset):
 
     def run(seed: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(seed)
-        return pipe(keyframe(0), keyframe(1), config, num_frames=FRAMES, generator=generator, output_type="np", **TEXT).frames
+        return pipe(
+            keyframe(0), keyframe(1), config, num_frames=FRAMES, generator=generator, output_type="np", **TEXT
+        ).frames
 
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (1, FRAMES, SIZE, SIZE, 3) and np.isfinite(a).all()
@@ -179,8 +183,16 @@ def test_a_three_keyframe_sequence_and_a_loop_put_each_keyframe_at_its_frame(pip
     config = SamplingConfig.preset("fast", pipe.default_config(), exact_ends=True, num_inference_steps=3)
     for loop in (False, True):
         frames = interpolate_sequence(
-            pipe, keyframes, config, loop=loop, num_frames=FRAMES, height=SIZE, width=SIZE,
-            generator=torch.Generator().manual_seed(0), output_type="np", **TEXT,
+            pipe,
+            keyframes,
+            config,
+            loop=loop,
+            num_frames=FRAMES,
+            height=SIZE,
+            width=SIZE,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            **TEXT,
         )
         assert frames.shape == (sequence_length(3, FRAMES, loop), SIZE, SIZE, 3)
         for index, image in enumerate(keyframes):

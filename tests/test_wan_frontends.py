@@ -81,15 +81,25 @@ def test_the_comfyui_nodes_give_the_librarys_frames_with_a_prompt(wan_folder, fi
     images = torch.stack([torch.from_numpy(np.array(PIL.Image.open(files / f"k{i}.png"))) for i in range(2)])
     images = images.float() / 255.0  # ComfyUI's IMAGE (B, H, W, C) in [0, 1]
     (frames,) = comfy_interpolate(
-        pipe, images, preset="fast", seed=3, frames_per_segment=FRAMES, width=SIZE, height=SIZE, steps=2,
+        pipe,
+        images,
+        preset="fast",
+        seed=3,
+        frames_per_segment=FRAMES,
+        width=SIZE,
+        height=SIZE,
+        steps=2,
         prompt="a ball",
     )
     config = pipe.default_config()
     from inbetween import SamplingConfig
 
     expected = interpolate_sequence(
-        pipe, images.movedim(-1, 1), SamplingConfig.preset("fast", config, prompt="a ball", **OPTIONS),
-        generator=torch.Generator().manual_seed(3), output_type="pt",
+        pipe,
+        images.movedim(-1, 1),
+        SamplingConfig.preset("fast", config, prompt="a ball", **OPTIONS),
+        generator=torch.Generator().manual_seed(3),
+        output_type="pt",
     )
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     torch.testing.assert_close(frames, expected.movedim(1, -1).float(), rtol=0, atol=1e-6)

@@ -1,5 +1,10 @@
 """inbetween: the video between two keyframes with Stable Video Diffusion (Generative Inbetweening, ICLR 2025).
 
+The public API is ``__all__``: the pipeline and its configs, sequences, the backward adapter, training, evaluation
+and batch rendering, the names the front ends (``cli``, ``app``, ``comfyui``, ``batch``) use to do their work. The
+front ends also use the support modules ``options``, ``errors``, ``files``, ``hub``, ``loading``, ``dtypes``,
+``video_io``, ``memory`` and ``toyworld`` directly (``tests/test_public_api.py`` holds both to this).
+
 The public names are imported on first use, so that ``inbetween --help`` (and anything else that needs no model)
 starts without loading torch and diffusers.
 """
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# Where each name of __all__ is defined, for the lazy imports below (tests/test_public_api.py keeps the two equal).
 _PUBLIC = {
     "BackwardAdapter": "adapter",
     "convert_full_unet_checkpoint": "adapter",
@@ -18,27 +24,61 @@ _PUBLIC = {
     "dual_mode": "attention",
     "install_rotation": "attention",
     "remove_rotation": "attention",
+    "BatchConfig": "batch",
+    "render_batch": "batch",
+    "DTYPE_NAMES": "config",
+    "PRESETS": "config",
+    "SamplingConfig": "config",
+    "EvalConfig": "evaluation.harness",
+    "evaluate": "evaluation.harness",
+    "DEFAULT_LONG_SIDE": "pipeline",
     "InbetweenPipeline": "pipeline",
     "InbetweenPipelineOutput": "pipeline",
-    "SamplingConfig": "config",
+    "SIZE_MULTIPLE": "pipeline",
+    "size_rules": "pipeline",
+    "interpolate_sequence": "sequence",
+    "keyframe_positions": "sequence",
+    "plan_chunks": "sequence",
+    "same_image": "sequence",
+    "TrainConfig": "training",
+    "train_backward": "training",
 }
 __all__ = [
     "BackwardAdapter",
+    "BatchConfig",
+    "convert_full_unet_checkpoint",
+    "DEFAULT_LONG_SIDE",
+    "DTYPE_NAMES",
+    "dual_mode",
+    "EvalConfig",
+    "evaluate",
     "InbetweenPipeline",
     "InbetweenPipelineOutput",
-    "RotatedTemporalAttnProcessor",
-    "SamplingConfig",
-    "convert_full_unet_checkpoint",
-    "dual_mode",
     "install_rotation",
+    "interpolate_sequence",
+    "keyframe_positions",
+    "plan_chunks",
+    "PRESETS",
     "remove_rotation",
+    "render_batch",
+    "RotatedTemporalAttnProcessor",
+    "same_image",
+    "SamplingConfig",
+    "SIZE_MULTIPLE",
+    "size_rules",
+    "train_backward",
+    "TrainConfig",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them
     from .adapter import BackwardAdapter, convert_full_unet_checkpoint
     from .attention import RotatedTemporalAttnProcessor, dual_mode, install_rotation, remove_rotation
-    from .config import SamplingConfig
-    from .pipeline import InbetweenPipeline, InbetweenPipelineOutput
+    from .batch import BatchConfig, render_batch
+    from .config import DTYPE_NAMES, PRESETS, SamplingConfig
+    from .evaluation.harness import EvalConfig, evaluate
+    from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, InbetweenPipelineOutput, size_rules
+    from .sequence import interpolate_sequence, keyframe_positions, plan_chunks, same_image
+    from .training import TrainConfig, train_backward
 
 
 def __getattr__(name: str) -> object:

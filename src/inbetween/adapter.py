@@ -131,21 +131,6 @@ class BackwardAdapter:
         return cls(deltas, base_model=base_model or _model_id(unet))
 
     @classmethod
-    def zeros_like(
-        cls, unet: nn.Module, include_bias: bool = False, dtype: torch.dtype = torch.float32
-    ) -> BackwardAdapter:
-        """An adapter that leaves the backward branch equal to the base weights (the start of training)."""
-        state = unet.state_dict()
-        params = (VALUE_WEIGHT, OUTPUT_WEIGHT, OUTPUT_BIAS) if include_bias else (VALUE_WEIGHT, OUTPUT_WEIGHT)
-        deltas = {
-            f"{layer}.{param}": torch.zeros_like(state[f"{layer}.{param}"], dtype=dtype, device="cpu")
-            for layer in temporal_self_attention_names(unet)
-            for param in params
-            if f"{layer}.{param}" in state
-        }
-        return cls(deltas, base_model=_model_id(unet))
-
-    @classmethod
     def _from_states(
         cls,
         base: Mapping[str, torch.Tensor],

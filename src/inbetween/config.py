@@ -6,9 +6,6 @@ Diffusion (Blattmann et al. 2023), whose micro-conditioning the paper keeps.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field, fields, replace
 
 # SVD's micro-conditioning and training noise (sgm's SVD configs; the paper keeps them).
@@ -31,13 +28,34 @@ SOLVERS = ("euler", "dpmpp-2m", "dpmpp-2s")
 # Per-frame guidance scale of each branch (sampling.branch_guidance_scales); auto: symmetric for the average and
 # product fusions, each branch's own SVD ramp otherwise.
 GUIDANCE_RAMPS = ("auto", "svd", "symmetric", "weighted")
-DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
+# What a sampler fixes (trf: gi's step with the backward branch's own attention; forward: the forward branch
+# alone), and the defaults of those options under the other samplers.
+SAMPLER_FIXES: dict[str, dict[str, object]] = {
+    "trf": {"rotation": False},
+    FORWARD: {"fusion": FORWARD},
+    "native": {"fusion": FORWARD},
+}
+SAMPLER_MEANS = {
+    "trf": "the backward branch unrotated",
+    FORWARD: "the forward branch alone",
+    "native": "one branch conditioned on both keyframes",
+}
+SAMPLER_DEFAULTS: dict[str, object] = {"rotation": True, "fusion": "average"}
 
-# The tiny world (inbetween.toyworld): seed ranges of its videos, far apart so training, adapter and evaluation
-# never share a video, and the sampling its science check and demo use.
-FORWARD_SEEDS = 0
-ADAPTER_SEEDS = 50_000_000
-HELDOUT_SEEDS = 90_000_000
+
+@dataclass(frozen=True)
+class SamplerOwn:
+    """The default of an option a sampler may fix: the sampler's own value, which ``SamplingConfig.__post_init__``
+    fills in, so no config holds it once made. Not ``None``: the app reads a ``None`` default as "unset, shown as 0",
+    which an unticked box would equal. ``description``: that value in words, the CLI's help shows it."""
+
+    description: str
+
+    def __str__(self) -> str:
+        return self.description
+
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the torch dtypes a user may name
 
 
 def _option(default, help: str, flag: str | None = None, metavar: str | None = None, choices=None):
@@ -77,13 +95,17 @@ class SamplingConfig:
     noise_aug_strength: float = _option(
         NOISE_AUG_STRENGTH, "noise added to the keyframes before encoding", metavar="X"
     )
+    # fusion and rotation default to the sampler's own (SAMPLER_FIXES, else SAMPLER_DEFAULTS), filled in by
+    # __post_init__, so every reader sees the annotated str and bool (from which the CLI makes `--fusion` and
+    # `--rotation/--no-rotation`).
     fusion: str = _option(
-        "average",
+        SamplerOwn("average; forward for --sampler forward"),
         "forward weight per frame: 0.5 (average), 1 -> 0 (linear), or one branch alone (forward, backward)",
         choices=FUSIONS,
     )
     rotation: bool = _option(
-        True, "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion"
+        SamplerOwn("on; off for --sampler trf"),
+        "backward branch attends with the forward branch's rotated maps (the paper); off: time-reversal fusion",
     )
     noise_injection_steps: int = _option(5, "noise re-injections per step, 0 turns them off", metavar="N")
     noise_injection_ratio: float = _option(0.5, "fraction of the steps with re-injection, in [0, 1]", metavar="X")
@@ -129,10 +151,13 @@ class SamplingConfig:
 
     prompt: str = _option("", "text prompt, for models conditioned on text (Wan); SVD takes none", metavar="TEXT")
     negative_prompt: str | None = _option(
-        None, "negative prompt of text-conditioned models (default: the model's own, Wan's standard one)", metavar="TEXT"
+        None,
+        "negative prompt of text-conditioned models (default: the model's own, Wan's standard one)",
+        metavar="TEXT",
     )
 
     def __post_init__(self) -> None:
+        self._fill_sampler_own()
         # height and width are checked by the pipeline, which knows the model's size multiple.
         if self.num_frames is not None and self.num_frames < 3:
             raise ValueError(
@@ -152,7 +177,7 @@ class SamplingConfig:
             raise ValueError(f"`noise_injection_ratio` must be in [0, 1], got {self.noise_injection_ratio}")
         if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
             raise ValueError(f"`decode_chunk_size` must be at least 1, got {self.decode_chunk_size}")
-        for name, allowed in (("sampler", SAMPLERS), ("solver", SOLVERS), ("guidance_ramp", GUIDANCE_RAMPS)):
+        for name, allowed in (("solver", SOLVERS), ("guidance_ramp", GUIDANCE_RAMPS)):  # sampler: checked first
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.sampler == "vibid" and self.solver == "dpmpp-2m":
@@ -160,12 +185,23 @@ class SamplingConfig:
                 "`solver` dpmpp-2m extrapolates from the previous step's estimate on the sample's path, which vibid's "
                 "half-steps do not have (each starts from a re-noised sample or the other branch's); use dpmpp-2s"
             )
-        # A sampler name that fixes another option sets it (frozen: once, here): trf is gi's step with the backward
-        # branch's own attention, forward is the forward branch alone.
-        if self.sampler == "trf":
-            object.__setattr__(self, "rotation", False)
-        if self.sampler in (FORWARD, "native"):
-            object.__setattr__(self, "fusion", FORWARD)
+
+    def _fill_sampler_own(self) -> None:
+        """Fill the options left to the sampler (:class:`SamplerOwn`, or ``None``) with its own (frozen: once, here);
+        refuse a given value that contradicts a sampler that fixes it, rather than silently run something else than
+        what was asked."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        fixed = SAMPLER_FIXES.get(self.sampler, {})
+        for name, value in (SAMPLER_DEFAULTS | fixed).items():
+            given = getattr(self, name)
+            if given is None or isinstance(given, SamplerOwn):
+                object.__setattr__(self, name, value)
+            elif name in fixed and given != value:
+                raise ValueError(
+                    f"`{name}` {given!r} contradicts `sampler` {self.sampler!r} ({SAMPLER_MEANS[self.sampler]}); "
+                    f"drop `{name}` or pick another `sampler`"
+                )
 
     @property
     def guided(self) -> bool:
@@ -197,6 +233,16 @@ class SamplingConfig:
             decode_chunk_size=self.decode_chunk_size or self.num_frames or num_frames,
         )
 
+    def with_options(self, **options: object) -> SamplingConfig:
+        """This config with ``options`` (as ``dataclasses.replace``), where a new sampler's fixed options follow the
+        sampler unless given: ``SamplingConfig().with_options(sampler="trf")`` runs unrotated, while
+        ``dataclasses.replace(SamplingConfig(), sampler="trf")`` carries the paper's ``rotation=True`` and is
+        refused."""
+        if "sampler" in options:
+            fixed = SAMPLER_FIXES.get(str(options["sampler"]), {})
+            options = {**{f.name: f.default for f in fields(self) if f.name in fixed}, **options}
+        return replace(self, **options)
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
@@ -207,66 +253,7 @@ class SamplingConfig:
         ``overrides``: ``SamplingConfig.preset("fast", height=576, width=1024)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
-        return replace(base or cls(), **{**PRESETS[name], **overrides})
-
-
-def flag_of(field: dataclasses.Field) -> str:
-    """The command-line flag of a config field: its ``flag`` metadata, else ``--field-name``."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-
-
-def with_flag_names(message: str, config_class: type) -> str:
-    """Rename backticked config fields (`num_inference_steps`) to the flags that set them (`--steps`)."""
-    flags = {field.name: flag_of(field) for field in dataclasses.fields(config_class)}
-    return re.sub(r"`([a-z_]+)`", lambda m: f"`{flags.get(m[1], '--' + m[1].replace('_', '-'))}`", message)
-
-
-def nested_config_fields(config_class: type) -> dict[str, type]:
-    """The fields of ``config_class`` that are themselves config dataclasses (their options are flattened into
-    the parent's command-line flags)."""
-    hints = typing.get_type_hints(config_class)
-    return {f.name: hints[f.name] for f in fields(config_class) if dataclasses.is_dataclass(hints[f.name])}
-
-
-def flat_option_names(config_class: type) -> list[str]:
-    """The option names of ``config_class`` with nested configs flattened, as the command-line flags are."""
-    nested = nested_config_fields(config_class)
-    names = []
-    for f in fields(config_class):
-        names.extend(flat_option_names(nested[f.name]) if f.name in nested else [f.name])
-    return names
-
-
-def flat_values(config: object) -> dict[str, object]:
-    """A config instance's option values, nested configs flattened (the inverse of :func:`config_from_flat`)."""
-    values = {}
-    for f in fields(config):
-        value = getattr(config, f.name)
-        values.update(flat_values(value) if dataclasses.is_dataclass(value) else {f.name: value})
-    return values
-
-
-def config_from_flat(config_class: type, values: dict):
-    """``config_class`` from one flat dict of option values, nested configs included (the form the CLI and
-    settings files have): ``EvalConfig`` from ``{"data": ..., "num_inference_steps": 25}``. Missing nested
-    options keep the nested default's values."""
-    nested = nested_config_fields(config_class)
-    own = {f.name for f in fields(config_class)} - set(nested)
-    unknown = set(values) - set(flat_option_names(config_class))
-    if unknown:
-        raise ValueError(
-            f"unknown option {', '.join(f'`{name}`' for name in sorted(unknown))} for {config_class.__name__}"
-        )
-    kwargs = {name: values[name] for name in own if name in values}
-    for name, kind in nested.items():
-        declared = next(f for f in fields(config_class) if f.name == name)
-        if declared.default_factory is not dataclasses.MISSING:
-            base = declared.default_factory()
-        else:
-            base = kind() if declared.default is dataclasses.MISSING else declared.default
-        options = {f.name: values[f.name] for f in fields(kind) if f.name in values}
-        kwargs[name] = replace(base, **options)
-    return config_class(**kwargs)
+        return (base or cls()).with_options(**{**PRESETS[name], **overrides})
 
 
 # Named sampler settings (SamplingConfig.preset, --preset): the options each sets; every other option keeps its value.
@@ -297,76 +284,13 @@ VIBID_STEP = dict(
 )
 PRESETS: dict[str, dict[str, object]] = {
     "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
-    # Chosen from the exact-denoiser world (`inbetween toyworld samplers`: 0.935 [0.892, 0.962] of 200 pairs
-    # consistent with both keyframes vs paper's 0.440 [0.373, 0.509]) and confirmed on the tiny-world model (hit rate
-    # 0.483 +- 0.070 vs 0.200 +- 0.061 for the gi average at the same cost): 148 UNet rows, 21 % of paper's 700.
-    # With keyframe-exact ends: on the tiny-world model they cost nothing (hit rate +0.005 +- 0.028, paired over 50
-    # pairs) and its ends go from 27.5 dB to the keyframes themselves.
+    # The candidate most often consistent with both keyframes on the exact-denoiser world (`inbetween toyworld
+    # samplers`), ahead of the gi average at the same cost on the tiny-world model too, at about a fifth of paper's
+    # UNet rows (docs/tiny_world/samplers.md, README "Which sampler?"). Keyframe-exact ends cost it no hit rate on the
+    # tiny world and make its ends the keyframes themselves (README, docs/tiny_world/exact_ends).
     "fast": dict(FAST_STEPS, **WEIGHTED_POE, exact_ends=True),
     # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
     # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).
     "vibid": dict(PAPER_SAMPLER, **VIBID_STEP, **UNIT_GUIDANCE, rotation=False),
 }
 PRESETS["vibid-adapter"] = dict(PRESETS["vibid"], rotation=True)
-
-
-def sampler_candidates(base: SamplingConfig | None = None) -> dict[str, SamplingConfig]:
-    """Every sampler, preset and fusion candidate to judge side by side (the exact-denoiser world's table), by name,
-    over ``base`` (default: the paper's config): the presets; the paper's sampler without re-injection; the per-frame
-    linear fusion; the product of experts, plain (g = 1) and guided over a few scales and ramps, with and without
-    re-injection; the solver alone (Euler at fast's steps); ViBiD without its options; plain image-to-video."""
-    base = base or SamplingConfig()
-    paper = SamplingConfig.preset("paper", base)
-    candidates = {name: SamplingConfig.preset(name, base) for name in PRESETS}
-    variants = {
-        "paper, no re-injection": dict(noise_injection_steps=0),
-        "gi linear": dict(fusion="linear"),
-        "gi linear, no re-injection": dict(fusion="linear", noise_injection_steps=0),
-        "poe g=1": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
-        "poe g=1, no re-injection": dict(
-            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, noise_injection_steps=0
-        ),
-        "poe g=1.5": dict(fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5),
-        "poe g=1->2 svd ramp": dict(fusion="poe", min_guidance_scale=1.0, max_guidance_scale=2.0, guidance_ramp="svd"),
-        "poe g=1 weighted": dict(
-            fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0, guidance_ramp="weighted"
-        ),
-        "poe g=1.5 weighted": dict(
-            fusion="poe", min_guidance_scale=1.5, max_guidance_scale=1.5, guidance_ramp="weighted"
-        ),
-        "gi at fast's steps": FAST_STEPS,
-        "gi at fast's steps, euler": dict(FAST_STEPS, solver="euler"),
-        "gi at fast's steps, no re-injection": dict(FAST_STEPS, noise_injection_steps=0),
-        "poe g=1 at fast's steps": dict(FAST_STEPS, fusion="poe", min_guidance_scale=1.0, max_guidance_scale=1.0),
-        "fast, no re-injection": dict(PRESETS["fast"], noise_injection_steps=0),
-        # Cheaper than fast: one unconditional row for both branches (exact here, where the fine-tuned backward
-        # model's unconditional videos are the forward model's), fewer re-injected steps, fewer steps.
-        "fast, shared uncond": dict(PRESETS["fast"], shared_unconditional=True),
-        "fast, shared uncond, no re-injection": dict(
-            PRESETS["fast"], shared_unconditional=True, noise_injection_steps=0
-        ),
-        "fast, shared uncond, re-injection on the first 8": dict(
-            PRESETS["fast"], shared_unconditional=True, noise_injection_ratio=0.32
-        ),
-        "fast, 20 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=20),
-        "fast, 15 steps, shared uncond": dict(PRESETS["fast"], shared_unconditional=True, num_inference_steps=15),
-        "fast, 20 steps, no re-injection": dict(PRESETS["fast"], num_inference_steps=20, noise_injection_steps=0),
-        # the best of them, 88 rows: better on the exact world, but below fast on the tiny world (150 pairs)
-        "fast, 15 steps": dict(PRESETS["fast"], num_inference_steps=15),
-        "fast, 12 steps": dict(PRESETS["fast"], num_inference_steps=12),
-        "trf": dict(sampler="trf"),
-    }
-    candidates |= {name: replace(paper, **options) for name, options in variants.items()}
-    vibid = candidates["vibid"]
-    candidates["vibid, plain (no CFG++, no DDS)"] = replace(vibid, cfg_pp=False, keyframe_consistency=False)
-    # DPM-Solver++(2S) at about the rows of its first-order counterpart: 13 steps make 2 x 12 + 1 evaluations.
-    candidates["vibid, dpmpp-2s, 13 steps"] = replace(vibid, solver="dpmpp-2s", num_inference_steps=13)
-    candidates["gi at fast's steps, dpmpp-2s, 13 steps"] = replace(
-        candidates["gi at fast's steps"], solver="dpmpp-2s", num_inference_steps=13
-    )
-    candidates["forward"] = replace(paper, sampler=FORWARD)
-    return candidates
-
-
-# The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
-TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, **UNIT_GUIDANCE)

@@ -42,11 +42,6 @@ def request_layout(config: SamplingConfig, branches: tuple[str, ...]) -> BatchLa
     return BatchLayout.of(config, branches)
 
 
-def evaluations_per_video(config: SamplingConfig) -> int:
-    """Branch-denoiser requests of one video (each one UNet call, two with ``split_guidance_batch``)."""
-    return sum(requests_per_video(config).values())
-
-
 def unet_rows_per_video(config: SamplingConfig, batch_size: int = 1) -> int:
     """UNet rows (one row: one video of ``num_frames`` latents) the sampling of ``batch_size`` videos evaluates."""
     rows = sum(count * request_layout(config, b).rows_per_pair for b, count in requests_per_video(config).items())

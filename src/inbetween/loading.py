@@ -103,7 +103,8 @@ def _from_pretrained(model: str, dtype: torch.dtype, variant: str | None) -> Inb
         if cls.family == "wan":
             raise ValueError(
                 f"cannot load a Wan pipeline from `{model}` ({one_line(exc)}); pass a Wan image-to-video folder in "
-                f"diffusers' layout or a Hub id like `{WAN_I2V_480P}`" + (f" with the `{variant}` variant" if variant else "")
+                f"diffusers' layout or a Hub id like `{WAN_I2V_480P}`"
+                + (f" with the `{variant}` variant" if variant else "")
             ) from exc
         wanted = f"a Stable Video Diffusion folder or Hub id like `{SVD_XT}`"
         if variant:

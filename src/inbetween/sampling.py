@@ -164,33 +164,6 @@ def injection_of(config: SamplingConfig) -> dict[str, object]:
     return dict(noise_injection_steps=config.noise_injection_steps, noise_injection_ratio=config.noise_injection_ratio)
 
 
-def sample_euler_with_reinjection(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: Noise | None = None,
-    noise_injection_steps: int = 5,
-    noise_injection_ratio: float = 0.5,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Euler sampling over ``sigmas`` (last one 0) of the (already fused) ``denoise(x, sigma)``, with the paper's
-    noise re-injection (:func:`run_steps`; ``noise`` defaults to unseeded Gaussian draws)."""
-
-    def step(x: torch.Tensor, i: int, restart: bool) -> torch.Tensor:
-        return euler_step(x, denoise(x, sigmas[i]), sigmas[i], sigmas[i + 1])
-
-    return run_steps(
-        step,
-        x,
-        sigmas,
-        noise=noise or gaussian_noise(None),
-        noise_injection_steps=noise_injection_steps,
-        noise_injection_ratio=noise_injection_ratio,
-        callback=callback,
-    )
-
-
 def dpmpp_2m_denoised(
     denoised: torch.Tensor,
     previous: torch.Tensor,

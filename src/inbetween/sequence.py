@@ -210,9 +210,7 @@ def decode_sequence(
     return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
 
 
-def keyframe_pixels(
-    pipe: InbetweenPipeline, keyframes: Keyframes, config: SamplingConfig
-) -> dict[int, torch.Tensor]:
+def keyframe_pixels(pipe: InbetweenPipeline, keyframes: Keyframes, config: SamplingConfig) -> dict[int, torch.Tensor]:
     """``{frame: (1, 3, H, W) in [-1, 1]}``: each keyframe's own pixels at its frame of the joined video."""
     images = pipe.preprocess_keyframes(keyframes, config.height, config.width)  # (n, 3, H, W)
     positions = keyframe_positions(len(keyframes), config.num_frames)

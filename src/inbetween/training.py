@@ -407,19 +407,9 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     """
     output_dir = Path(config.output_dir)
     checkpoints = output_dir / "checkpoints"
-    accelerator = Accelerator(
-        # Without a GPU, run on the CPU so that several launched processes join one gloo group.
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        mixed_precision=config.mixed_precision,
-        log_with="tensorboard" if config.tensorboard else None,
-        project_dir=str(output_dir),
-    )
+    accelerator = _make_accelerator(config, output_dir)
     # data first: an empty or unreadable dataset fails before any model is loaded
-    spec = ClipSpec(num_frames=config.num_frames, stride=config.stride, height=config.height, width=config.width)
-    dataset = ClipDataset(config.data, spec, clips_per_video=config.clips_per_video)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        logger.info("training data: %s", dataset.describe())
+    spec, dataset = _load_training_data(config, accelerator, output_dir)
 
     # model: one frozen UNet; the only trainable tensors are the backward W_v / W_o deltas
     pipe = load_training_pipeline(config, accelerator) if pipe is None else prepare_frozen(pipe, config, accelerator)
@@ -434,7 +424,62 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
     if config.tensorboard:
         accelerator.init_trackers("inbetween-backward", config={k: str(v) for k, v in asdict(config).items()})
 
-    # data stream: position-determined, so resuming and re-sharding give the same samples
+    sampler, loader = _batch_stream(dataset, config, accelerator, start_step)
+    heldout_log = output_dir / "heldout_log.jsonl"
+    best, since_best = _resume_heldout_log(config, pipe, accelerator, heldout_log, checkpoints, start_step)
+    # A run that stopped on its held-out loss is finished: resuming it writes its adapter again, nothing more.
+    stopped = config.heldout_patience is not None and since_best >= config.heldout_patience
+    progress = tqdm(
+        range(start_step, start_step if stopped else config.max_steps),
+        initial=start_step,
+        total=config.max_steps,
+        disable=not accelerator.is_main_process,
+        desc="backward fine-tuning",
+    )
+    for step in progress:
+        step_loss, seen = _optimizer_step(pipe, loader, sampler, parameters, optimizer, config, accelerator, step)
+        done = step + 1
+        progress.set_postfix(loss=f"{_log_step(step_loss, seen, done, config, accelerator):.4f}")
+        saved = _checkpoint_and_validate(pipe, optimizer, config, accelerator, done)
+        if heldout is not None and (done % config.heldout_every == 0 or done == config.max_steps):
+            best, since_best = _evaluate_heldout(
+                pipe, heldout, config, accelerator, heldout_log, done, best, since_best
+            )
+            if config.heldout_patience is not None and since_best >= config.heldout_patience:
+                logger.info("held-out loss has not improved for %d evaluations: stopping at step %d", since_best, done)
+                if accelerator.is_main_process and saved is None:
+                    _save_checkpoint(pipe, optimizer, config, accelerator, done)
+                break
+    return _ship_adapter(pipe, config, accelerator)
+
+
+def _make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    return Accelerator(
+        # Without a GPU, run on the CPU so that several launched processes join one gloo group.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard" if config.tensorboard else None,
+        project_dir=str(output_dir),
+    )
+
+
+def _load_training_data(
+    config: TrainConfig, accelerator: Accelerator, output_dir: Path
+) -> tuple[ClipSpec, ClipDataset]:
+    """The clip spec and the training clips; the main process makes the run folder and says what it read."""
+    spec = ClipSpec(num_frames=config.num_frames, stride=config.stride, height=config.height, width=config.width)
+    dataset = ClipDataset(config.data, spec, clips_per_video=config.clips_per_video)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("training data: %s", dataset.describe())
+    return spec, dataset
+
+
+def _batch_stream(
+    dataset: ClipDataset, config: TrainConfig, accelerator: Accelerator, start_step: int
+) -> tuple[StreamBatches, Iterator[dict[str, torch.Tensor]]]:
+    """This process's batches from ``start_step`` on: position-determined, so resuming and re-sharding give the
+    same samples."""
     sampler = StreamBatches(
         len(dataset),
         config.seed,
@@ -449,74 +494,126 @@ def train_backward(config: TrainConfig, pipe: InbetweenPipeline | None = None) -
             dataset, batch_sampler=sampler, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
         )
     )
-    heldout_log = output_dir / "heldout_log.jsonl"
+    return sampler, loader
+
+
+def _resume_heldout_log(
+    config: TrainConfig,
+    pipe: InbetweenPipeline,
+    accelerator: Accelerator,
+    heldout_log: Path,
+    checkpoints: Path,
+    start_step: int,
+) -> tuple[float, int]:
+    """The best held-out loss up to ``start_step`` and the evaluations since it; the main process then trims the
+    log to ``start_step`` and makes the best-adapter file match it."""
     best, since_best = heldout_progress(heldout_log, start_step, rewrite=False)
     accelerator.wait_for_everyone()  # every process has read the log before the main one trims it
     if accelerator.is_main_process:
         saved_at = best_heldout_step(heldout_log)  # the step the best file was last written at, before the trim
         heldout_progress(heldout_log, start_step, rewrite=True)
         dtype = resolve_dtype(config.adapter_dtype, pipe.unet.dtype)  # as save_adapter stores it
-        reconcile_best_adapter(output_dir, heldout_log, start_step, saved_at, checkpoints, dtype)
-    # A run that stopped on its held-out loss is finished: resuming it writes its adapter again, nothing more.
-    stopped = config.heldout_patience is not None and since_best >= config.heldout_patience
-    # training loop
-    progress = tqdm(
-        range(start_step, start_step if stopped else config.max_steps),
-        initial=start_step,
-        total=config.max_steps,
-        disable=not accelerator.is_main_process,
-        desc="backward fine-tuning",
-    )
-    for step in progress:
-        step_loss, seen = 0.0, []
-        for micro_step in range(config.gradient_accumulation_steps):
-            batch = {k: v.to(accelerator.device) for k, v in next(loader).items()}
-            positions = sampler.positions(step, micro_step)
-            draws = batch_draws(config, positions, pipe.vae_scale_factor)
-            encoded = encode_batch(pipe, batch, draws, config)
-            scale = 1.0 / config.gradient_accumulation_steps
-            step_loss += scale * backward_branch_step(pipe, encoded, draws, config, accelerator, scale)
-            seen += batch["index"].tolist()
-        _average_gradients(parameters, accelerator)
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        reconcile_best_adapter(Path(config.output_dir), heldout_log, start_step, saved_at, checkpoints, dtype)
+    return best, since_best
 
-        # logging, checkpoints, validation (files from the main process only)
-        losses = accelerator.gather(torch.tensor([step_loss], device=accelerator.device))
-        seen_by_rank = accelerator.gather(torch.tensor(seen, device=accelerator.device))
-        seen_by_rank = seen_by_rank.view(accelerator.num_processes, -1)
-        loss = losses.mean().item()
-        progress.set_postfix(loss=f"{loss:.4f}")
-        if accelerator.is_main_process:
-            record = {"step": step + 1, "loss": loss, "samples": seen_by_rank.tolist()}
-            _append_log(output_dir / "train_log.jsonl", record)
-        if config.tensorboard:
-            accelerator.log({"loss": loss}, step=step + 1)
-        done = step + 1
-        saved = None
-        if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.max_steps):
-            saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config.model, asdict(config))
-            prune_checkpoints(checkpoints, config.keep_checkpoints)
-        if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
-            validate(pipe, config, saved or output_dir / "validation" / f"step-{done:07d}")
-        if heldout is not None and (done % config.heldout_every == 0 or done == config.max_steps):
-            held = heldout_loss(pipe, heldout, config, accelerator)
-            # every process takes the main one's number, so all take the same decision to stop
-            held = broadcast(torch.tensor([held], device=accelerator.device)).item()
-            if accelerator.is_main_process:
-                _append_log(heldout_log, {"step": done, "heldout_loss": held})
-            best, since_best = _track_best(best, since_best, held)
-            if accelerator.is_main_process and config.heldout_patience is not None and since_best == 0:
-                save_adapter(pipe, config, output_dir / BEST_ADAPTER_FILE)
-            if config.heldout_patience is not None and since_best >= config.heldout_patience:
-                logger.info("held-out loss has not improved for %d evaluations: stopping at step %d", since_best, done)
-                if accelerator.is_main_process and saved is None:
-                    save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config.model, asdict(config))
-                    prune_checkpoints(checkpoints, config.keep_checkpoints)
-                break
 
+def _optimizer_step(
+    pipe: InbetweenPipeline,
+    loader: Iterator[dict[str, torch.Tensor]],
+    sampler: StreamBatches,
+    parameters: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    step: int,
+) -> tuple[float, list[int]]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns this process's loss and the
+    indices of the clips it saw."""
+    step_loss, seen = 0.0, []
+    for micro_step in range(config.gradient_accumulation_steps):
+        batch = {k: v.to(accelerator.device) for k, v in next(loader).items()}
+        positions = sampler.positions(step, micro_step)
+        draws = batch_draws(config, positions, pipe.vae_scale_factor)
+        encoded = encode_batch(pipe, batch, draws, config)
+        scale = 1.0 / config.gradient_accumulation_steps
+        step_loss += scale * backward_branch_step(pipe, encoded, draws, config, accelerator, scale)
+        seen += batch["index"].tolist()
+    _average_gradients(parameters, accelerator)
+    if config.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, seen
+
+
+def _log_step(step_loss: float, seen: list[int], done: int, config: TrainConfig, accelerator: Accelerator) -> float:
+    """The step's loss averaged over the processes, logged with the clips each saw (files from the main process
+    only); every process takes part in the gathers."""
+    losses = accelerator.gather(torch.tensor([step_loss], device=accelerator.device))
+    seen_by_rank = accelerator.gather(torch.tensor(seen, device=accelerator.device))
+    seen_by_rank = seen_by_rank.view(accelerator.num_processes, -1)
+    loss = losses.mean().item()
+    if accelerator.is_main_process:
+        record = {"step": done, "loss": loss, "samples": seen_by_rank.tolist()}
+        _append_log(Path(config.output_dir) / "train_log.jsonl", record)
+    if config.tensorboard:
+        accelerator.log({"loss": loss}, step=done)
+    return loss
+
+
+def _checkpoint_and_validate(
+    pipe: InbetweenPipeline,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    done: int,
+) -> Path | None:
+    """The checkpoint and validation videos due after ``done`` steps (main process); returns the checkpoint folder
+    written, if any."""
+    saved = None
+    if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.max_steps):
+        saved = _save_checkpoint(pipe, optimizer, config, accelerator, done)
+    if accelerator.is_main_process and config.validate_every and done % config.validate_every == 0:
+        validate(pipe, config, saved or Path(config.output_dir) / "validation" / f"step-{done:07d}")
+    return saved
+
+
+def _save_checkpoint(
+    pipe: InbetweenPipeline, optimizer: torch.optim.Optimizer, config: TrainConfig, accelerator: Accelerator, done: int
+) -> Path:
+    """Checkpoint the run after ``done`` steps and drop the ones beyond ``keep_checkpoints``; returns its folder."""
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    saved = save_checkpoint(checkpoints, done, pipe.unet, optimizer, accelerator, config.model, asdict(config))
+    prune_checkpoints(checkpoints, config.keep_checkpoints)
+    return saved
+
+
+def _evaluate_heldout(
+    pipe: InbetweenPipeline,
+    heldout: ClipDataset,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    heldout_log: Path,
+    done: int,
+    best: float,
+    since_best: int,
+) -> tuple[float, int]:
+    """The held-out loss after ``done`` steps, logged; saves the best adapter when it improves. Returns the new
+    best and the evaluations since it."""
+    held = heldout_loss(pipe, heldout, config, accelerator)
+    # every process takes the main one's number, so all take the same decision to stop
+    held = broadcast(torch.tensor([held], device=accelerator.device)).item()
+    if accelerator.is_main_process:
+        _append_log(heldout_log, {"step": done, "heldout_loss": held})
+    best, since_best = _track_best(best, since_best, held)
+    if accelerator.is_main_process and config.heldout_patience is not None and since_best == 0:
+        save_adapter(pipe, config, Path(config.output_dir) / BEST_ADAPTER_FILE)
+    return best, since_best
+
+
+def _ship_adapter(pipe: InbetweenPipeline, config: TrainConfig, accelerator: Accelerator) -> Path:
+    """Write the run's adapter file (main process) and end the run on every process; returns its path."""
+    output_dir = Path(config.output_dir)
     final = output_dir / ADAPTER_FILE
     if accelerator.is_main_process:
         best_file = output_dir / BEST_ADAPTER_FILE

@@ -331,7 +331,7 @@ def family_defaults(model: ModelConfig) -> SamplingConfig:
 def settings_command(model: ModelConfig, job: Job, config: SamplingConfig, output: str | None = None) -> str:
     """The ``inbetween interpolate`` command that makes the same video from the same files: the model flags, the
     seed, the preset and every option whose value differs from the preset's."""
-    from ..config import flag_of
+    from ..options import flag_of
 
     output = output or f"inbetween-seed{job.seed}.mp4"
     words = ["inbetween", "interpolate", *job.names, "-o", output, *model.cli_flags(), "--seed", str(job.seed)]

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..config import PRESETS, SamplingConfig, flag_of, with_flag_names
+from ..config import PRESETS, SamplingConfig
 from ..errors import USER_ERRORS, one_line
+from ..options import flag_of, with_flag_names
 from .generation import (
     DEFAULT_PRESET,
     MAIN_OPTIONS,

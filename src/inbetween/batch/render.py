@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import SamplingConfig, flat_values
+from ..config import SamplingConfig
 from ..errors import USER_ERRORS, one_line
 from ..files import write_json
 from ..model_config import ModelConfig
+from ..options import flat_values
 from .shotlist import Shot, ShotError, read_shot_list
 
 FORMATS = ("mp4", "gif", "webp", "png")

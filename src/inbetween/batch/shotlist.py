@@ -23,11 +23,12 @@ import dataclasses
 import json
 import re
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PRESETS, SamplingConfig, flag_of
+from ..config import PRESETS, SamplingConfig
 from ..errors import one_line
+from ..options import flag_of
 
 KEYFRAME_SEPARATOR = ";"
 SHOT_OPTIONS = ("preset", "seed", "loop", "output_fps")  # a row's options that are not sampling options
@@ -54,7 +55,7 @@ class Shot:
         row's preset, over ``base`` (the command's defaults and preset): a row's preset undoes no typed option, as
         no command's ``--preset`` does."""
         config = SamplingConfig.preset(self.preset, base) if self.preset else base
-        return replace(config, **{name: getattr(base, name) for name in typed} | self.sampling)
+        return config.with_options(**{name: getattr(base, name) for name in typed} | self.sampling)
 
 
 class ShotError(ValueError):

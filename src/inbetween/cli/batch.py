@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import typing
 
-from ..config import SamplingConfig, config_from_flat, flat_option_names
+from ..config import SamplingConfig
+from ..options import config_from_flat, flat_option_names
 from .options import (
     EXPLICIT,
     add_dataclass_arguments,

@@ -12,11 +12,11 @@ from .options import (
     add_dataclass_arguments,
     add_model_arguments,
     add_preset_argument,
-    sampling_values,
     errors_name_flags,
     library_output,
     model_config_of,
     model_device_of,
+    sampling_values,
 )
 
 if typing.TYPE_CHECKING:

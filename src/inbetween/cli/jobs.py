@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import config_from_flat, flat_option_names
+from ..options import config_from_flat, flat_option_names
 from .options import add_dataclass_arguments, add_preset_argument, errors_name_flags, model_device_of
 
 TRAIN_HELP = "fine-tune a backward adapter on a folder of videos"

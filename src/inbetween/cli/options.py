@@ -11,8 +11,9 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import PRESETS, SamplingConfig, flag_of, nested_config_fields, with_flag_names
+from ..config import PRESETS, SamplingConfig
 from ..model_config import MODEL_OPTIONS, ModelConfig
+from ..options import flag_of, nested_config_fields, with_flag_names
 
 EXPLICIT = "_explicit_options"  # the namespace attribute listing the options typed on the command line
 

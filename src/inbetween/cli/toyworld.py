@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig
+from ..config import SamplingConfig
 from ..hub import TINY_WORLD
+from ..toyworld.candidates import TINY_WORLD_SAMPLING
+from ..toyworld.seeds import HELDOUT_SEEDS
 from .options import add_dataclass_arguments, add_model_arguments, add_preset_argument, errors_name_flags
 
 DEMO_HELP = "see the method work offline in under a minute (the bundled tiny-world model)"

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import flat_values
 from ..files import atomic_output
+from ..options import flat_values
 from .pairs import KeyframePair, scored_frames
 
 FRAME_METRICS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}

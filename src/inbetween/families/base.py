@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
@@ -153,7 +153,9 @@ class InbetweenMixin:
                 "(a Wan model takes one)"
             )
         if config.negative_prompt is not None and not self.takes_prompt:
-            raise ValueError(f"this {self.family} model takes no text, so no `negative_prompt`; drop --negative-prompt")
+            raise ValueError(
+                f"this {self.family} model takes no text, so no `negative_prompt`; drop --negative-prompt"
+            )
         if config.sampler == "native" and not self.native_last_frame:
             raise ValueError(
                 f"`sampler='native'` needs a model trained on first and last frames, and this {self.family} model is "
@@ -188,8 +190,10 @@ class InbetweenMixin:
         """The long side of the output when no size is given (1024 for SVD)."""
         return self.size_rules.long_side
 
-    def default_size(self, image: KeyframeInput, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-        """``(height, width)`` of the output for ``image`` by the model's size rules (:meth:`SizeRules.default_size`)."""
+    def default_size(
+        self, image: KeyframeInput, height: int | None = None, width: int | None = None
+    ) -> tuple[int, int]:
+        """``(height, width)`` of the output for ``image`` by the model's :class:`SizeRules`."""
         return self.size_rules.default_size(image, height, width)
 
     @staticmethod
@@ -241,7 +245,7 @@ class InbetweenMixin:
                 f"unknown sampling option {', '.join(f'`{name}`' for name in unknown)}; "
                 f"the options are the fields of SamplingConfig: {', '.join(SamplingConfig.field_names())}"
             )
-        config = replace(config or self.default_config(), **options)
+        config = (config or self.default_config()).with_options(**options)
         rules = self.size_rules
         height, width = rules.default_size(first_image, config.height, config.width)
         return self.fill_config(config.with_defaults(rules.num_frames, height, width))
@@ -343,7 +347,9 @@ class InbetweenMixin:
         # 7. Decode, the keyframes' own pixels at the ends
         pixels = {}
         if config.exact_ends and output_type != "latent":
-            first, last = (self.preprocess_keyframes(k, config.height, config.width) for k in (first_image, last_image))
+            first, last = (
+                self.preprocess_keyframes(k, config.height, config.width) for k in (first_image, last_image)
+            )
             pixels = {0: first, -1: last}
         frames = self.finish(x, config, output_type, pixels)
         self.maybe_free_model_hooks()

@@ -45,10 +45,8 @@ from .base import (
     ASPECT_TOLERANCE,  # noqa: F401  (re-exported: the front ends' keyframe check)
     OUTPUT_TYPES,  # noqa: F401
     InbetweenMixin,
-    InbetweenPipelineOutput,
     KeyframeInput,
     SizeRules,
-    round_to_multiple,
     with_frames,  # noqa: F401
 )
 

@@ -186,7 +186,6 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         """The condition channels, CLIP tokens and text of every group of ``config``'s layout, from the preprocessed
         keyframes ``(B, 3, H, W)`` in [-1, 1] (the VAE's) and the keyframes as given (CLIP's). Wan's conditioning
         draws no noise."""
-        device = self._execution_device
         dtype = self.experts[0].dtype
         layout = BatchLayout.of(config, config.branches)
         native = config.sampler == "native"

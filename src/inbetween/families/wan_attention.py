@@ -92,8 +92,8 @@ def self_attention_names(transformer: nn.Module) -> list[str]:
 
 
 def install_rotation(transformer: nn.Module) -> dict[str, RotatedWanSelfAttnProcessor]:
-    """Put a :class:`RotatedWanSelfAttnProcessor` on every self-attention layer of ``transformer`` (in place; idempotent)
-    and return them by layer name. Off, they are diffusers' processor."""
+    """Put a :class:`RotatedWanSelfAttnProcessor` on every self-attention layer of ``transformer`` (in place;
+    idempotent) and return them by layer name. Off, they are diffusers' processor."""
     processors = {}
     for name in self_attention_names(transformer):
         attn = transformer.get_submodule(name)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import TINY_WORLD_SAMPLING, SamplingConfig
+from ..config import SamplingConfig
 from ..evaluation.report import contact_sheet
 from ..files import atomic_folder
 from ..hub import TINY_WORLD
 from ..video_io import write_video
+from .candidates import TINY_WORLD_SAMPLING
 from .recipe import model_world
 from .science import (
     CROSSFADE,

@@ -14,7 +14,7 @@ Four stages, each resumable from its own checkpoints, all randomness a pure func
 4. ``adapter_own_attention``: the paper's "w/o RA" ablation (section 4.3): W_q, W_k, W_v, W_o fine-tuned with the
    backward branch's own attention, on the same videos for the same number of steps as stage 3.
 
-Run it (about two hours on two CPU cores):
+Run it (hours on a CPU; the shipped run's wall time is in the README's tiny-world section):
 
     inbetween toyworld train --out runs/tiny_world            # re-run the same command to resume
 """
@@ -39,22 +39,14 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..checkpoints import optimizer_tensors, restore_optimizer
-from ..config import (
-    ADAPTER_SEEDS,
-    FORWARD_SEEDS,
-    FPS,
-    HELDOUT_SEEDS,
-    MOTION_BUCKET_ID,
-    NOISE_AUG_STRENGTH,
-    P_MEAN,
-    P_STD,
-)
+from ..config import FPS, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, P_MEAN, P_STD
 from ..files import atomic_folder
 from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from ..sampling import edm_scalings
 from ..seeds import derive_seed
 from ..training import TrainConfig, best_heldout_step, edm_loss, train_backward, unet_inputs
+from .seeds import ADAPTER_SEEDS, FORWARD_SEEDS, HELDOUT_SEEDS
 from .world import WorldConfig, generate_video, write_dataset
 
 logger = logging.getLogger(__name__)

@@ -31,14 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapter import BackwardAdapter
-from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig, flat_values
+from ..config import SamplingConfig
 from ..evaluation.metrics import psnr, ssim
 from ..evaluation.pairs import blend
 from ..evaluation.report import mean_interval
 from ..files import atomic_output
 from ..hub import TINY_WORLD, resolve_model_folder
+from ..options import flat_values
 from ..pipeline import ADAPTER_FILE, InbetweenPipeline
+from .candidates import TINY_WORLD_SAMPLING
 from .recipe import ABLATION_ADAPTER_FILE, model_world
+from .seeds import HELDOUT_SEEDS
 from .world import WorldConfig, WorldVideo, find_ball_centre, interpolation_pairs, visible_fraction
 
 logger = logging.getLogger(__name__)

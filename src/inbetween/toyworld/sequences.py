@@ -41,16 +41,19 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..config import HELDOUT_SEEDS, TINY_WORLD_SAMPLING, SamplingConfig, flat_values
+from ..config import SamplingConfig
 from ..evaluation.pairs import blend
 from ..evaluation.report import contact_sheet, mean_interval
 from ..files import atomic_output
 from ..hub import TINY_WORLD
+from ..options import flat_values
 from ..pipeline import InbetweenPipeline
 from ..sequence import interpolate_sequence, join_segments, keyframe_positions, sequence_length
 from ..video_io import write_video
+from .candidates import TINY_WORLD_SAMPLING
 from .recipe import model_world
 from .science import FULL, VISIBLE_FRACTION, _as_float, _as_uint8, heldout_videos, load_tiny_world
+from .seeds import HELDOUT_SEEDS
 from .world import WorldConfig, WorldVideo, find_ball_centre, visible_fraction
 
 GROUND_TRUTH = "ground truth"

@@ -36,11 +36,13 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ...config import BACKWARD, FORWARD, SamplingConfig, flat_values, sampler_candidates
+from ...config import BACKWARD, FORWARD, SamplingConfig
 from ...cost import request_layout
 from ...evaluation.report import contact_sheet, mean_interval, t_critical
 from ...files import atomic_output
+from ...options import flat_values
 from ...sampling import BranchDenoiser, BranchEstimates, gaussian_noise, sample
+from ..candidates import sampler_candidates
 from ..world import find_ball_centre
 from .config import SamplerStudyConfig
 from .denoisers import Candidates, exact_branch_denoiser, frame_distances, ideal_denoiser
@@ -74,8 +76,8 @@ SUMMARY, SHEET = "summary.md", "samplers.png"
 def study_rows(base: SamplingConfig | None = None) -> dict[str, SamplingConfig]:
     """The rows of the table, by name: the two one-branch baselines (plain image-to-video, and the backward model
     alone), the paper's sampler without guidance (the exact conditionals need none), then every sampler, preset and
-    candidate of :func:`inbetween.config.sampler_candidates`. ``rotation=False`` rows (trf, vibid) get the backward
-    branch without fine-tuning. One line adds a row."""
+    candidate of :func:`~inbetween.toyworld.candidates.sampler_candidates`. ``rotation=False`` rows (trf, vibid)
+    get the backward branch without fine-tuning. One line adds a row."""
     candidates = sampler_candidates(base)
     paper, vibid_adapter = candidates["paper"], candidates["vibid-adapter"]
     gi_fast_steps = candidates["gi at fast's steps"]
