@@ -221,3 +221,29 @@ def test_a_saved_tiny_wan_folder_is_recognised_and_loads_through_its_family(tmp_
     a = ours(loaded, keyframe(0), keyframe(1), 5.0, "latent", sampler="gi")
     b = ours(pipes["wan2.2-a14b"], keyframe(0), keyframe(1), 5.0, "latent", sampler="gi")
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_a_call_that_cannot_fit_is_refused_before_it_allocates(pipes, monkeypatch):
+    import inbetween.memory.available as available
+
+    monkeypatch.setattr(available, "available_memory", lambda device=None: 1024)
+    pipe = pipes["wan2.1-i2v"]
+    with pytest.raises(ValueError, match=r"needs about .* rows x .* tokens.*split_guidance_batch.*allow_oversize"):
+        ours(pipe, keyframe(0), keyframe(1), 5.0, "latent", sampler="gi")
+    assert ours(pipe, keyframe(0), keyframe(1), 5.0, "latent", sampler="gi", allow_oversize=True).shape[1] == 3
+
+
+def test_the_memory_estimate_grows_with_rows_and_size_and_shrinks_with_offload(pipes):
+    from dataclasses import replace as with_
+
+    config = SamplingConfig(sampler="gi", height=SIZE, width=SIZE, num_frames=FRAMES, min_guidance_scale=5.0)
+    shape = pipes["wan2.2-a14b"].memory_shape(config, batch_size=1)
+    assert shape.rows == 4 and shape.tokens == 3 * 2 * 2
+    split = pipes["wan2.2-a14b"].memory_shape(config.with_options(split_guidance_batch=True), batch_size=1)
+    assert split.rows == 2
+    activations = shape.estimate().transformer_bytes
+    assert with_(shape, rows=8).estimate().transformer_bytes == 2 * activations
+    assert with_(shape, height=4 * SIZE, width=4 * SIZE).estimate().transformer_bytes > 16 * activations
+    assert with_(shape, height=4 * SIZE).estimate().decode_bytes > shape.estimate().decode_bytes
+    none, model, group = (with_(shape, offload=o).estimate().weight_bytes for o in ("none", "model", "group"))
+    assert none == sum(shape.weights.values()) > model == max(shape.weights.values()) >= group  # 2 blocks: all

@@ -52,7 +52,7 @@ def model_device(config: ModelConfig, accelerator: Accelerator | None = None) ->
     """:func:`pick_device` of ``config``, checked against its CPU offload: what every front end asks before any
     work, so a machine without the device fails at once, in one line."""
     device = pick_device(config.device, accelerator)
-    check_cpu_offload(config.cpu_offload, device)
+    check_cpu_offload(config.cpu_offload or config.group_offload, device)
     return device
 
 
@@ -76,6 +76,8 @@ def load_pipeline(
     to the CPU between uses, with its adapter loaded (``adapter``: ``config.adapter`` already read); the Hub
     download takes the configs and one variant's weights only. A missing folder, adapter or weights is one line
     saying how to get them."""
+    import torch
+
     from .adapter import BackwardAdapter
     from .dtypes import model_dtype
 
@@ -88,6 +90,8 @@ def load_pipeline(
         pipe.load_backward_adapter(adapter)
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
+    elif config.group_offload:  # one transformer block on the GPU at a time, the next prefetched
+        pipe.enable_group_offload(torch.device(device), offload_type="block_level", num_blocks_per_group=1)
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress)

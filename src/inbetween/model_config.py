@@ -27,8 +27,8 @@ class ModelConfig:
     model: str = field(
         default=SVD_XT,
         metadata={
-            "help": f"Hub id or folder of an SVD model, or `{TINY_WORLD}` (the small offline model shipped with "
-            "inbetween)"
+            "help": f"Hub id or folder of an SVD or Wan image-to-video model in diffusers' layout, or `{TINY_WORLD}` "
+            "(the small offline model shipped with inbetween)"
         },
     )
     variant: str | None = field(default=None, metadata={"help": "weights variant, e.g. fp16"})
@@ -40,6 +40,10 @@ class ModelConfig:
         metadata={"help": f"{DEVICES}; auto: cuda (a launched process: its own GPU), else mps, else cpu"},
     )
     cpu_offload: bool = field(default=False, metadata={"help": "keep models in CPU memory until used (cuda only)"})
+    group_offload: bool = field(
+        default=False,
+        metadata={"help": "stream each model's blocks to the GPU as they run: least GPU memory, slower (cuda only)"},
+    )
     adapter: str | None = field(
         default=None, metadata={"help": "backward adapter .safetensors (see convert-checkpoint)", "metavar": "PATH"}
     )
@@ -51,8 +55,10 @@ class ModelConfig:
             raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"`device` must be {DEVICES}, got {self.device!r}")
+        if self.cpu_offload and self.group_offload:
+            raise ValueError("`cpu_offload` and `group_offload` are two ways to offload; pass one of them")
         if self.device != "auto":  # auto is known once the machine is: loading.model_device checks it then
-            check_cpu_offload(self.cpu_offload, self.device)
+            check_cpu_offload(self.cpu_offload or self.group_offload, self.device)
 
     def cli_flags(self) -> list[str]:
         """The ``inbetween interpolate`` flags that load this model the same way: ``--model`` always, the others
@@ -68,7 +74,8 @@ class ModelConfig:
 
 
 def check_cpu_offload(cpu_offload: bool, device: str) -> None:
-    """CPU offload moves each model to a CUDA GPU as it is used (diffusers' ``enable_model_cpu_offload``)."""
+    """CPU offload moves each model (group offload: each group of blocks) to a CUDA GPU as it is used (diffusers'
+    ``enable_model_cpu_offload`` / ``enable_group_offload``)."""
     if cpu_offload and device.partition(":")[0] != "cuda":
         raise ValueError(f"`cpu_offload` needs a CUDA GPU (the device is {device}); drop it or pass `device` cuda")
 

@@ -178,6 +178,12 @@ class InbetweenMixin:
         """Whether a backward adapter is loaded (a family without adapters has none)."""
         return False
 
+    def load_backward_adapter(self, adapter: object) -> None:
+        raise ValueError(
+            f"backward adapters are trained for SVD; this {self.family} model has none yet (its dual-directional "
+            "samplers run training-free); drop --adapter"
+        )
+
     # shared ------------------------------------------------------------------------------------
 
     @property

@@ -38,7 +38,9 @@ from diffusers.utils import logging
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
 from ..config import BACKWARD, FORWARD, SamplingConfig
+from ..cost import largest_request
 from ..layout import BatchLayout
+from ..memory.wan import WanShape, check_wan_call
 from ..sampling import BranchDenoiser, BranchEstimates
 from .base import InbetweenMixin, KeyframeInput, SizeRules
 from .wan_attention import dual_mode, install_rotation
@@ -152,6 +154,43 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
 
     def default_config(self) -> SamplingConfig:
         return wan_default_config()
+
+    def check_call(self, config: SamplingConfig, batch_size: int, output_type: str, allow_oversize: bool) -> None:
+        check_wan_call(self.memory_shape(config, batch_size), self._execution_device, allow_oversize)
+
+    def memory_shape(self, config: SamplingConfig, batch_size: int) -> WanShape:
+        """The shape of a call for :mod:`inbetween.memory.wan`: the widths, the weights as loaded, the rows of the
+        sampler's largest request per call."""
+        network = self.experts[0]
+        layout = largest_request(config)
+        components = {
+            name: getattr(self, name)
+            for name in ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae")
+            if getattr(self, name, None) is not None
+        }
+        weights = {name: module_bytes(module) for name, module in components.items()}
+        block = module_bytes(network.blocks[0])
+        device = self._execution_device
+        offloaded = next(network.parameters()).device.type != device.type
+        return WanShape(
+            dim=network.config.num_attention_heads * network.config.attention_head_dim,
+            ffn_dim=network.config.ffn_dim,
+            heads=network.config.num_attention_heads,
+            weights=weights,
+            block_bytes=block,
+            non_block_bytes=module_bytes(network) - len(network.blocks) * block,
+            rows=-(-layout.rows_per_pair * batch_size // len(layout.calls)),
+            frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            dtype_bytes=network.dtype.itemsize,
+            vae_channels=self.vae.config.base_dim * self.vae.config.dim_mult[0],
+            temporal=self.vae_scale_factor_temporal,
+            spatial=self.vae_scale_factor_spatial,
+            patch=tuple(network.config.patch_size),
+            offload="model" if offloaded else "none",
+            attention_maps=device.type != "cuda",
+        )
 
     def sampling_sigmas(self, config: SamplingConfig) -> torch.Tensor:
         """The scheduler's flow times ``t`` (shifted, 1 -> 0) as VE sigmas ``t / (1 - t)``; ``t = 1`` is
@@ -345,6 +384,10 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             z = denormalise_latents(video.transpose(0, 1).unsqueeze(0), self.vae.config).to(self.vae.dtype)
             videos.append(self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1))
         return torch.cat(videos)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def wan_default_config() -> SamplingConfig:
