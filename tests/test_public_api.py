@@ -2,7 +2,6 @@
 ends reach the library through ``__all__`` or through the support modules the package docstring names."""
 
 import ast
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,25 @@ from pathlib import Path
 import pytest
 
 import inbetween
-from inbetween import config
 
 PACKAGE = Path(inbetween.__file__).parent
 FRONT_ENDS = ("cli", "app", "batch", "comfyui")  # packages and the one module, under src/inbetween
 # Shared plumbing the front ends use module by module (named in inbetween's docstring); everything else they take
 # from the library is in __all__.
-SUPPORT_MODULES = ("options", "errors", "files", "hub", "loading", "dtypes", "video_io", "memory", "toyworld")
+SUPPORT_MODULES = (
+    "options",
+    "errors",
+    "files",
+    "hub",
+    "loading",
+    "dtypes",
+    "video_io",
+    "memory",
+    "toyworld",
+    "families",
+    "progress",
+    "model_config",
+)
 
 
 @pytest.mark.parametrize("name", inbetween.__all__)
@@ -57,16 +68,9 @@ def test_front_ends_import_the_library_through_the_public_api_or_a_support_modul
     stray = []
     for path in front_end_files():
         for module, name in library_imports(path):
-            if module == "config" and name in config._MOVED:  # a moved name, through config's re-export
-                module = config._MOVED[name].removeprefix("inbetween.")
             top = module.split(".")[0]
             if module == "" and name == "__version__" or top in FRONT_ENDS or top in SUPPORT_MODULES:
                 continue
             if name not in inbetween.__all__:
                 stray.append(f"{path.relative_to(PACKAGE)}: from {module} import {name}")
     assert not stray, "export these from inbetween (or name the module a support module):\n" + "\n".join(stray)
-
-
-def test_a_moved_config_name_is_the_same_object_from_config() -> None:
-    for name, module in config._MOVED.items():
-        assert getattr(config, name) is getattr(importlib.import_module(module), name), name

@@ -1,9 +1,11 @@
-"""inbetween: the video between two keyframes with Stable Video Diffusion (Generative Inbetweening, ICLR 2025).
+"""inbetween: the video between keyframes with image-to-video models, Stable Video Diffusion and Wan 2.1 / 2.2
+(Generative Inbetweening, ICLR 2025).
 
 The public API is ``__all__``: the pipeline and its configs, sequences, the backward adapter, training, evaluation
 and batch rendering, the names the front ends (``cli``, ``app``, ``comfyui``, ``batch``) use to do their work. The
 front ends also use the support modules ``options``, ``errors``, ``files``, ``hub``, ``loading``, ``dtypes``,
-``video_io``, ``memory`` and ``toyworld`` directly (``tests/test_public_api.py`` holds both to this).
+``video_io``, ``memory``, ``toyworld``, ``families`` (the model families: which pipeline a folder needs, each
+family's size rules and defaults), ``model_config`` and ``progress`` directly (``tests/test_public_api.py`` holds both to this).
 
 The public names are imported on first use, so that ``inbetween --help`` (and anything else that needs no model)
 starts without loading torch and diffusers.
@@ -30,6 +32,8 @@ _PUBLIC = {
     "PRESETS": "config",
     "SamplingConfig": "config",
     "EvalConfig": "evaluation.harness",
+    "ModelConfig": "model_config",
+    "WanInbetweenPipeline": "families.wan",
     "evaluate": "evaluation.harness",
     "DEFAULT_LONG_SIDE": "pipeline",
     "InbetweenPipeline": "pipeline",
@@ -55,6 +59,7 @@ __all__ = [
     "InbetweenPipeline",
     "InbetweenPipelineOutput",
     "install_rotation",
+    "ModelConfig",
     "interpolate_sequence",
     "keyframe_positions",
     "plan_chunks",
@@ -68,6 +73,7 @@ __all__ = [
     "size_rules",
     "train_backward",
     "TrainConfig",
+    "WanInbetweenPipeline",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them
@@ -76,6 +82,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .batch import BatchConfig, render_batch
     from .config import DTYPE_NAMES, PRESETS, SamplingConfig
     from .evaluation.harness import EvalConfig, evaluate
+    from .families.wan import WanInbetweenPipeline
+    from .model_config import ModelConfig
     from .pipeline import DEFAULT_LONG_SIDE, SIZE_MULTIPLE, InbetweenPipeline, InbetweenPipelineOutput, size_rules
     from .sequence import interpolate_sequence, keyframe_positions, plan_chunks, same_image
     from .training import TrainConfig, train_backward
