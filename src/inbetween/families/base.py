@@ -178,6 +178,9 @@ class InbetweenMixin:
         """Whether a backward adapter is loaded (a family without adapters has none)."""
         return False
 
+    def unload_backward_adapter(self) -> None:
+        """Base weights in the backward branch: what a family without adapters always has."""
+
     def load_backward_adapter(self, adapter: object) -> None:
         raise ValueError(
             f"backward adapters are trained for SVD; this {self.family} model has none yet (its dual-directional "
