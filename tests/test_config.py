@@ -92,3 +92,12 @@ def test_the_cli_fills_the_samplers_own_and_names_flags_in_a_contradiction(tmp_p
     )
     assert code == 2
     assert "`--rotation` True contradicts `--sampler` 'trf'" in capsys.readouterr().err
+
+
+def test_a_new_sampler_frees_what_the_old_one_fixed():
+    native = SamplingConfig(sampler="native")
+    assert native.fusion == "forward"
+    assert native.with_options(sampler="gi").fusion == "average"
+    assert SamplingConfig.preset("paper", native).branches == ("forward", "backward")
+    assert SamplingConfig(sampler="trf").with_options(sampler="gi").rotation is True
+    assert SamplingConfig(fusion="linear").with_options(sampler="gi").fusion == "linear"  # given, not fixed: kept

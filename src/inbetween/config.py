@@ -239,7 +239,8 @@ class SamplingConfig:
         ``dataclasses.replace(SamplingConfig(), sampler="trf")`` carries the paper's ``rotation=True`` and is
         refused."""
         if "sampler" in options:
-            fixed = SAMPLER_FIXES.get(str(options["sampler"]), {})
+            # what the new sampler fixes, and what the old one fixed, go back to "the sampler's own"
+            fixed = {**SAMPLER_FIXES.get(self.sampler, {}), **SAMPLER_FIXES.get(str(options["sampler"]), {})}
             options = {**{f.name: f.default for f in fields(self) if f.name in fixed}, **options}
         return replace(self, **options)
 

@@ -323,9 +323,9 @@ def step_text(step: int, steps: int, chunk: range, segments: int) -> str:
 
 def family_defaults(model: ModelConfig) -> SamplingConfig:
     """The sampling options the model's family starts from (Wan: its guidance and frame rate), as the CLI's."""
-    from ..families import default_config, guess_family
+    from ..families import default_config
 
-    return default_config(guess_family(model.model))
+    return default_config(model.model)
 
 
 def settings_command(model: ModelConfig, job: Job, config: SamplingConfig, output: str | None = None) -> str:

@@ -60,7 +60,7 @@ def build_app(slot: ModelSlot, folders: RunFolders) -> gr.Blocks:
 
     family = guess_family(slot.config.model)
     takes_text = family == "wan"
-    defaults = SamplingConfig.preset(DEFAULT_PRESET, default_config(family))
+    defaults = SamplingConfig.preset(DEFAULT_PRESET, default_config(slot.config.model))
     frames_default, multiple = _model_sizes(slot.config.model)
     with gr.Blocks(title="inbetween", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(INTRO)

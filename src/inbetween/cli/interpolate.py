@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..adapter import BackwardAdapter
     from ..dtypes import model_dtype
-    from ..families import default_config, guess_family, size_rules_before_loading
+    from ..families import check_options_before_loading, default_config, size_rules_before_loading
     from ..hub import local_model_configs
     from ..memory import check_model_call
     from ..sequence import interpolate_sequence
@@ -94,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
     rules = size_rules_before_loading(model.model)  # a model on disk fixes its size rules before it loads
     configs = local_model_configs(model.model)  # SVD's UNet and VAE configs, for the memory estimate
     height, width = rules.default_size(first, args.height, args.width)
-    values = sampling_values(args, default_config(guess_family(model.model)))  # Wan: its guidance and fps
+    with errors_name_flags():
+        values = sampling_values(args, default_config(model.model))  # Wan: its guidance, fps, native sampler
     config = sampling_config(dict(values, height=height, width=width), rules)
+    with errors_name_flags():
+        check_options_before_loading(model.model, config)
     if args.output_fps is not None and not args.output_fps > 0:
         raise ValueError(f"`--output-fps` must be positive, got {args.output_fps}")
     check_output_path(args.output, overwrite=args.overwrite)

@@ -166,16 +166,15 @@ class _PresetAction(argparse.Action):
                 setattr(namespace, name, value)
 
 
-def sampling_values(args: argparse.Namespace, base: object) -> dict[str, object]:
-    """The sampling options of a command line over ``base`` (the model family's defaults): an option typed, or set
-    by ``--preset``, keeps its value; any other takes ``base``'s."""
+def sampling_values(args: argparse.Namespace, base: SamplingConfig) -> dict[str, object]:
+    """The sampling options of a command line over ``base`` (the model family's defaults): the options typed, or set
+    by ``--preset``, applied to ``base`` as :meth:`SamplingConfig.with_options` applies them (a sampler typed frees
+    what the base's sampler fixed); every other option is ``base``'s."""
     chosen = set(getattr(args, EXPLICIT, frozenset()))
     if getattr(args, "preset", None):
         chosen |= set(PRESETS[args.preset])
-    return {
-        field.name: getattr(args, field.name) if field.name in chosen else getattr(base, field.name)
-        for field in dataclasses.fields(base)
-    }
+    config = base.with_options(**{name: getattr(args, name) for name in sorted(chosen) if hasattr(base, name)})
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
 
 
 @contextmanager

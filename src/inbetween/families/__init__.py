@@ -83,16 +83,30 @@ def size_rules_before_loading(model: str | os.PathLike):
     return svd_size_rules(folder)
 
 
-def default_config(family: str):
-    """The sampling options of ``family`` when none are given (:class:`~inbetween.config.SamplingConfig`): the
-    paper's, with the family's own guidance and playback rate."""
-    if family == "wan":
-        from .wan import wan_default_config
+def default_config(model: str | os.PathLike):
+    """The sampling options of ``model`` when none are given (:class:`~inbetween.config.SamplingConfig`): the
+    paper's, with its family's own guidance and playback rate, and the model's own first-last-frame conditioning
+    (sampler ``native``) where it was trained for it (Wan FLF2V, Wan 2.2 A14B)."""
+    if guess_family(model) == "wan":
+        from .wan import native_last_frame_before_loading, wan_default_config
 
-        return wan_default_config()
+        return wan_default_config(native=native_last_frame_before_loading(model, local_folder(model)))
     from ..config import SamplingConfig
 
     return SamplingConfig()
+
+
+def check_options_before_loading(model: str | os.PathLike, config) -> None:
+    """The family's refusals (:func:`~inbetween.families.base.check_family_options`) before ``model`` loads."""
+    from .base import check_family_options
+
+    family = guess_family(model)
+    if family == "wan":
+        from .wan import native_last_frame_before_loading
+
+        check_family_options(family, True, native_last_frame_before_loading(model, local_folder(model)), config)
+    else:
+        check_family_options(family, False, False, config)
 
 
 def pipeline_class(family: str) -> type:

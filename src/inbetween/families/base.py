@@ -147,20 +147,7 @@ class InbetweenMixin:
 
     def check_family_options(self, config: SamplingConfig) -> None:
         """Raise ``ValueError`` for options this family does not take (one line, with the fix)."""
-        if config.prompt and not self.takes_prompt:
-            raise ValueError(
-                f"this {self.family} model takes no text prompt, got `prompt`={config.prompt!r}; drop --prompt "
-                "(a Wan model takes one)"
-            )
-        if config.negative_prompt is not None and not self.takes_prompt:
-            raise ValueError(
-                f"this {self.family} model takes no text, so no `negative_prompt`; drop --negative-prompt"
-            )
-        if config.sampler == "native" and not self.native_last_frame:
-            raise ValueError(
-                f"`sampler='native'` needs a model trained on first and last frames, and this {self.family} model is "
-                "image-to-video only; use gi, vibid or trf (or a Wan FLF2V / Wan 2.2 A14B model)"
-            )
+        check_family_options(self.family, self.takes_prompt, self.native_last_frame, config)
 
     def fill_config(self, config: SamplingConfig) -> SamplingConfig:
         """The family's values for the options a config leaves to the model (``None`` fields)."""
@@ -425,6 +412,23 @@ class InbetweenMixin:
 
     def layout_of(self, config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
         return BatchLayout.of(config, branches)
+
+
+def check_family_options(family: str, takes_prompt: bool, native_last_frame: bool, config: SamplingConfig) -> None:
+    """Raise ``ValueError`` for options a model of ``family`` does not take: a prompt where it takes no text, the
+    ``native`` sampler where it was not trained on a last frame (the pipeline, and the CLI before loading)."""
+    if config.prompt and not takes_prompt:
+        raise ValueError(
+            f"this {family} model takes no text prompt, got `prompt`={config.prompt!r}; drop --prompt "
+            "(a Wan model takes one)"
+        )
+    if config.negative_prompt is not None and not takes_prompt:
+        raise ValueError(f"this {family} model takes no text, so no `negative_prompt`; drop --negative-prompt")
+    if config.sampler == "native" and not native_last_frame:
+        raise ValueError(
+            f"`sampler` 'native' needs a model trained on first and last frames, and this {family} model is "
+            "image-to-video only; use gi, vibid or trf (or a Wan FLF2V / Wan 2.2 A14B model)"
+        )
 
 
 def with_frames(video: torch.Tensor, frames: dict[int, torch.Tensor]) -> torch.Tensor:

@@ -28,6 +28,8 @@ What the method needs from Wan (Wang et al., ICLR 2025, adapted from SVD):
 
 from __future__ import annotations
 
+import json
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +155,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         return wan_size_rules_of(self.vae.config, self.experts[0].config)
 
     def default_config(self) -> SamplingConfig:
-        return wan_default_config()
+        return wan_default_config(native=self.native_last_frame)
 
     def check_call(self, config: SamplingConfig, batch_size: int, output_type: str, allow_oversize: bool) -> None:
         check_wan_call(self.memory_shape(config, batch_size), self._execution_device, allow_oversize)
@@ -390,9 +392,23 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def wan_default_config() -> SamplingConfig:
-    """The paper's sampling options with Wan's own guidance (5.0 on every frame) and playback rate (16 fps)."""
-    return SamplingConfig(min_guidance_scale=WAN_GUIDANCE, max_guidance_scale=WAN_GUIDANCE, fps=WAN_FPS)
+def wan_default_config(native: bool = False) -> SamplingConfig:
+    """The paper's sampling options with Wan's own guidance (5.0 on every frame) and playback rate (16 fps); with
+    ``native``, the model's own first-last-frame conditioning as the sampler (a model trained for it)."""
+    sampler = dict(sampler="native") if native else {}
+    return SamplingConfig(min_guidance_scale=WAN_GUIDANCE, max_guidance_scale=WAN_GUIDANCE, fps=WAN_FPS, **sampler)
+
+
+def native_last_frame_before_loading(model: str | os.PathLike, folder: Path | None) -> bool:
+    """Whether ``model`` was trained on first and last frames, from its transformer's config on disk (two images'
+    CLIP positions, or no CLIP tokens: Wan 2.2 A14B), else from its Hub id's name."""
+    for name in ("transformer", "transformer_2"):
+        path = folder / name / "config.json" if folder is not None else None
+        if path is not None and path.is_file():
+            config = json.loads(path.read_text())
+            return config.get("image_dim") is None or config.get("pos_embed_seq_len") is not None
+    name = Path(str(model)).name.lower()
+    return "flf2v" in name or "wan2.2" in name
 
 
 def latent_frames(num_frames: int, temporal: int) -> int:
@@ -454,7 +470,6 @@ def wan_size_rules_of(vae_config, transformer_config) -> SizeRules:
 
 def wan_size_rules(folder: Path | None) -> SizeRules:
     """Wan's size rules from a model folder's configs (``None``: the released models', before a download)."""
-    import json
     from types import SimpleNamespace
 
     if folder is None or not (folder / "vae" / "config.json").is_file():
