@@ -71,8 +71,9 @@ def table() -> str:
     for model, two in (("Wan 2.1 I2V / FLF2V 14B", False), ("Wan 2.2 I2V A14B (two experts)", True)):
         weights, block, non_block = model_weights(two)
         total = sum(weights.values()) / GB
+        parts = ", ".join(f"{name} {size / GB:.1f}" for name, size in weights.items())
         lines += [
-            f"### {model}: weights {total:.1f} GiB in bf16 ({', '.join(f'{k} {v / GB:.1f}' for k, v in weights.items())})",
+            f"### {model}: weights {total:.1f} GiB in bf16 ({parts})",
             "",
         ]
         lines += [

@@ -5,7 +5,8 @@ The public API is ``__all__``: the pipeline and its configs, sequences, the back
 and batch rendering, the names the front ends (``cli``, ``app``, ``comfyui``, ``batch``) use to do their work. The
 front ends also use the support modules ``options``, ``errors``, ``files``, ``hub``, ``loading``, ``dtypes``,
 ``video_io``, ``memory``, ``toyworld``, ``families`` (the model families: which pipeline a folder needs, each
-family's size rules and defaults), ``model_config`` and ``progress`` directly (``tests/test_public_api.py`` holds both to this).
+family's size rules and defaults), ``model_config`` and ``progress`` directly (``tests/test_public_api.py`` holds
+both to this).
 
 The public names are imported on first use, so that ``inbetween --help`` (and anything else that needs no model)
 starts without loading torch and diffusers.
