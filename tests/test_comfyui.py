@@ -118,12 +118,13 @@ def test_bad_input_is_one_line(pipe, inputs: dict, message: str) -> None:
 
 
 def test_the_loader_takes_the_models_flags_and_says_what_is_missing_in_one_line(tmp_path) -> None:
-    # ComfyUI passes a node's inputs by name; the optional ones (variant, device) may be missing from old workflows.
+    # ComfyUI passes a node's inputs by name; the optional ones (variant, device, group offload) may be missing from
+    # old workflows.
     (pipe,) = LoadInbetweenModel().load(model="tiny-world", adapter="", dtype="float32", cpu_offload=False)
     assert pipe.has_backward_adapter and pipe.unet.dtype == torch.float32
     inputs = LoadInbetweenModel.INPUT_TYPES()
     assert list(inputs["required"]) == ["model", "adapter", "dtype", "cpu_offload"]  # saved workflows' widget order
-    assert set(inputs["optional"]) == {"variant", "device"}
+    assert set(inputs["optional"]) == {"variant", "device", "group_offload"}
     with pytest.raises(InbetweenError, match="not found") as error:
         load_model("tiny-world", str(tmp_path / "missing.safetensors"))
     assert "\n" not in str(error.value)

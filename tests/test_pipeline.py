@@ -170,7 +170,7 @@ def test_default_size_keeps_the_aspect():
     assert svd.default_size(PIL.Image.new("RGB", (480, 854)), None, None) == (1024, 576)
     assert svd.default_size(PIL.Image.new("RGB", (300, 300)), None, None) == (1024, 1024)
     assert svd.default_size(torch.zeros(1, 3, 100, 200), None, None) == (512, 1024)
-    assert svd.default_size(PIL.Image.new("RGB", (1920, 1080)), None, 512) == (320, 512)
+    assert svd.default_size(PIL.Image.new("RGB", (1920, 1080)), None, 448) == (256, 448)
 
 
 def test_the_pipeline_sizes_by_its_models_rules(tiny_pipe):
