@@ -27,7 +27,6 @@ import torch
 from diffusers.utils import BaseOutput, logging
 
 from ..config import SamplingConfig
-from ..layout import BatchLayout
 from ..sampling import BranchDenoiser, Coupling, gaussian_noise, sample
 
 logger = logging.get_logger(__name__)
@@ -409,9 +408,6 @@ class InbetweenMixin:
                 callback=on_step_end,
                 keyframe_latents=keyframe_latents,
             )
-
-    def layout_of(self, config: SamplingConfig, branches: tuple[str, ...]) -> BatchLayout:
-        return BatchLayout.of(config, branches)
 
 
 def check_family_options(family: str, takes_prompt: bool, native_last_frame: bool, config: SamplingConfig) -> None:
