@@ -33,6 +33,18 @@ def check_frame_size(name: str, value: int) -> None:
     raise _multiple_of_8_error(name, value)
 
 
+def check_frame_sizes(height: int, width: int) -> None:
+    """:func:`check_frame_size` of a frame's ``height``, then of its ``width``."""
+    check_frame_size("height", height)
+    check_frame_size("width", width)
+
+
+def check_clip_frames(num_frames: int) -> None:
+    """Raise unless ``num_frames`` holds a first and a last frame: what a clip between two keyframes needs."""
+    if num_frames < 2:
+        raise ValueError(f"`num_frames` must be at least 2 (a first and a last frame), got {num_frames}")
+
+
 def _multiple_of_8_error(name: str, value: int) -> ValueError:
     return ValueError(
         f"`{name}` must be a positive multiple of 8 (the VAE downsamples 8x), got {value}; "
@@ -50,12 +62,10 @@ class ClipSpec:
     width: int = 1024
 
     def __post_init__(self) -> None:
-        if self.num_frames < 2:
-            raise ValueError(f"`num_frames` must be at least 2 (a first and a last frame), got {self.num_frames}")
+        check_clip_frames(self.num_frames)
         if self.stride < 1:
             raise ValueError(f"`stride` must be at least 1 (1 takes every frame), got {self.stride}")
-        for name in ("height", "width"):
-            check_frame_size(name, getattr(self, name))
+        check_frame_sizes(self.height, self.width)
 
     @property
     def span(self) -> int:

@@ -38,6 +38,7 @@ from .checkpoints import find_resume_checkpoint, load_checkpoint, prune_checkpoi
 from .config import FPS, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, P_MEAN, P_STD
 from .data import ClipDataset, ClipSpec
 from .dtypes import DTYPES, resolve_dtype
+from .families.svd import added_time_ids, augmented_image_latents, unet_inputs
 from .files import atomic_output
 from .hub import SVD, resolve_model_folder
 from .pipeline import ADAPTER_FILE, InbetweenPipeline
@@ -238,22 +239,14 @@ def encode_batch(
     keyframes = torch.cat([batch["first_frame"], batch["last_frame"]])  # (2B, 3, H, W)
     aug = draws["aug_noise"].transpose(0, 1).flatten(0, 1).to(keyframes)  # (2B, 3, H, W): firsts then lasts
     embeddings = pipe.encode_image_embeddings(keyframes).to(pipe.unet.dtype)
-    image_latents = pipe.encode_image_latents(keyframes + config.noise_aug_strength * aug).to(pipe.unet.dtype)
-    time_ids = torch.tensor([config.fps - 1, config.motion_bucket_id, config.noise_aug_strength])
+    image_latents = augmented_image_latents(pipe.vae, keyframes, aug, config.noise_aug_strength).to(pipe.unet.dtype)
+    time_ids = added_time_ids(config.fps, config.motion_bucket_id, config.noise_aug_strength)
     return {
         "latents": latents,
         "embeddings": embeddings,  # (2B, 1, D): [first; last]
         "image_latents": image_latents,  # (2B, 4, h, w): [first; last]
         "time_ids": time_ids.to(latents.device, pipe.unet.dtype).expand(len(keyframes), 3),
     }
-
-
-def unet_inputs(x: torch.Tensor, sigma: torch.Tensor, image_latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """UNet input ``(B, N, 8, h, w)`` and timestep ``(B,)`` for noisy latents ``x`` at per-sample ``sigma``."""
-    _, _, c_in, c_noise = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
-    frames = x.shape[1]
-    conditioning = image_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
-    return torch.cat([(x * c_in).to(image_latents.dtype), conditioning], dim=2), c_noise.flatten()
 
 
 def backward_branch_step(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -262,6 +263,16 @@ def _cannot_read(path: Path, exc: BaseException) -> ValueError:
     )
 
 
+@contextmanager
+def open_video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The open container of a video file and its first video stream. A file without one raises a bare
+    ``ValueError("no video stream")``, as PyAV's own errors come bare: each reader words the error for its caller."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        yield container, container.streams.video[0]
+
+
 def count_frames(path: str | os.PathLike) -> int:
     """Number of frames in a video file or frame folder, without decoding any frame.
 
@@ -272,10 +283,7 @@ def count_frames(path: str | os.PathLike) -> int:
     if path.is_dir():
         return len(list_frame_files(path))
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            stream = container.streams.video[0]
+        with open_video_stream(path) as (container, stream):
             if stream.frames > 0:
                 return stream.frames
             return sum(1 for packet in container.demux(stream) if packet.size > 0)  # size 0: end-of-stream flush
@@ -327,10 +335,7 @@ def read_frames(path: str | os.PathLike, start: int, count: int, step: int = 1) 
         images = [_open_rgb(file, "frame") for file in list_frame_files(path)[targets.start : targets.stop : step]]
     else:
         try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise ValueError("no video stream")
-                stream = container.streams.video[0]
+            with open_video_stream(path) as (container, stream):
                 can_seek = start > 0 and bool(stream.average_rate or stream.guessed_rate) and bool(stream.time_base)
                 images = _decode_at(container, targets, seek=True) if can_seek else None
                 if images is None:  # no seek possible, or it overshot: decode from the first frame instead

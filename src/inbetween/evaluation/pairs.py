@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import check_frame_size, find_sources, fit_frame
+from ..data import check_clip_frames, check_frame_sizes, find_sources, fit_frame
 from ..files import atomic_output
 from ..seeds import derive_seed
 from ..video_io import count_frames, read_frames
@@ -68,14 +68,12 @@ class PairSpec:
     allow_cuts: bool = False  # draw across shot cuts too (no cut detection): the behaviour before manifest v2
 
     def __post_init__(self) -> None:
-        if self.num_frames < 2:
-            raise ValueError(f"`num_frames` must be at least 2 (a first and a last frame), got {self.num_frames}")
+        check_clip_frames(self.num_frames)
         if self.gap is not None and self.gap < 1:
             raise ValueError(f"`gap` must be at least 1 source frame, or None for num_frames - 1, got {self.gap}")
         if self.pairs_per_video < 1:
             raise ValueError(f"`pairs_per_video` must be at least 1, got {self.pairs_per_video}")
-        for name in ("height", "width"):
-            check_frame_size(name, getattr(self, name))
+        check_frame_sizes(self.height, self.width)
         if self.seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {self.seed}")
         _check_scored(self.frame_gap, self.num_frames)
@@ -372,7 +370,6 @@ def blend(first: torch.Tensor, last: torch.Tensor, num_frames: int) -> torch.Ten
 
     `first`, `last`: (3, H, W) in any range; returns (num_frames, 3, H, W) of their dtype.
     """
-    if num_frames < 2:
-        raise ValueError(f"`num_frames` must be at least 2 (a first and a last frame), got {num_frames}")
+    check_clip_frames(num_frames)
     t = torch.linspace(0.0, 1.0, num_frames, dtype=first.dtype, device=first.device).view(-1, 1, 1, 1)
     return (1.0 - t) * first + t * last

@@ -218,7 +218,8 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
         images = torch.cat([first, last]).to(device)
         embeddings = self.encode_image_embeddings([image.to(device) for image in clip_images]).to(dtype)  # (2B, 1, D)
         noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
-        latents = self.encode_image_latents(images + config.noise_aug_strength * noise).to(dtype)  # (2B, 4, h, w)
+        latents = augmented_image_latents(self.vae, images, noise, config.noise_aug_strength)  # (2B, 4, h, w)
+        latents = latents.to(dtype)
         time_ids = added_time_ids(config.fps, config.motion_bucket_id, config.noise_aug_strength).to(device, dtype)
         keyframe = {FORWARD: 0, BACKWARD: 1}  # the forward branch sees the first keyframe, the backward the last
         emb_pairs, lat_pairs = embeddings.chunk(2), latents.chunk(2)
@@ -237,8 +238,7 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
 
     def encode_image_latents(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
-        with _vae_upcast(self.vae):
-            return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        return image_latent_mode(self.vae, images)
 
     def make_branch_denoiser(self, cond: KeyframeConditioning, config: SamplingConfig) -> BranchDenoiser:
         """The branch denoiser ``(x (B, N, 4, h, w), sigma, branches) -> BranchEstimates`` over ``cond``.
@@ -291,7 +291,7 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
     ) -> torch.Tensor:
         """One UNet call; with ``dual_groups`` ``(F, B')`` the batch ``((F + B') R, N, 4, h, w)`` is ``[forward
         rows | backward rows]`` and the backward rows attend with the last forward rows' rotated maps."""
-        model_input = torch.cat([x.to(self.unet.dtype), kwargs["image_latents"]], dim=2)
+        model_input = concat_image_latents(x, kwargs["image_latents"])  # in the UNet's dtype, as the latents are
         with dual_mode(self.unet, *dual_groups) if dual_groups else nullcontext():
             return self.unet(
                 model_input,
@@ -365,6 +365,37 @@ def added_time_ids(fps: int, motion_bucket_id: int, noise_aug_strength: float) -
     """SVD's micro-conditioning ``(3,)`` float32, as sampling, training and the tiny world pass it."""
     # SVD was trained with fps - 1 as the micro-conditioning (sgm's simple_video_sample.py).
     return torch.tensor([fps - 1, motion_bucket_id, noise_aug_strength], dtype=torch.float32)
+
+
+def image_latent_mode(vae: AutoencoderKLTemporalDecoder, images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> the VAE's unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
+    with _vae_upcast(vae):
+        return vae.encode(images.to(vae.dtype)).latent_dist.mode()
+
+
+def augmented_image_latents(
+    vae: AutoencoderKLTemporalDecoder, images: torch.Tensor, noise: torch.Tensor, noise_aug_strength: float
+) -> torch.Tensor:
+    """SVD's keyframe conditioning latents: the unscaled latent mode of ``images`` ``(B, 3, H, W)`` with
+    ``noise_aug_strength * noise`` added (sgm's ``cond_aug``), as sampling, training and the tiny world build it."""
+    return image_latent_mode(vae, images + noise_aug_strength * noise)
+
+
+def concat_image_latents(scaled_x: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
+    """SVD's UNet input ``(B, N, 8, h, w)``: the EDM-scaled noisy latents ``(B, N, 4, h, w)``, cast to the
+    conditioning's dtype, beside the keyframe latents ``(B, N, 4, h, w)`` of every frame (concat conditioning)."""
+    return torch.cat([scaled_x.to(image_latents.dtype), image_latents], dim=2)
+
+
+def unet_inputs(
+    x: torch.Tensor, sigma: torch.Tensor, image_latents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNet input ``(B, N, 8, h, w)`` and timestep ``(B,)`` for noisy latents ``x`` ``(B, N, 4, h, w)`` at per-sample
+    ``sigma`` ``(B,)``, conditioned on keyframe latents ``(B, 4, h, w)``: what SVD's EDM training loss feeds the UNet
+    (the project's fine-tuning and the tiny world's forward model)."""
+    _, _, c_in, c_noise = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
+    conditioning = image_latents.unsqueeze(1).expand(-1, x.shape[1], -1, -1, -1)
+    return concat_image_latents(x * c_in, conditioning), c_noise.flatten()
 
 
 def size_rules(unet_config: dict, vae_config: dict) -> tuple[int, int]:

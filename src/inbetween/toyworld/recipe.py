@@ -40,12 +40,13 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..checkpoints import optimizer_tensors, restore_optimizer
 from ..config import FPS, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, P_MEAN, P_STD
+from ..families.svd import added_time_ids, augmented_image_latents, unet_inputs
 from ..files import atomic_folder
 from ..hub import SVD_SCHEDULER_CONFIG, TINY_WORLD, TINY_WORLD_FOLDER, resolve_model_folder
 from ..pipeline import ADAPTER_FILE, CLIPImageProcessor, InbetweenPipeline, clip_image_embeddings
 from ..sampling import edm_scalings
 from ..seeds import derive_seed
-from ..training import TrainConfig, best_heldout_step, edm_loss, train_backward, unet_inputs
+from ..training import TrainConfig, best_heldout_step, edm_loss, train_backward
 from .seeds import ADAPTER_SEEDS, FORWARD_SEEDS, HELDOUT_SEEDS
 from .world import WorldConfig, generate_video, write_dataset
 
@@ -341,8 +342,8 @@ def forward_i2v_loss(
         latents = vae.encode(clips.flatten(0, 1)).latent_dist.mode().unflatten(0, (batch, frames))
         latents = latents * vae.config.scaling_factor
         first = clips[:, 0]
-        augmented = first + recipe.noise_aug_strength * torch.randn(first.shape, generator=generator)
-        image_latents = vae.encode(augmented).latent_dist.mode()  # unscaled, as SVD conditions
+        aug_noise = torch.randn(first.shape, generator=generator)
+        image_latents = augmented_image_latents(vae, first, aug_noise, recipe.noise_aug_strength)
     # The pipeline's own embedding path (resize + CLIP normalisation), with gradients into the tiny tower.
     embeddings = clip_image_embeddings(image_encoder, feature_extractor, first)  # (B, 1, D)
     keep = (torch.rand(batch, generator=generator) >= recipe.conditioning_dropout).float()
@@ -352,7 +353,7 @@ def forward_i2v_loss(
     noise = torch.randn(latents.shape, generator=generator)
     x = latents + sigma.view(-1, 1, 1, 1, 1) * noise
     model_input, timestep = unet_inputs(x, sigma, image_latents)
-    time_ids = torch.tensor([[recipe.fps - 1, recipe.motion_bucket_id, recipe.noise_aug_strength]]).expand(batch, 3)
+    time_ids = added_time_ids(recipe.fps, recipe.motion_bucket_id, recipe.noise_aug_strength).expand(batch, 3)
     v = unet(model_input, timestep, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False)[0]
     c_skip, c_out, _, _ = edm_scalings(sigma.view(-1, 1, 1, 1, 1))
     return edm_loss(c_skip * x + c_out * v, latents, sigma)
