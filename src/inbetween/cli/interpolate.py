@@ -171,8 +171,5 @@ def sampling_config(values: dict, rules) -> SamplingConfig:
     :class:`~inbetween.families.base.SizeRules`); its errors name the flags the user typed."""
     with errors_name_flags():
         config = SamplingConfig(**values)
-        rules.check_size("height", config.height)
-        rules.check_size("width", config.width)
-        if config.num_frames is not None:
-            rules.check_num_frames(config.num_frames)
+        rules.check(config)
     return config

@@ -72,6 +72,13 @@ class SizeRules:
                 f"{self.frame_step}x after the first frame), got {num_frames}; try {hint}"
             )
 
+    def check(self, config: SamplingConfig) -> None:
+        """Raise ``ValueError`` for ``config``'s sizes or frame count that this model cannot take."""
+        self.check_size("height", config.height)
+        self.check_size("width", config.width)
+        if config.num_frames is not None:
+            self.check_num_frames(config.num_frames)
+
     def default_size(self, image: KeyframeInput, height: int | None, width: int | None) -> tuple[int, int]:
         """``(height, width)`` for ``image``: a missing side keeps its aspect (a multiple of ``multiple``); with
         neither given, the long side is ``long_side``."""
@@ -214,11 +221,7 @@ class InbetweenMixin:
     def check_inputs(self, config: SamplingConfig, output_type: str) -> None:
         """Raise ``ValueError`` naming the argument, the value and the fix, for what only the model decides (sizes,
         frame counts, the options its family takes) and the output type; the config validated itself."""
-        rules = self.size_rules
-        rules.check_size("height", config.height)
-        rules.check_size("width", config.width)
-        if config.num_frames is not None:
-            rules.check_num_frames(config.num_frames)
+        self.size_rules.check(config)
         self.check_family_options(config)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
