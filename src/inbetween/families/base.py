@@ -26,8 +26,9 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput, logging
 
-from ..config import SamplingConfig
-from ..sampling import BranchDenoiser, Coupling, gaussian_noise, sample
+from ..config import BACKWARD, FORWARD, SamplingConfig
+from ..layout import BatchLayout
+from ..sampling import BranchDenoiser, BranchEstimates, Coupling, gaussian_noise, sample
 
 logger = logging.get_logger(__name__)
 
@@ -125,8 +126,55 @@ class InbetweenMixin:
         ``(B, 3, H, W)`` in [-1, 1] and the keyframes as given."""
         raise NotImplementedError
 
-    def make_branch_denoiser(self, cond: object, config: SamplingConfig) -> BranchDenoiser:
+    def select_conditioning(self, cond: object, groups: list[int], config: SamplingConfig) -> dict:
+        """The network's conditioning keywords for the rows of ``groups`` of ``cond``, built once per call plan."""
         raise NotImplementedError
+
+    def denoise_rows(
+        self, x: torch.Tensor, sigma: torch.Tensor, conditioning: dict, dual_groups: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """One network call: rows ``x`` ``(R, N', C, h, w)`` at ``sigma`` (VE form) -> their denoised estimates
+        ``(R, N', C, h, w)`` float32; with ``dual_groups`` ``(F, B')`` the rows are ``[forward | backward]`` and the
+        backward rows attend with the forward rows' rotated maps."""
+        raise NotImplementedError
+
+    def make_branch_denoiser(self, cond: object, config: SamplingConfig) -> BranchDenoiser:
+        """The branch denoiser ``(x (B, N', C, h, w), sigma, branches) -> BranchEstimates`` over ``cond``.
+
+        Each request evaluates the :class:`BatchLayout` of the requested branches in its calls (backward rows see the
+        time-reversed ``x``; a rotated backward branch brings the forward rows it attends with) and returns the raw
+        conditional / unconditional estimates of those branches in forward frame order. Guidance and fusion are the
+        sampler's (:func:`~inbetween.sampling.make_fused_denoiser` for the paper's).
+        """
+        plans: dict[tuple[str, ...], tuple[BatchLayout, list[dict]]] = {}
+
+        def planned(branches: tuple[str, ...]) -> tuple[BatchLayout, list[dict]]:
+            if branches not in plans:  # the conditioning of each call is the same at every step: build it once
+                layout = BatchLayout.of(config, branches)
+                plans[branches] = (layout, [self.select_conditioning(cond, list(c), config) for c in layout.calls])
+            return plans[branches]
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor, branches: tuple[str, ...]) -> BranchEstimates:
+            layout, call_conditioning = planned(tuple(b for b in (FORWARD, BACKWARD) if b in branches))
+            x_of = {FORWARD: x, BACKWARD: x.flip(1)}  # the backward branch runs in reversed time
+            estimates: dict[bool, dict[str, torch.Tensor]] = {True: {}, False: {}}
+            for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
+                x_in = torch.stack([x_of[layout.groups[g].branch] for g in call])  # (G', B, N', C, h, w)
+                rows = self.denoise_rows(x_in.flatten(0, 1), sigma, conditioning, layout.dual_groups(call))
+                denoised = rows.unflatten(0, x_in.shape[:2])
+                for j, g in enumerate(call):
+                    group = layout.groups[g]
+                    # a shared unconditional row stands for the backward branch too, also when only it was asked for
+                    shared = layout.shares_unconditional and not group.conditional
+                    if group.branch in branches or shared:
+                        estimate = denoised[j].flip(1) if group.branch == BACKWARD else denoised[j]
+                        estimates[group.conditional][group.branch] = estimate
+            if layout.shares_unconditional:
+                estimates[False][BACKWARD] = estimates[False][FORWARD]
+                estimates[False] = {branch: estimates[False][branch] for branch in branches}
+            return BranchEstimates(cond=estimates[True], uncond=estimates[False])
+
+        return denoise
 
     def sampling_sigmas(self, config: SamplingConfig) -> torch.Tensor:
         """The samplers' VE sigmas ``(steps + 1,)``, float32, last one 0, on the execution device."""

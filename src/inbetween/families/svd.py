@@ -40,7 +40,7 @@ from ..attention import dual_mode, install_rotation, rotation_processors
 from ..config import SamplingConfig
 from ..layout import BACKWARD, FORWARD, BatchLayout
 from ..memory import check_pipeline_call
-from ..sampling import BranchDenoiser, BranchEstimates, edm_scalings
+from ..sampling import edm_scalings
 from .base import (
     ASPECT_TOLERANCE,  # noqa: F401  (re-exported: the front ends' keyframe check)
     OUTPUT_TYPES,  # noqa: F401
@@ -240,47 +240,16 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
         """``(B, 3, H, W)`` -> unscaled latent mode ``(B, 4, h, w)``, as SVD's conditioning expects."""
         return image_latent_mode(self.vae, images)
 
-    def make_branch_denoiser(self, cond: KeyframeConditioning, config: SamplingConfig) -> BranchDenoiser:
-        """The branch denoiser ``(x (B, N, 4, h, w), sigma, branches) -> BranchEstimates`` over ``cond``.
+    def select_conditioning(self, cond: KeyframeConditioning, groups: list[int], config: SamplingConfig) -> dict:
+        return cond.select(groups, config.num_frames)
 
-        Each request evaluates the :class:`BatchLayout` of the requested branches (backward rows see the
-        time-reversed ``x``; a rotated backward branch brings the forward rows it attends with) and returns the
-        raw conditional / unconditional estimates of those branches in forward frame order. Guidance and fusion are
-        the sampler's (:func:`~inbetween.sampling.make_fused_denoiser` for the paper's).
-        """
-        num_frames = config.num_frames
-        layouts: dict[tuple[str, ...], tuple[BatchLayout, list[dict[str, torch.Tensor]]]] = {}
-
-        def planned(branches: tuple[str, ...]) -> tuple[BatchLayout, list[dict[str, torch.Tensor]]]:
-            if branches not in layouts:  # the conditioning of each call is the same at every step: build it once
-                layout = BatchLayout.of(config, branches)
-                layouts[branches] = (layout, [cond.select(list(call), num_frames) for call in layout.calls])
-            return layouts[branches]
-
-        def denoise(x: torch.Tensor, sigma: torch.Tensor, branches: tuple[str, ...]) -> BranchEstimates:
-            layout, call_conditioning = planned(tuple(b for b in (FORWARD, BACKWARD) if b in branches))
-            c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
-            x_of = {FORWARD: x, BACKWARD: x.flip(1)}  # the backward branch runs in reversed time
-            estimates: dict[bool, dict[str, torch.Tensor]] = {True: {}, False: {}}
-            for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
-                x_in = torch.stack([x_of[layout.groups[g].branch] for g in call])  # (G', B, N, 4, h, w)
-                v = self._unet_call(x_in.flatten(0, 1) * c_in, c_noise, conditioning, layout.dual_groups(call))
-                v = v.unflatten(0, x_in.shape[:2]).float()
-                for j, g in enumerate(call):
-                    group = layout.groups[g]
-                    # a shared unconditional row stands for the backward branch too, also when only it was asked for
-                    shared = layout.shares_unconditional and not group.conditional
-                    if group.branch in branches or shared:
-                        denoised = c_skip * x_in[j] + c_out * v[j]
-                        estimates[group.conditional][group.branch] = (
-                            denoised.flip(1) if group.branch == BACKWARD else denoised
-                        )
-            if layout.shares_unconditional:
-                estimates[False][BACKWARD] = estimates[False][FORWARD]
-                estimates[False] = {branch: estimates[False][branch] for branch in branches}
-            return BranchEstimates(cond=estimates[True], uncond=estimates[False])
-
-        return denoise
+    def denoise_rows(
+        self, x: torch.Tensor, sigma: torch.Tensor, conditioning: dict, dual_groups: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """EDM's preconditioned v-prediction (Karras et al. 2022): ``c_skip x + c_out v(c_in x, c_noise)``."""
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
+        v = self._unet_call(x * c_in, c_noise, conditioning, dual_groups).float()
+        return c_skip * x + c_out * v
 
     def _unet_call(
         self,

@@ -43,7 +43,6 @@ from ..config import BACKWARD, FORWARD, SamplingConfig
 from ..cost import largest_request
 from ..layout import BatchLayout
 from ..memory.wan import WanShape, check_wan_call
-from ..sampling import BranchDenoiser, BranchEstimates
 from .base import InbetweenMixin, KeyframeInput, SizeRules
 from .wan_attention import dual_mode, install_rotation
 
@@ -302,66 +301,58 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             device=self._execution_device,
         )
 
-    def make_branch_denoiser(self, cond: WanConditioning, config: SamplingConfig) -> BranchDenoiser:
-        """The branch denoiser ``(x (B, T', C, h, w), sigma, branches) -> BranchEstimates`` over ``cond``: each request
-        one transformer call over the requested branches' rows (backward rows on the time-flipped latents, a rotated
-        backward branch with the forward rows it attends with), the expert of ``t``, estimates in forward order."""
-        layouts: dict[tuple[str, ...], tuple[BatchLayout, list[dict]]] = {}
-        times = times_by_sigma(self.scheduler.sigmas)
+    def select_conditioning(self, cond: WanConditioning, groups: list[int], config: SamplingConfig) -> dict:
+        return cond.select(groups)
 
-        def planned(branches: tuple[str, ...]) -> tuple[BatchLayout, list[dict]]:
-            if branches not in layouts:
-                layout = BatchLayout.of(config, branches)
-                layouts[branches] = (layout, [cond.select(list(call)) for call in layout.calls])
-            return layouts[branches]
+    def denoise_rows(
+        self, x: torch.Tensor, sigma: torch.Tensor, conditioning: dict, dual_groups: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """Rectified flow in the VE form: ``x_t = x / (1 + sigma)`` at ``t = sigma / (1 + sigma)``, and
+        ``D = x_t - t v``."""
+        t, timestep = self.flow_time(sigma)
+        x_t = x / (1 + sigma)
+        return x_t - t * self.velocity(x_t, timestep, conditioning, dual_groups)
 
-        def denoise(x: torch.Tensor, sigma: torch.Tensor, branches: tuple[str, ...]) -> BranchEstimates:
-            layout, call_conditioning = planned(tuple(b for b in (FORWARD, BACKWARD) if b in branches))
-            t = times.get(float(sigma), float(sigma / (1 + sigma)))
-            x_of = {FORWARD: x, BACKWARD: x.flip(1)}  # the backward branch runs in reversed time
-            estimates: dict[bool, dict[str, torch.Tensor]] = {True: {}, False: {}}
-            for call, conditioning in zip(layout.calls, call_conditioning, strict=True):
-                x_in = torch.stack([x_of[layout.groups[g].branch] for g in call]).flatten(0, 1)  # (R, T', C, h, w)
-                x_t = x_in / (1 + sigma)
-                v = self.velocity(x_t, t, conditioning, layout.dual_groups(call))
-                denoised = (x_t - t * v).unflatten(0, (len(call), -1))  # x0 = x_t - t v
-                for j, g in enumerate(call):
-                    group = layout.groups[g]
-                    shared = layout.shares_unconditional and not group.conditional
-                    if group.branch in branches or shared:
-                        estimate = denoised[j].flip(1) if group.branch == BACKWARD else denoised[j]
-                        estimates[group.conditional][group.branch] = estimate
-            if layout.shares_unconditional:
-                estimates[False][BACKWARD] = estimates[False][FORWARD]
-                estimates[False] = {branch: estimates[False][branch] for branch in branches}
-            return BranchEstimates(cond=estimates[True], uncond=estimates[False])
+    def flow_time(self, sigma: torch.Tensor) -> tuple[float, float]:
+        """``(t, the transformer's timestep)`` of a VE ``sigma``: at the scheduler's steps its own ``t`` and timestep
+        (UniPC's are whole numbers, FlowMatchEuler's ``1000 t``), so the transformer sees what diffusers' pipeline
+        gives it; between them (midpoints, re-injections) ``sigma / (1 + sigma)`` and ``1000 t``."""
+        times = self.scheduler.sigmas.float().cpu()  # set for this call by sampling_sigmas
+        match = (sigmas_of_times(times) == float(sigma)).nonzero()
+        steps = len(self.scheduler.timesteps)
+        if len(match) and match[0, 0] < steps:
+            step = int(match[0, 0])
+            return float(times[step]), float(self.scheduler.timesteps[step])
+        t = float(sigma / (1 + sigma))
+        return t, t * self.scheduler.config.num_train_timesteps
 
-        return denoise
-
-    def expert_at(self, t: float) -> WanTransformer3DModel:
-        """The transformer of flow time ``t``: Wan 2.2's high-noise expert while ``t >= boundary_ratio``."""
+    def expert_at(self, timestep: float) -> WanTransformer3DModel:
+        """The transformer of ``timestep``: Wan 2.2's high-noise expert while ``timestep >= boundary_ratio * 1000``
+        (diffusers' switch)."""
         boundary = self.config.boundary_ratio
-        if boundary is None or self.transformer_2 is None or t >= boundary:
+        if boundary is None or self.transformer_2 is None:
             return self.transformer if self.transformer is not None else self.transformer_2
-        return self.transformer_2
+        high_noise = timestep >= boundary * self.scheduler.config.num_train_timesteps
+        return self.transformer if high_noise else self.transformer_2
 
     def velocity(
         self,
         x_t: torch.Tensor,
-        t: float,
+        timestep: float,
         conditioning: dict[str, torch.Tensor | None],
         dual_groups: tuple[int, int] | None,
     ) -> torch.Tensor:
-        """One transformer call: ``x_t`` ``(R, T', C, h, w)`` -> the flow velocity ``(R, T', C, h, w)``, float32."""
-        network = self.expert_at(t)
+        """One transformer call at ``timestep`` (diffusers' scale, 1000 at pure noise): ``x_t`` ``(R, T', C, h, w)``
+        -> the flow velocity ``(R, T', C, h, w)``, float32."""
+        network = self.expert_at(timestep)
         hidden = torch.cat([x_t.transpose(1, 2), conditioning["condition"].to(x_t)], dim=1).to(network.dtype)
-        timestep = torch.full((x_t.shape[0],), t * self.scheduler.config.num_train_timesteps, device=x_t.device)
+        timesteps = torch.full((x_t.shape[0],), timestep, device=x_t.device)
         frames = x_t.shape[1] // network.config.patch_size[0]
         context = dual_mode(network, *dual_groups, frames) if dual_groups else nullcontext()
         with context:
             v = network(
                 hidden_states=hidden,
-                timestep=timestep,
+                timestep=timesteps,
                 encoder_hidden_states=conditioning["encoder_hidden_states"],
                 encoder_hidden_states_image=conditioning["encoder_hidden_states_image"],
                 return_dict=False,
@@ -432,12 +423,6 @@ def sigmas_of_times(times: torch.Tensor) -> torch.Tensor:
     t = times.double()
     sigmas = torch.where(t < 1, t / (1 - t).clamp(min=1e-300), torch.full_like(t, FIRST_SIGMA))
     return sigmas.float()
-
-
-def times_by_sigma(times: torch.Tensor) -> dict[float, float]:
-    """The scheduler's own ``t`` for each VE sigma it gives (the transformer then sees diffusers' exact timesteps)."""
-    times = times.float().cpu()
-    return {float(s): float(t) for s, t in zip(sigmas_of_times(times), times, strict=True)}
 
 
 def normalise_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
