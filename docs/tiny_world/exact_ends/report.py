@@ -35,7 +35,10 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def rejudge() -> str:
-    lines = ["| world | sampler (exact ends: the pixel write) | consistent | Δ vs fast (paired, t 95 %) |", "|---|---|---|---|"]
+    lines = [
+        "| world | sampler (exact ends: the pixel write) | consistent | Δ vs fast (paired, t 95 %) |",
+        "|---|---|---|---|",
+    ]
     for world, title in WORLDS.items():
         flags = columns(HERE / f"{world}_presets_pairs.csv") | columns(HERE / f"{world}_mechanism_pairs.csv")
         fast = flags["fast | exact_ends"]
@@ -53,8 +56,12 @@ def mechanism_plot() -> None:
         with open(HERE / f"{world}_mechanism_trace.csv") as f:
             rows = list(csv.DictReader(f))
         for hold, style in (("none", "-"), ("every", "--"), ("below:1", ":")):
-            picked = [r for r in rows if r["hold"] == hold]
-            sigma = np.array([float(r["sigma"]) for r in picked])
+            first_seen = {}  # each sigma's first evaluation (a re-injected step is evaluated again at its sigma)
+            for r in rows:
+                if r["hold"] == hold:
+                    first_seen.setdefault(float(r["sigma"]), r)
+            sigma = np.array(sorted(first_seen, reverse=True))
+            picked = [first_seen[s] for s in sigma]
             for column, colour, label in (
                 ("forward_last_vs_last_keyframe", "tab:blue", "forward branch's last frame vs last keyframe"),
                 ("backward_first_vs_first_keyframe", "tab:red", "backward branch's first frame vs first keyframe"),
