@@ -259,3 +259,39 @@ def test_study_config_checks():
     with pytest.raises(ValueError, match="`num_frames`"):
         ExactWorldConfig(num_frames=2)
     assert np.array(SMALL.lattice).tolist() == list(range(1, 9))
+
+
+def test_soft_keyframe_conditioning_weighs_every_video_by_its_frames_distance_to_the_keyframe(small: ExactWorld):
+    softness = 12.0
+    soft = replace(small, config=replace(small.config, keyframe_softness=softness))
+    videos = small.videos()
+    generator = torch.Generator().manual_seed(1)
+    sources = torch.randperm(small.num_videos, generator=generator)[:6]
+    first, last = small.paths[sources, 0], small.paths[sources, -1]
+    model = exact_branch_denoiser(soft, first, last, fine_tuned=True, guided=False)
+
+    def log_weight(keyframes: torch.Tensor, frame: int) -> torch.Tensor:  # (B, K), written out over the videos
+        rmse = ((videos[None, :, frame] - small.atlas[keyframes][:, None]) * 127.5).pow(2).flatten(2).mean(-1).sqrt()
+        weight = -(rmse.double() ** 2) / (2 * softness**2)
+        return weight.masked_fill(weight < -20, -math.inf)  # left out below exp(-20) of the keyframe's own frame
+
+    for sigma in (30.0, 0.5, 0.002):
+        x = videos[sources] + sigma * torch.randn(videos[sources].shape, generator=generator)
+        got = model(x, torch.tensor(sigma), (FORWARD, BACKWARD))
+        for estimate, prior in (
+            (got.cond[FORWARD], small.log_prior + log_weight(first, 0)),
+            (got.cond[BACKWARD], small.log_prior + log_weight(last, -1)),
+        ):
+            everything = torch.isfinite(prior)
+            expected = brute_force_mean(x, videos, prior.masked_fill(~everything, 0.0), everything, sigma)
+            torch.testing.assert_close(estimate.double(), expected, atol=2e-5, rtol=0)
+    # A neighbouring first frame is drawn too: at the first keyframe's own frame the estimate is no longer exact.
+    far = exact_branch_denoiser(soft, first, last, fine_tuned=True, guided=False)(
+        torch.zeros_like(videos[sources]), torch.tensor(1e6), (FORWARD,)
+    )
+    assert not torch.allclose(far.cond[FORWARD][:, 0], small.atlas[first], atol=1e-3)
+
+
+def test_keyframe_softness_is_checked():
+    with pytest.raises(ValueError, match="`keyframe_softness` must be 0 or more"):
+        ExactWorldConfig(keyframe_softness=-1.0)

@@ -442,3 +442,36 @@ def test_pipeline_samplers_are_seeded(tiny_pipe):
     b = tiny_pipe(first, last, config, generator=torch.manual_seed(5), **PIPE).frames
     c = tiny_pipe(first, last, config, generator=torch.manual_seed(6), **PIPE).frames
     assert torch.equal(a, b) and (a - c).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name", ["paper", "fast", "vibid-adapter", "forward", "gi at fast's steps, dpmpp-2s, 13 steps"]
+)
+def test_exact_ends_change_nothing_but_the_two_end_frames(name):
+    """Keyframe-exact ends hold nothing during sampling: the in-between frames are the free sampler's bit for
+    bit, and the end frames are the keyframes' latents exactly (docs/tiny_world/exact_ends: a hold inside sampling cost
+    keyframe consistency on both exact-denoiser worlds)."""
+    config = small(sampler_candidates()[name])
+    x = start((2, 5, 2, 3, 3), dtype=torch.float32) * 80
+
+    def mixing_model(x, sigma, branches):  # every frame's estimate reads every frame: a held end would show
+        estimates = CountingModel(config.guided)(x, sigma, branches)
+        mix = 0.05 * x.mean(1, keepdim=True)
+        return BranchEstimates(
+            cond={b: d + mix for b, d in estimates.cond.items()},
+            uncond={b: d + mix for b, d in estimates.uncond.items()},
+        )
+
+    sigmas, keyframes = svd_sigmas(config.num_inference_steps, torch.float32), keyframe_latents(x)
+    runs = {
+        exact_ends: sample(
+            replace(config, exact_ends=exact_ends), mixing_model, x, sigmas, noise=noise_from(1),
+            keyframe_latents=keyframes,  # vibid's DDS reads them too
+        )
+        for exact_ends in (False, True)
+    }  # fmt: skip
+    free, exact = runs[False], runs[True]
+    assert torch.equal(exact[:, 1:-1], free[:, 1:-1])
+    assert torch.equal(exact[:, 0], keyframes[:, 0]) and torch.equal(exact[:, -1], keyframes[:, 1])
+    if not config.keyframe_consistency:  # the control (vibid's DDS lands its ends by itself)
+        assert not torch.allclose(free[:, 0], keyframes[:, 0])

@@ -225,3 +225,30 @@ def test_the_evaluate_command_resumes_and_refuses_an_older_per_pair_json_in_one_
         for row in rows:
             row.pop("ends_psnr")
     assert "nan" in summary_table(after["results"]).splitlines()[2]
+
+
+def test_hit_rate_table_joins_evaluate_folders_and_pairs_every_row_with_the_cross_fade(tmp_path):
+    from inbetween.toyworld.science import hit_rate_table
+
+    def folder(name: str, rows: dict[str, list[float]], seeds: list[int], fusion: str) -> str:
+        settings = {"num_inference_steps": 10, "fusion": fusion, "exact_ends": fusion == "poe"}
+        record = {
+            "settings": settings,
+            "seeds": seeds,
+            "results": {k: [{"hit_rate": h} for h in v] for k, v in rows.items()},
+        }
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "per_pair.json").write_text(json.dumps(record))
+        return str(tmp_path / name)
+
+    base = folder(
+        "base", {"linear cross-fade": [0.5, 0.0, 1.0], "forward-only I2V": [0.0, 0.0, 0.5]}, [7, 8, 9], "average"
+    )
+    full = folder("full", {"full method": [1.0, 0.5, math.nan]}, [7, 8, 9], "poe")
+    table = hit_rate_table([base, full])
+    assert "| full method | 10 steps, poe, exact ends | 0.750 ± " in table
+    assert "| +0.500 ± 0.000 |" in table  # paired on the two pairs both scored: +0.5 and +0.5
+    assert "| linear cross-fade | 10 steps, average | 0.500 ± 1.242 | – |" in table
+    other = folder("other", {"full method": [1.0, 0.5, 0.0]}, [7, 8, 10], "poe")
+    with pytest.raises(ValueError, match="other held-out pairs"):
+        hit_rate_table([base, other])

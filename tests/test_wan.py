@@ -13,8 +13,8 @@ from diffusers import WanImageToVideoPipeline
 from tiny_wan import save_tiny_wan, tiny_wan_components
 from wan_reference import naive_dual_sample
 
-from inbetween import SamplingConfig
-from inbetween.families import family_of, pipeline_class
+from inbetween import PRESETS, SamplingConfig
+from inbetween.families import check_options_before_loading, family_of, pipeline_class
 from inbetween.families.wan import WanInbetweenPipeline, flipped_frame_groups, latent_frames
 from inbetween.sequence import interpolate_sequence, sequence_length
 
@@ -42,7 +42,7 @@ def diffusers_pipe(kind: str) -> WanImageToVideoPipeline:
     return pipe
 
 
-def ours(pipe, first, last, guidance: float, output_type: str, **options):
+def ours(pipe, first, last, guidance: float, output_type: str, latents=None, **options):
     return pipe(
         first,
         last,
@@ -53,6 +53,7 @@ def ours(pipe, first, last, guidance: float, output_type: str, **options):
         min_guidance_scale=guidance,
         max_guidance_scale=guidance,
         generator=torch.Generator().manual_seed(0),
+        latents=latents,
         output_type=output_type,
         **TEXT,
         **options,
@@ -142,7 +143,13 @@ def test_rotation_changes_the_backward_branch(pipes):
 @pytest.mark.parametrize("preset", ["paper", "fast", "vibid", "vibid-adapter"])
 def test_every_preset_runs_on_wan_and_a_seed_gives_one_video(pipes, preset):
     pipe = pipes["wan2.2-a14b"]
+    # ViBiD's DDS step pins a latent frame that Wan's causal VAE does not hold alone: refused, and run without it
+    dds = dict(keyframe_consistency=False) if PRESETS[preset].get("keyframe_consistency") else {}
     config = SamplingConfig.preset(preset, pipe.default_config(), num_inference_steps=3, height=SIZE, width=SIZE)
+    if dds:
+        with pytest.raises(ValueError, match="keyframe_consistency.*causal VAE.*drop it"):
+            pipe(keyframe(0), keyframe(1), config, num_frames=FRAMES, **TEXT)
+        config = config.with_options(**dds)
 
     def run(seed: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(seed)
@@ -153,7 +160,7 @@ def test_every_preset_runs_on_wan_and_a_seed_gives_one_video(pipes, preset):
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (1, FRAMES, SIZE, SIZE, 3) and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).max() > 0
+    assert np.abs(a - c).max() > 1e-3
 
 
 def test_the_flip_of_the_causal_vae_is_stated_and_measured(pipes):
@@ -206,10 +213,9 @@ def test_sizes_and_frame_counts_follow_the_models_rules(pipes):
     with pytest.raises(ValueError, match=r"`height` must be a positive multiple of 16, got 50; try 48"):
         pipe(keyframe(0), keyframe(1), num_frames=FRAMES, height=50, width=SIZE)
     with pytest.raises(ValueError, match="takes no text prompt"):
-        from inbetween.families.base import InbetweenMixin
-
-        svd_like = type("Svd", (), {"family": "svd", "takes_prompt": False, "native_last_frame": False})
-        InbetweenMixin.check_family_options(svd_like(), SamplingConfig(prompt="a cat"))
+        check_options_before_loading("tiny-world", SamplingConfig(prompt="a cat"))
+    with pytest.raises(ValueError, match="needs a model trained on first and last frames"):
+        check_options_before_loading("tiny-world", SamplingConfig(sampler="native"))
 
 
 def test_a_saved_tiny_wan_folder_is_recognised_and_loads_through_its_family(tmp_path, pipes):
@@ -220,7 +226,7 @@ def test_a_saved_tiny_wan_folder_is_recognised_and_loads_through_its_family(tmp_
     assert isinstance(loaded, WanInbetweenPipeline) and loaded.config.boundary_ratio is not None
     a = ours(loaded, keyframe(0), keyframe(1), 5.0, "latent", sampler="gi")
     b = ours(pipes["wan2.2-a14b"], keyframe(0), keyframe(1), 5.0, "latent", sampler="gi")
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # memory-mapped weights take other CPU kernels
 
 
 def test_a_call_that_cannot_fit_is_refused_before_it_allocates(pipes, monkeypatch):
@@ -247,3 +253,25 @@ def test_the_memory_estimate_grows_with_rows_and_size_and_shrinks_with_offload(p
     assert with_(shape, height=4 * SIZE).estimate().decode_bytes > shape.estimate().decode_bytes
     none, model, group = (with_(shape, offload=o).estimate().weight_bytes for o in ("none", "model", "group"))
     assert none == sum(shape.weights.values()) > model == max(shape.weights.values()) >= group  # 2 blocks: all
+
+
+def test_several_pairs_in_one_call_equal_each_pair_alone(pipes):
+    """B pairs in one call: each pair's conditioning (the FLF2V image tokens come in pairs per row) and noise are
+    its own."""
+    pipe = pipes["wan2.1-flf2v"]
+    noise = torch.randn(2, *pipe.latent_shape(SamplingConfig(num_frames=FRAMES, height=SIZE, width=SIZE), 1)[1:])
+    firsts, lasts = [keyframe(0), keyframe(2)], [keyframe(1), keyframe(3)]
+    for sampler in ("native", "gi"):
+        options = dict(sampler=sampler, noise_injection_steps=0)
+        together = ours(pipe, firsts, lasts, 5.0, "latent", latents=noise, **options)
+        for index in range(2):
+            alone = ours(pipe, firsts[index], lasts[index], 5.0, "latent", latents=noise[index : index + 1], **options)
+            torch.testing.assert_close(together[index : index + 1], alone, rtol=0, atol=1e-5)
+
+
+def test_the_estimate_knows_group_offload():
+    pipe = WanInbetweenPipeline(**tiny_wan_components("wan2.1-i2v"))
+    config = SamplingConfig(sampler="gi", height=SIZE, width=SIZE, num_frames=FRAMES)
+    assert pipe.memory_shape(config, 1).offload == "none"
+    pipe.enable_group_offload(torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    assert pipe.memory_shape(config, 1).offload == "group"

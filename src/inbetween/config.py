@@ -145,8 +145,8 @@ class SamplingConfig:
     )
     exact_ends: bool = _option(
         False,
-        "keyframe-exact ends (any sampler): every estimate holds the keyframes' latents at the first and last "
-        "frames, and the keyframes' own pixels are written there",
+        "keyframe-exact ends (any sampler): the finished latents take the keyframes' latents at the first and last "
+        "frames and the keyframes' own pixels are written there; nothing is held during sampling",
     )
 
     prompt: str = _option("", "text prompt, for models conditioned on text (Wan); SVD takes none", metavar="TEXT")
@@ -287,8 +287,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "paper": PAPER_SAMPLER,  # Wang et al. 2025, section 4: 50 Euler steps, 5 re-injections on the first 25
     # The candidate most often consistent with both keyframes on the exact-denoiser world (`inbetween toyworld
     # samplers`), ahead of the gi average at the same cost on the tiny-world model too, at about a fifth of paper's
-    # UNet rows (docs/tiny_world/samplers.md, README "Which sampler?"). Keyframe-exact ends cost it no hit rate on the
-    # tiny world and make its ends the keyframes themselves (README, docs/tiny_world/exact_ends).
+    # UNet rows (docs/tiny_world/samplers.md, README "Which sampler?"). Its exact ends are written after sampling:
+    # holding them during sampling cost consistency on both exact worlds (docs/tiny_world/exact_ends).
     "fast": dict(FAST_STEPS, **WEIGHTED_POE, exact_ends=True),
     # The authors' ViBiDSampler (Yang et al. 2025 and their code): 25 steps, CFG++ at scale 1, DDS, base weights with
     # their own attention; `vibid-adapter` rotates attention for the backward adapter (load one).

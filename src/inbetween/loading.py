@@ -90,7 +90,7 @@ def load_pipeline(
         pipe.load_backward_adapter(adapter)
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
-    elif config.group_offload:  # one transformer block on the GPU at a time, the next prefetched
+    elif config.group_offload:  # one block of each model on the GPU at a time
         pipe.enable_group_offload(torch.device(device), offload_type="block_level", num_blocks_per_group=1)
     else:
         pipe.to(device)

@@ -84,8 +84,8 @@ class Coupling:
 @dataclass(frozen=True)
 class Hooks:
     """What every sampler is handed besides the config, the model, ``x`` and the sigmas: the :data:`Noise` source,
-    the :class:`Coupling`'s ``share`` (and keyframe-exact ends, :func:`hold_ends`) applied to every denoised
-    estimate, and the ``callback(step, sigma, x)`` run after each step (:func:`run_steps`)."""
+    the :class:`Coupling`'s ``share`` applied to every denoised estimate, and the ``callback(step, sigma, x)`` run
+    after each step (:func:`run_steps`)."""
 
     noise: Noise
     share: Share = _identity
@@ -383,6 +383,8 @@ def hold_ends(keyframe_latents: torch.Tensor, share: Share = _identity) -> Share
     ViBiD's DDS step for any sampler and both ends at once: an end frame's update then moves exactly towards the
     keyframe's latent, and the last step (to sigma = 0, where every solver returns its estimate) lands on it.
     In a keyframe sequence the two copies of a boundary frame hold the same keyframe's latent, so they stay equal.
+    ``exact_ends`` no longer runs it (:func:`land_ends`): on the exact-denoiser worlds it costs the weighted product
+    of experts keyframe consistency and helps the average fusion (docs/tiny_world/exact_ends).
     """
 
     def held(denoised: torch.Tensor) -> torch.Tensor:
@@ -390,6 +392,21 @@ def hold_ends(keyframe_latents: torch.Tensor, share: Share = _identity) -> Share
         return keep_keyframe(first, keyframe_latents[:, 1], -1)
 
     return held
+
+
+def land_ends(x: torch.Tensor, keyframe_latents: torch.Tensor) -> torch.Tensor:
+    """Keyframe-exact ends: the finished sample ``x`` ``(B, N, C, h, w)`` with frame 0 set to
+    ``keyframe_latents[:, 0]`` and frame N-1 to ``keyframe_latents[:, 1]`` (``(B, 2, C, h, w)``): where the last step
+    (to sigma = 0, where every solver returns its estimate) lands with :func:`keep_keyframe` on its estimate alone.
+
+    Nothing is held during sampling: holding every estimate's ends at the keyframes (as ViBiD's DDS does at one end)
+    cost ``fast`` keyframe consistency on both exact-denoiser worlds (docs/tiny_world/exact_ends): its guided estimate
+    overshoots each keyframe at its end frame (scale 3 there), and the branch conditioned on the other keyframe reads
+    that overshoot in the sample as amplified evidence of this one; a held end gives it less.
+    In a keyframe sequence the two copies of a boundary frame take the same keyframe's latent, so they stay equal.
+    """
+    out = keep_keyframe(x, keyframe_latents[:, 0], 0)
+    return keep_keyframe(out, keyframe_latents[:, 1], -1)
 
 
 def sample_vibid(
@@ -466,17 +483,17 @@ def sample(
     ``sigmas[-1] = 0``: the one entry point of the pipeline and of any other denoiser (the tiny world's exact one).
 
     ``keyframe_latents`` ``(B, 2, C, h, w)``: the first and last keyframe in ``x``'s space, needed by vibid's
-    ``keyframe_consistency`` and by ``exact_ends`` (:func:`hold_ends`, any sampler). With ``fusion="forward"`` /
-    ``"backward"`` there is one branch and nothing to fuse or alternate: every sampler but ``forward`` runs
-    :func:`sample_gi` on it (re-injection included).
+    ``keyframe_consistency`` and by ``exact_ends`` (:func:`land_ends` on the result, any sampler). With
+    ``fusion="forward"`` / ``"backward"`` there is one branch and nothing to fuse or alternate: every sampler but
+    ``forward`` runs :func:`sample_gi` on it (re-injection included).
     """
-    if config.exact_ends:
-        if keyframe_latents is None:
-            raise ValueError("`exact_ends` needs the keyframes' latents (`keyframe_latents`)")
-        share = hold_ends(keyframe_latents, share)
+    if config.exact_ends and keyframe_latents is None:
+        raise ValueError("`exact_ends` needs the keyframes' latents (`keyframe_latents`)")
     hooks = Hooks(noise, share, callback)
     if config.sampler in (FORWARD, "native"):  # native: the forward branch sees both keyframes (the family's)
-        return sample_forward(config, model, x, sigmas, hooks)
-    if config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):
-        return sample_vibid(config, model, x, sigmas, hooks, keyframe_latents)
-    return sample_gi(config, model, x, sigmas, hooks)
+        x = sample_forward(config, model, x, sigmas, hooks)
+    elif config.sampler == "vibid" and config.fusion not in (FORWARD, BACKWARD):
+        x = sample_vibid(config, model, x, sigmas, hooks, keyframe_latents)
+    else:
+        x = sample_gi(config, model, x, sigmas, hooks)
+    return land_ends(x, keyframe_latents) if config.exact_ends else x

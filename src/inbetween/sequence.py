@@ -30,6 +30,11 @@ sampler's variance to it like to every other frame, and at ``sigma = 0`` it land
 chunk are denoised next to a correctly noised copy of the frame they must continue from. Chunks draw from the one
 generator in turn, so a seed and a ``segment_batch`` give one video (another ``segment_batch``, another video).
 
+**Families whose VAE compresses time** (Wan: a segment's last latent frame holds four frames, the next segment's
+first latent frame one) share no latent frame between segments: there the segments are sampled as one batch but
+not coupled, each conditioned on the keyframes at its ends, decoded one by one and joined in pixels, each boundary
+frame once (:func:`finish_joined_pixels`); ``output_type="latent"`` gives their latents ``(S, N', C, h, w)``.
+
 **Decoding.** The joined latent sequence (each shared frame once) is decoded as one video, ``decode_chunk_size``
 frames at a time: the temporal decoder sees the frames across a join as neighbours and no frame is decoded twice.
 """

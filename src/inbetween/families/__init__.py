@@ -88,9 +88,11 @@ def default_config(model: str | os.PathLike):
     paper's, with its family's own guidance and playback rate, and the model's own first-last-frame conditioning
     (sampler ``native``) where it was trained for it (Wan FLF2V, Wan 2.2 A14B)."""
     if guess_family(model) == "wan":
-        from .wan import native_last_frame_before_loading, wan_default_config
+        from .wan import native_last_frame_before_loading, two_experts_before_loading, wan_default_config
 
-        return wan_default_config(native=native_last_frame_before_loading(model, local_folder(model)))
+        folder = local_folder(model)
+        native = native_last_frame_before_loading(model, folder)
+        return wan_default_config(native=native, two_experts=two_experts_before_loading(model, folder))
     from ..config import SamplingConfig
 
     return SamplingConfig()
@@ -104,9 +106,10 @@ def check_options_before_loading(model: str | os.PathLike, config) -> None:
     if family == "wan":
         from .wan import native_last_frame_before_loading
 
-        check_family_options(family, True, native_last_frame_before_loading(model, local_folder(model)), config)
+        native = native_last_frame_before_loading(model, local_folder(model))
+        check_family_options(family, True, native, False, config)
     else:
-        check_family_options(family, False, False, config)
+        check_family_options(family, False, False, True, config)
 
 
 def pipeline_class(family: str) -> type:

@@ -201,7 +201,9 @@ class InbetweenMixin:
 
     def check_family_options(self, config: SamplingConfig) -> None:
         """Raise ``ValueError`` for options this family does not take (one line, with the fix)."""
-        check_family_options(self.family, self.takes_prompt, self.native_last_frame, config)
+        check_family_options(
+            self.family, self.takes_prompt, self.native_last_frame, self.latent_frames_are_frames, config
+        )
 
     def fill_config(self, config: SamplingConfig) -> SamplingConfig:
         """The family's values for the options a config leaves to the model (``None`` fields)."""
@@ -437,6 +439,10 @@ class InbetweenMixin:
 
         # 5-6. The branch denoiser, handed to the sampler `config.sampler`
         model = self.make_branch_denoiser(cond, config)
+        if not self.latent_frames_are_frames:
+            # A causal VAE packs the far end's keyframe with other frames in one latent frame: no latent holds the
+            # keyframe alone there, so exact ends are the keyframes' pixels written after decoding (:meth:`finish`).
+            config = config.with_options(exact_ends=False)
         needs_latents = config.keyframe_consistency or config.exact_ends
         keyframe_latents = self.keyframe_latents(first, last) if needs_latents else None
         share = coupling.share if coupling is not None else Coupling().share
@@ -461,7 +467,9 @@ class InbetweenMixin:
             )
 
 
-def check_family_options(family: str, takes_prompt: bool, native_last_frame: bool, config: SamplingConfig) -> None:
+def check_family_options(
+    family: str, takes_prompt: bool, native_last_frame: bool, latent_frames_are_frames: bool, config: SamplingConfig
+) -> None:
     """Raise ``ValueError`` for options a model of ``family`` does not take: a prompt where it takes no text, the
     ``native`` sampler where it was not trained on a last frame (the pipeline, and the CLI before loading)."""
     if config.prompt and not takes_prompt:
@@ -471,6 +479,12 @@ def check_family_options(family: str, takes_prompt: bool, native_last_frame: boo
         )
     if config.negative_prompt is not None and not takes_prompt:
         raise ValueError(f"this {family} model takes no text, so no `negative_prompt`; drop --negative-prompt")
+    if config.keyframe_consistency and not latent_frames_are_frames:
+        raise ValueError(
+            f"`keyframe_consistency` sets a branch's far latent frame to the keyframe's latent, but this {family} "
+            "model's causal VAE packs that keyframe with three other frames in one latent frame; drop it "
+            "(--no-keyframe-consistency)"
+        )
     if config.sampler == "native" and not native_last_frame:
         raise ValueError(
             f"`sampler` 'native' needs a model trained on first and last frames, and this {family} model is "

@@ -33,6 +33,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
@@ -42,7 +43,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT
 from ..config import BACKWARD, FORWARD, SamplingConfig
 from ..cost import largest_request
 from ..layout import BatchLayout
-from ..memory.wan import WanShape, check_wan_call
+from ..memory.wan import WanShape, check_wan_call, module_bytes
 from .base import InbetweenMixin, KeyframeInput, SizeRules
 from .wan_attention import dual_mode, install_rotation
 
@@ -55,6 +56,7 @@ WAN_NEGATIVE_PROMPT = (
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
 WAN_GUIDANCE = 5.0  # Wan 2.1's default classifier-free guidance scale (diffusers' pipeline default)
+WAN_22_GUIDANCE = 3.5  # Wan 2.2 I2V A14B's, for both experts (its generation config)
 WAN_FPS = 16  # Wan's videos play at 16 fps (it has no fps conditioning)
 WAN_LONG_SIDE = 832  # 480P: 832 x 480
 WAN_NUM_FRAMES = 81
@@ -128,6 +130,11 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             boundary_ratio=boundary_ratio,
             expand_timesteps=expand_timesteps,
         )
+        if any(network.config.patch_size[0] != 1 for network in self.experts):
+            raise ValueError(
+                "this Wan transformer patches time (patch_size[0] > 1), which the rotation's time flip does not "
+                "follow; inbetween takes Wan 2.1 I2V / FLF2V and Wan 2.2 I2V A14B models (time patch 1)"
+            )
         if expand_timesteps:
             raise ValueError(
                 "this is a Wan 2.2 TI2V-5B pipeline (`expand_timesteps`), whose first frame is not denoised; "
@@ -154,7 +161,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         return wan_size_rules_of(self.vae.config, self.experts[0].config)
 
     def default_config(self) -> SamplingConfig:
-        return wan_default_config(native=self.native_last_frame)
+        return wan_default_config(native=self.native_last_frame, two_experts=len(self.experts) > 1)
 
     def check_call(self, config: SamplingConfig, batch_size: int, output_type: str, allow_oversize: bool) -> None:
         check_wan_call(self.memory_shape(config, batch_size), self._execution_device, allow_oversize)
@@ -172,7 +179,6 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         weights = {name: module_bytes(module) for name, module in components.items()}
         block = module_bytes(network.blocks[0])
         device = self._execution_device
-        offloaded = next(network.parameters()).device.type != device.type
         return WanShape(
             dim=network.config.num_attention_heads * network.config.attention_head_dim,
             ffn_dim=network.config.ffn_dim,
@@ -180,7 +186,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             weights=weights,
             block_bytes=block,
             non_block_bytes=module_bytes(network) - len(network.blocks) * block,
-            rows=-(-layout.rows_per_pair * batch_size // len(layout.calls)),
+            rows=max(len(call) for call in layout.calls) * batch_size,  # the largest call (split calls are uneven)
             frames=config.num_frames,
             height=config.height,
             width=config.width,
@@ -189,7 +195,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             temporal=self.vae_scale_factor_temporal,
             spatial=self.vae_scale_factor_spatial,
             patch=tuple(network.config.patch_size),
-            offload="model" if offloaded else "none",
+            offload=offload_of(network, device),
             attention_maps=device.type != "cuda",
         )
 
@@ -359,16 +365,6 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
             )[0]
         return v.float().transpose(1, 2)
 
-    def keyframe_latents(self, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """``(B, 2, C, h, w)``: each keyframe encoded alone (a one-frame video: Wan's first latent frame), normalised.
-        Frame 0 of the forward latents is exactly that; the last latent frame is the backward branch's first,
-        which is that in its own time (the flip above)."""
-        device = self._execution_device
-        images = torch.cat([first, last]).to(device, self.vae.dtype).unsqueeze(2)  # (2B, 3, 1, H, W)
-        latents = self.vae.encode(images).latent_dist.mode().float()  # (2B, C, 1, h, w)
-        latents = normalise_latents(latents, self.vae.config)[:, :, 0]
-        return torch.stack(latents.chunk(2), 1)
-
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
         """``(B, T', C, h, w)`` normalised latents -> frames ``(B, 3, N, H, W)`` in [-1, 1], float32, one video at a
         time (Wan's VAE decodes a latent frame at a time with its own cache, so ``decode_chunk_size`` is not used)."""
@@ -379,15 +375,30 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         return torch.cat(videos)
 
 
-def module_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+def offload_of(network: torch.nn.Module, device: torch.device) -> str:
+    """How ``network``'s weights reach ``device``: diffusers' group offload (hooks on its blocks), model CPU offload
+    (the weights elsewhere until the model runs), or none."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    if _is_group_offload_enabled(network):
+        return "group"
+    return "model" if next(network.parameters()).device.type != device.type else "none"
 
 
-def wan_default_config(native: bool = False) -> SamplingConfig:
-    """The paper's sampling options with Wan's own guidance (5.0 on every frame) and playback rate (16 fps); with
-    ``native``, the model's own first-last-frame conditioning as the sampler (a model trained for it)."""
+def wan_default_config(native: bool = False, two_experts: bool = False) -> SamplingConfig:
+    """The paper's sampling options with Wan's own guidance (on every frame: 5.0 for Wan 2.1, 3.5 for Wan 2.2 A14B)
+    and playback rate (16 fps); with ``native``, the model's own first-last-frame conditioning as the sampler (a model
+    trained for it)."""
     sampler = dict(sampler="native") if native else {}
-    return SamplingConfig(min_guidance_scale=WAN_GUIDANCE, max_guidance_scale=WAN_GUIDANCE, fps=WAN_FPS, **sampler)
+    guidance = WAN_22_GUIDANCE if two_experts else WAN_GUIDANCE
+    return SamplingConfig(min_guidance_scale=guidance, max_guidance_scale=guidance, fps=WAN_FPS, **sampler)
+
+
+def two_experts_before_loading(model: str | os.PathLike, folder: Path | None) -> bool:
+    """Whether ``model`` is Wan 2.2 A14B (a second transformer), from its folder, else from its Hub id's name."""
+    if folder is not None:
+        return (folder / "transformer_2" / "config.json").is_file()
+    return "wan2.2" in Path(str(model)).name.lower()
 
 
 def native_last_frame_before_loading(model: str | os.PathLike, folder: Path | None) -> bool:
@@ -455,8 +466,6 @@ def wan_size_rules_of(vae_config, transformer_config) -> SizeRules:
 
 def wan_size_rules(folder: Path | None) -> SizeRules:
     """Wan's size rules from a model folder's configs (``None``: the released models', before a download)."""
-    from types import SimpleNamespace
-
     if folder is None or not (folder / "vae" / "config.json").is_file():
         return SizeRules(multiple=16, long_side=WAN_LONG_SIDE, num_frames=WAN_NUM_FRAMES, frame_step=4)
     vae = SimpleNamespace(**json.loads((folder / "vae" / "config.json").read_text()))

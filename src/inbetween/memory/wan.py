@@ -3,8 +3,8 @@
 Where the bytes go (inference; diffusers' Wan blocks, ``transformer_wan.py``):
 
 - **weights** on the device: all components without offload (both experts of Wan 2.2 A14B); with model CPU offload
-  the largest component while it runs; with group offload two transformer blocks (the running one and the next,
-  prefetched) and the non-block layers of the largest model;
+  the largest component while it runs; with group offload two transformer blocks (a margin for the block being
+  brought in) and the transformer's non-block layers;
 - **transformer activations** of one call of ``R`` rows over ``L = T' x H/16 x W/16`` tokens (for patch (1, 2, 2)):
   the residual stream, its norm, Q, K, V, the rotated Q and K and the attention output in the model's dtype, and the
   block's float32 norm and residual temporaries; or, in the feed-forward, its two ``ffn_dim``-wide tensors. Fused
@@ -12,7 +12,7 @@ Where the bytes go (inference; diffusers' Wan blocks, ``transformer_wan.py``):
 - **VAE decode** one latent frame at a time (four pixel frames, a causal cache of two) at the widest full-resolution
   stage, and the decoded video in float32.
 
-A model's parameter counts come from its configs (each model built on the meta device, so nothing is allocated).
+The weights are counted as loaded (a pipeline's call), or from the configs on the meta device (bench/wan_memory.py).
 """
 
 from __future__ import annotations
@@ -108,13 +108,9 @@ class WanEstimate:
         )
 
 
-def parameter_bytes(module_class: type, config: dict, dtype_bytes: int) -> int:
-    """Bytes of the weights of ``module_class(**config)`` in a dtype of ``dtype_bytes``, built on the meta device."""
-    import torch
-
-    with torch.device("meta"):
-        module = module_class.from_config(config) if hasattr(module_class, "from_config") else module_class(config)
-    return sum(p.numel() for p in module.parameters()) * dtype_bytes
+def module_bytes(module) -> int:
+    """Bytes of a module's weights as they are loaded."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def check_wan_call(shape: WanShape, device, allow_oversize: bool) -> WanEstimate:

@@ -388,3 +388,41 @@ def write_results(
     record = {"settings": settings, "methods": [asdict(m) for m in methods], "seeds": [v.seed for v in videos]}
     with atomic_output(out / "per_pair.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps({**record, "results": results}, indent=1))
+
+
+def hit_rate_table(runs: Iterable[str | Path], reference: str = CROSSFADE.name) -> str:
+    """The held-out hit-rate table from the ``per_pair.json`` of one or more ``inbetween toyworld evaluate --out``
+    folders (each may run its methods under its own sampling, e.g. the baselines under the tiny world's and the full
+    method under ``--preset fast``), which must score the same held-out pairs: per method the mean hit rate ± the
+    95 % Student-t half-width over pairs, and its paired difference per pair from ``reference`` (same pairs)."""
+    runs = list(runs)
+    results, seeds, sampling = {}, None, {}
+    for folder in runs:
+        record = json.loads((Path(folder) / "per_pair.json").read_text())
+        if seeds is not None and record["seeds"] != seeds:
+            raise ValueError(f"`{folder}` scored other held-out pairs than the first folder; run both with the same "
+                             "--pairs and --first-seed")  # fmt: skip
+        seeds = record["seeds"]
+        settings = record["settings"]
+        for name, pairs in record["results"].items():
+            results[name] = np.array([p["hit_rate"] for p in pairs], dtype=np.float64)
+            sampling[name] = f"{settings['num_inference_steps']} steps, {settings['fusion']}" + (
+                ", exact ends" if settings.get("exact_ends") else ""
+            )
+    if reference not in results:
+        raise ValueError(f"no `{reference}` row in {', '.join(map(str, runs))}; evaluate it too (--methods crossfade)")
+    lines = [
+        f"| method | sampling | hit rate ↑ | Δ vs {reference} (paired) |",
+        "|---|---|---|---|",
+    ]
+    for name, hits in results.items():
+        both = np.isfinite(hits) & np.isfinite(results[reference])
+        mean, half = mean_interval(list(hits[np.isfinite(hits)]))
+        delta = "–"
+        if name != reference:
+            d_mean, d_half = mean_interval(list(hits[both] - results[reference][both]))
+            delta = f"{d_mean:+.3f} ± {d_half:.3f}"
+        lines.append(f"| {name} | {sampling[name]} | {mean:.3f} ± {half:.3f} | {delta} |")
+    lines.append("")
+    lines.append(f"{len(seeds)} held-out pairs (seeds from {seeds[0]}), in-between frames; mean ± 95 % Student-t.")
+    return "\n".join(lines)

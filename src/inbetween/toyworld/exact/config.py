@@ -30,6 +30,14 @@ class ExactWorldConfig:
     )
     max_speed_y: float = field(default=1.0, metadata={"metavar": "X", "help": "highest vertical launch speed"})
     speeds_y: int = field(default=4, metadata={"metavar": "N", "help": "vertical launch speeds on the grid"})
+    keyframe_softness: float = field(
+        default=0.0,
+        metadata={
+            "metavar": "X",
+            "help": "0: a model conditioned on a keyframe draws only videos through it; X > 0: every video, weighted "
+            "by exp(-RMSE^2 / (2 X^2)), RMSE (0-255) of its frame to the keyframe",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_frames < 3:
@@ -45,6 +53,8 @@ class ExactWorldConfig:
                 f"need `max_speed_x` >= 0 and `min_speed_y` <= `max_speed_y`, got {self.max_speed_x}, "
                 f"{self.min_speed_y}, {self.max_speed_y}"
             )
+        if self.keyframe_softness < 0:
+            raise ValueError(f"`keyframe_softness` must be 0 or more, got {self.keyframe_softness}")
         if not 0 <= self.restitution <= 1 or self.gravity < 0:
             raise ValueError(
                 f"need `restitution` in [0, 1] and `gravity` >= 0, got {self.restitution}, {self.gravity}"

@@ -16,7 +16,10 @@ a softmax over the allowed videos. The models of the paper, in this world (every
   model's alike), or all time-reversed videos (the forward model on the reversed video).
 
 A keyframe is matched exactly: every keyframe here is a frame of the world, and two distinct frames of the world
-differ by at least a one-pixel shift of the ball, so any tolerance smaller than that picks the same videos.
+differ by at least a one-pixel shift of the ball, so any tolerance smaller than that picks the same videos. With the
+world's ``keyframe_softness`` tau > 0 the conditioning is soft instead (a model trained with noise on its
+conditioning frame): a conditional model draws every video, its prior times ``exp(-RMSE^2 / (2 tau^2))``, RMSE
+(0-255) between the video's frame and the keyframe (:func:`soft_match`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ...sampling import BranchDenoiser, BranchEstimates
 from .world import ExactWorld
 
 _SMALLEST_SIGMA = 1e-6  # a denoiser asked at sigma = 0 returns the nearest video (the softmax's limit)
+_NEGLIGIBLE_LOG_WEIGHT = 20.0  # soft keyframe conditioning leaves out videos weighing under exp(-20) of the best
 
 
 def frame_distances(world: ExactWorld, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +53,12 @@ def frame_distances(world: ExactWorld, x: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Candidates:
     """The videos one model may draw, per keyframe pair: ``index`` long ``(B, M)`` into the world's videos, padded
-    with video 0 where ``valid`` ``(B, M)`` is False (M: the largest set of the batch)."""
+    with video 0 where ``valid`` ``(B, M)`` is False (M: the largest set of the batch); ``log_weight`` float64
+    ``(B, M)``, added to each video's log prior (None: 0, a hard set)."""
 
     index: torch.Tensor
     valid: torch.Tensor
+    log_weight: torch.Tensor | None = None
 
     @classmethod
     def where(cls, allowed: torch.Tensor) -> Candidates:
@@ -63,6 +69,14 @@ class Candidates:
         order = allowed.long().argsort(dim=1, descending=True, stable=True)[:, : int(counts.max())]  # members first
         valid = torch.arange(order.shape[1])[None] < counts[:, None]
         return cls(order.masked_fill(~valid, 0), valid)
+
+    @classmethod
+    def weighted(cls, log_weight: torch.Tensor, cutoff: float = _NEGLIGIBLE_LOG_WEIGHT) -> Candidates:
+        """Soft candidates from float64 ``(B, K)`` log weights: the videos within ``cutoff`` of each pair's largest
+        weight (the rest weigh less than ``exp(-cutoff)`` of it: left out), with their weights."""
+        allowed = log_weight >= log_weight.amax(1, keepdim=True) - cutoff
+        hard = cls.where(allowed)
+        return cls(hard.index, hard.valid, log_weight.gather(1, hard.index).masked_fill(~hard.valid, 0.0))
 
 
 def posterior_mean(
@@ -94,6 +108,8 @@ def posterior_mean(
         pair = torch.arange(batch)[:, None, None].expand_as(entries)
         video_distances = distances[frame, entries, pair].sum(-1)  # (B, M)
         logits = -video_distances / scale + world.log_prior[candidates.index]
+        if candidates.log_weight is not None:
+            logits = logits + candidates.log_weight
         weights = logits.masked_fill(~candidates.valid, -torch.inf).softmax(1)
         per_entry.index_put_((frame, entries, pair), weights[..., None].expand_as(entries), accumulate=True)
     # The weighted sum of atlas frames in float32: the estimate's own precision.
@@ -113,13 +129,31 @@ class KeyframeSets:
 
     @classmethod
     def of(cls, world: ExactWorld, first: torch.Tensor, last: torch.Tensor) -> KeyframeSets:
-        """The sets for keyframes given as atlas indices ``first``, ``last`` ``(B,)``."""
+        """The sets for keyframes given as atlas indices ``first``, ``last`` ``(B,)``: with the world's
+        ``keyframe_softness`` 0 the videos through the keyframe; above 0, every video weighted by how near its frame
+        is to the keyframe (:func:`soft_match`)."""
         starts, ends = world.paths[:, 0], world.paths[:, -1]
+        softness = world.config.keyframe_softness
+        if softness == 0:
+            return cls(
+                forward=Candidates.where(starts == first[:, None]),
+                backward=Candidates.where(ends == last[:, None]),
+                reversed_backward=Candidates.where(starts == last[:, None]),
+            )
         return cls(
-            forward=Candidates.where(starts == first[:, None]),
-            backward=Candidates.where(ends == last[:, None]),
-            reversed_backward=Candidates.where(starts == last[:, None]),
+            forward=Candidates.weighted(soft_match(world, first, starts, softness)),
+            backward=Candidates.weighted(soft_match(world, last, ends, softness)),
+            reversed_backward=Candidates.weighted(soft_match(world, last, starts, softness)),
         )
+
+
+def soft_match(world: ExactWorld, keyframes: torch.Tensor, frames: torch.Tensor, softness: float) -> torch.Tensor:
+    """Float64 ``(B, K)``: ``-RMSE^2 / (2 softness^2)``, the RMSE (0-255 scale) between atlas frame
+    ``keyframes[b]`` and video k's frame ``frames[k]`` (both atlas indices): a model whose keyframe conditioning is
+    soft (as a model trained with noise on its conditioning frame) draws video k with this log weight."""
+    atlas = world.atlas.flatten(1).double() * 127.5
+    squared = torch.cdist(atlas[keyframes], atlas, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (B, Q)
+    return -(squared[:, frames] / atlas.shape[1]) / (2 * softness**2)
 
 
 def exact_branch_denoiser(
