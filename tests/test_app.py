@@ -323,6 +323,24 @@ def test_the_api_interpolates_keyframes_into_a_video(server, files):
 
 @pytest.mark.slow
 @needs_app
+def test_the_api_interpolates_with_a_wan_model_and_a_prompt(tmp_path_factory, files):
+    from gradio_client import Client, handle_file
+    from tiny_wan import save_tiny_wan
+
+    folder = save_tiny_wan(tmp_path_factory.mktemp("wan") / "wan22", "wan2.2-a14b")
+    server = Server(tmp_path_factory.mktemp("wan-server") / "console.log", "--model", str(folder), "--device", "cpu")
+    try:
+        client = Client(server.url, verbose=False)
+        keyframes = [handle_file(files / "key0.png"), handle_file(files / "key1.png")]
+        video = client.predict(keyframes, num_frames=5, height=32, width=32, num_inference_steps=2,
+                               prompt="a ball bounces", api_name="/interpolate")  # fmt: skip
+        assert frame_count(video) == 5
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+@needs_app
 def test_the_api_says_what_is_wrong_with_a_broken_image(server, files):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
