@@ -33,7 +33,7 @@ generator in turn, so a seed and a ``segment_batch`` give one video (another ``s
 **Families whose VAE compresses time** (Wan: a segment's last latent frame holds four frames, the next segment's
 first latent frame one) share no latent frame between segments: there the segments are sampled as one batch but
 not coupled, each conditioned on the keyframes at its ends, decoded one by one and joined in pixels, each boundary
-frame once (:func:`finish_joined_pixels`); ``output_type="latent"`` gives their latents ``(S, N', C, h, w)``.
+frame once (:func:`finish_sequence`); ``output_type="latent"`` gives their latents ``(S, N', C, h, w)``.
 
 **Decoding.** The joined latent sequence (each shared frame once) is decoded as one video, ``decode_chunk_size``
 frames at a time: the temporal decoder sees the frames across a join as neighbours and no frame is decoded twice.
@@ -179,7 +179,7 @@ def sample_segment_latents(
         whole = a == 0 and b == num_segments
         joins: list[Join] = []
         pins: list[Pin] = []
-        if pipe.latent_frames_are_frames:  # else the keyframes alone tie the segments (see finish_joined_pixels)
+        if pipe.latent_frames_are_frames:  # else the keyframes alone tie the segments (see finish_sequence)
             joins = segment_joins(len(chunk), loop and whole)
             if a > 0:  # continue from the frame the previous chunk ended on
                 pins.append((0, 0, segments[a - 1][-1]))
@@ -222,7 +222,7 @@ def keyframe_pixels(pipe: InbetweenPipeline, keyframes: Keyframes, config: Sampl
     return {t: image.unsqueeze(0) for t, image in zip(positions, images, strict=True)}
 
 
-def finish_joined_latents(
+def finish_sequence(
     pipe: InbetweenPipeline,
     keyframes: Keyframes,
     segments: torch.Tensor,
@@ -230,34 +230,22 @@ def finish_joined_latents(
     output_type: str,
     loop: bool,
 ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-    """A family whose latent frames are frames (SVD): the segments joined in latent space (each boundary frame once)
-    and decoded as one video."""
-    latents = join_segments(segments, loop)  # (L, C, h, w)
-    if output_type == "latent":
-        return latents
-    pixels = keyframe_pixels(pipe, keyframes, config) if config.exact_ends else None
-    return decode_sequence(pipe, latents, config.decode_chunk_size, output_type, pixels)
-
-
-def finish_joined_pixels(
-    pipe: InbetweenPipeline,
-    keyframes: Keyframes,
-    segments: torch.Tensor,
-    config: SamplingConfig,
-    output_type: str,
-    loop: bool,
-) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-    """A family whose VAE compresses time (Wan: a segment's last latent frame holds four frames, the next segment's
-    first latent frame one), so no latent frame is shared: each segment is decoded on its own and the videos are
-    joined in pixels, each boundary frame once (the earlier segment's). Both segments are conditioned on the keyframe
-    at their join, and ``exact_ends`` writes its pixels there. ``output_type="latent"`` gives the segments'
-    latents ``(S, N', C, h, w)``."""
+    """The video of sampled ``segments`` ``(S, N', C, h, w)``, each boundary frame once. Where latent frames are frames
+    (SVD) the segments are joined in latent space and decoded as one video; a family whose VAE compresses time (Wan:
+    no latent frame is shared between segments) decodes each segment on its own and joins them in pixels, both
+    segments conditioned on the keyframe at their join. ``exact_ends`` writes every keyframe's pixels at its frame;
+    ``output_type="latent"`` gives the joined latents ``(L, C, h, w)``, or the segments' for a compressing VAE."""
+    pixels = keyframe_pixels(pipe, keyframes, config) if config.exact_ends and output_type != "latent" else None
+    if pipe.latent_frames_are_frames:
+        latents = join_segments(segments, loop)  # (L, C, h, w)
+        if output_type == "latent":
+            return latents
+        return decode_sequence(pipe, latents, config.decode_chunk_size, output_type, pixels)
     if output_type == "latent":
         return segments
     videos = [pipe.decode_latents(segment.unsqueeze(0), config.decode_chunk_size).cpu() for segment in segments]
     video = join_segments(torch.cat(videos).transpose(1, 2), loop).transpose(0, 1).unsqueeze(0)  # (1, 3, L, H, W)
-    if config.exact_ends:
-        video = with_frames(video, keyframe_pixels(pipe, keyframes, config))
+    video = with_frames(video, pixels or {})
     return pipe.video_processor.postprocess_video(video=video, output_type=output_type)[0]
 
 
@@ -330,9 +318,6 @@ def interpolate_sequence(
         segment_batch=segment_batch,
         callback_on_step_end=callback_on_step_end,
     )
-    if pipe.latent_frames_are_frames:
-        frames = finish_joined_latents(pipe, keyframes, segments, config, output_type, loop)
-    else:
-        frames = finish_joined_pixels(pipe, keyframes, segments, config, output_type, loop)
+    frames = finish_sequence(pipe, keyframes, segments, config, output_type, loop)
     pipe.maybe_free_model_hooks()
     return frames

@@ -47,6 +47,17 @@ class InbetweenPipelineOutput(BaseOutput):
 
 
 @dataclass(frozen=True)
+class KeyframePair:
+    """The keyframes of a call: ``first`` / ``last`` ``(B, 3, H, W)`` in [-1, 1] as the VAE takes them, and the
+    keyframes as given (``first_images`` / ``last_images``: image encoders take them at their own resolution)."""
+
+    first: torch.Tensor
+    last: torch.Tensor
+    first_images: KeyframeInput
+    last_images: KeyframeInput
+
+
+@dataclass(frozen=True)
 class SizeRules:
     """A model's size and frame-count rules, built from its configs (one value per family instance).
 
@@ -113,17 +124,9 @@ class InbetweenMixin:
     def size_rules(self) -> SizeRules:
         raise NotImplementedError
 
-    def encode_keyframes(
-        self,
-        first: torch.Tensor,
-        last: torch.Tensor,
-        first_images: KeyframeInput,
-        last_images: KeyframeInput,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
-    ) -> object:
-        """The family's conditioning of every group of ``config``'s layout, from the preprocessed keyframes
-        ``(B, 3, H, W)`` in [-1, 1] and the keyframes as given."""
+    def encode_keyframes(self, keyframes: KeyframePair, config: SamplingConfig, generator: torch.Generator | None):
+        """The family's conditioning of every group of ``config``'s layout, from the keyframes (preprocessed for the
+        VAE, and as given)."""
         raise NotImplementedError
 
     def select_conditioning(self, cond: object, groups: list[int], config: SamplingConfig) -> dict:
@@ -423,7 +426,7 @@ class InbetweenMixin:
         # 2. Encode keyframes (the family draws its keyframe noise, if any, from `generator` first)
         first = self.preprocess_keyframes(first_image, config.height, config.width)
         last = self.preprocess_keyframes(last_image, config.height, config.width)
-        cond = self.encode_keyframes(first, last, first_image, last_image, config, generator)
+        cond = self.encode_keyframes(KeyframePair(first, last, first_image, last_image), config, generator)
 
         # 3. The family's noise schedule as the samplers' sigmas
         sigmas = self.sampling_sigmas(config)

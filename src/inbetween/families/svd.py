@@ -46,6 +46,7 @@ from .base import (
     OUTPUT_TYPES,  # noqa: F401
     InbetweenMixin,
     KeyframeInput,
+    KeyframePair,
     SizeRules,
     with_frames,  # noqa: F401
 )
@@ -195,13 +196,7 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
         return [center_crop_to_aspect(image, width / height) * 2.0 - 1.0 for image in pixels]
 
     def encode_keyframes(
-        self,
-        first: torch.Tensor,
-        last: torch.Tensor,
-        first_images: KeyframeInput,
-        last_images: KeyframeInput,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
+        self, keyframes: KeyframePair, config: SamplingConfig, generator: torch.Generator | None
     ) -> KeyframeConditioning:
         """Encode preprocessed keyframes ``(B, 3, H, W)`` and their CLIP inputs (:meth:`clip_keyframes` of the
         keyframes as given, firsts then lasts, 2B of them) into the conditioning of every group of ``config``'s
@@ -212,10 +207,10 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
         """
         device, dtype = self._execution_device, self.unet.dtype
         layout = BatchLayout.of(config, config.branches)
-        clip_images = self.clip_keyframes(first_images, config.height, config.width) + self.clip_keyframes(
-            last_images, config.height, config.width
+        clip_images = self.clip_keyframes(keyframes.first_images, config.height, config.width) + self.clip_keyframes(
+            keyframes.last_images, config.height, config.width
         )
-        images = torch.cat([first, last]).to(device)
+        images = torch.cat([keyframes.first, keyframes.last]).to(device)
         embeddings = self.encode_image_embeddings([image.to(device) for image in clip_images]).to(dtype)  # (2B, 1, D)
         noise = randn_tensor(images.shape, generator=generator, device=device, dtype=images.dtype)
         latents = augmented_image_latents(self.vae, images, noise, config.noise_aug_strength)  # (2B, 4, h, w)

@@ -44,7 +44,7 @@ from ..config import BACKWARD, FORWARD, SamplingConfig
 from ..cost import largest_request
 from ..layout import BatchLayout
 from ..memory.wan import WanShape, check_wan_call, module_bytes
-from .base import InbetweenMixin, KeyframeInput, SizeRules
+from .base import InbetweenMixin, KeyframeInput, KeyframePair, SizeRules
 from .wan_attention import dual_mode, install_rotation
 
 logger = logging.get_logger(__name__)
@@ -221,13 +221,7 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         return noise.transpose(1, 2) * (1 + sigmas[0])
 
     def encode_keyframes(
-        self,
-        first: torch.Tensor,
-        last: torch.Tensor,
-        first_images: KeyframeInput,
-        last_images: KeyframeInput,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
+        self, keyframes: KeyframePair, config: SamplingConfig, generator: torch.Generator | None
     ) -> WanConditioning:
         """The condition channels, CLIP tokens and text of every group of ``config``'s layout, from the preprocessed
         keyframes ``(B, 3, H, W)`` in [-1, 1] (the VAE's) and the keyframes as given (CLIP's). Wan's conditioning
@@ -236,12 +230,16 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
         layout = BatchLayout.of(config, config.branches)
         native = config.sampler == "native"
         # Each branch's video: the forward branch starts at the first keyframe, the backward at the last.
+        first, last = keyframes.first, keyframes.last
         sources = {FORWARD: (first, last if native else None), BACKWARD: (last, None)}
         needed = {layout.groups[g].branch for call in layout.calls for g in call}  # a group never evaluated: zeros
         condition = {branch: self.condition_video(*sources[branch], config).to(dtype) for branch in needed}
         image = None
         if self.experts[0].config.image_dim is not None:
-            tokens = {FORWARD: self.clip_tokens(first_images), BACKWARD: self.clip_tokens(last_images)}
+            tokens = {
+                FORWARD: self.clip_tokens(keyframes.first_images),
+                BACKWARD: self.clip_tokens(keyframes.last_images),
+            }
             if native:
                 pairs = {FORWARD: (FORWARD, BACKWARD)}
             elif self.native_last_frame:  # FLF2V takes two images' tokens: each branch gives its own keyframe twice
