@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from ..config import TINY_WORLD_SAMPLING, SamplingConfig
@@ -44,6 +45,7 @@ from .world import WorldVideo
 # The preset whose full-method row leads the tiny-world tables (docs/tiny_world/presets.md: hit rate 0.488 on the
 # shipped model against 0.175 under the paper's sampling), run with keyframe-exact ends (fast's own setting).
 BEST_PRESET = "fast"
+DEMO_THREADS = 1  # torch threads while sampling (see run_demo)
 DEMO_PAIRS = 2  # pairs on the sheet: examples (the held-out table is the evidence), at 2/3 of 3 pairs' time
 BASELINES = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT)
 GROUND_TRUTH = "ground truth"
@@ -118,9 +120,17 @@ def run_demo(
     videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     hits = {}
-    for method, label, config in demo_rows(sampling):
-        rows[label] = interpolate_videos(pipe, adapters, method, videos, config, seed)
-        hits[label] = hit_rates(rows[label], videos)
+    threads = torch.get_num_threads()
+    # One thread: the 32 px model's ops are too small to split, and on a shared machine a second thread spins. On the
+    # 2-core machine at load 3-5: 2 pairs took 283 CPU seconds (5 min 10 s) with torch's default of 2 threads; 3
+    # pairs took 85 CPU seconds (1 min 56 s) with one.
+    torch.set_num_threads(DEMO_THREADS)
+    try:
+        for method, label, config in demo_rows(sampling):
+            rows[label] = interpolate_videos(pipe, adapters, method, videos, config, seed)
+            hits[label] = hit_rates(rows[label], videos)
+    finally:
+        torch.set_num_threads(threads)
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for i, video in enumerate(videos):
