@@ -231,7 +231,7 @@ def test_hit_rate_table_joins_evaluate_folders_and_pairs_every_row_with_the_cros
     from inbetween.toyworld.science import hit_rate_table
 
     def folder(name: str, rows: dict[str, list[float]], seeds: list[int], fusion: str) -> str:
-        settings = {"num_inference_steps": 10, "fusion": fusion, "exact_ends": fusion == "poe"}
+        settings = {"num_inference_steps": 10, "solver": "euler", "fusion": fusion, "exact_ends": fusion == "poe"}
         record = {
             "settings": settings,
             "seeds": seeds,
@@ -246,9 +246,9 @@ def test_hit_rate_table_joins_evaluate_folders_and_pairs_every_row_with_the_cros
     )
     full = folder("full", {"full method": [1.0, 0.5, math.nan]}, [7, 8, 9], "poe")
     table = hit_rate_table([base, full])
-    assert "| full method | 10 steps, poe, exact ends | 0.750 ± " in table
+    assert "| full method | 10 steps, euler, poe, exact ends | 0.750 ± " in table
     assert "| +0.500 ± 0.000 |" in table  # paired on the two pairs both scored: +0.5 and +0.5
-    assert "| linear cross-fade | 10 steps, average | 0.500 ± 1.242 | – |" in table
+    assert "| linear cross-fade | 10 steps, euler, average | 0.500 ± 1.242 | – |" in table
     other = folder("other", {"full method": [1.0, 0.5, 0.0]}, [7, 8, 10], "poe")
     with pytest.raises(ValueError, match="other held-out pairs"):
         hit_rate_table([base, other])

@@ -4,7 +4,13 @@ The tiny-world model shipped with the package interpolates bundled held-out keyf
 the demo writes every video and one comparison sheet whose rows are the ground truth, a linear cross-fade,
 forward-only image-to-video, dual-directional sampling without fine-tuning, the full method under the paper's
 sampling (the tiny world's few-step version of it), and the full method under the best measured preset
-(:data:`BEST_PRESET`, with keyframe-exact ends). Each row's label gives its hit rate on that pair.
+(:data:`BEST_PRESET`, with keyframe-exact ends). Each row's label gives its hit rate on that pair: an example, not
+evidence (a few pairs cannot tell the methods apart); the methods' hit rates over 50 held-out pairs, with intervals,
+are in docs/tiny_world/heldout (:func:`inbetween.toyworld.science.hit_rate_table`).
+
+Its cost is the UNet's, per pair (a batch of ``pairs``): per video 10 rows for forward-only, 70 each for the two rows
+under the paper's sampling (35 evaluations of two branches) and 148 for ``fast``; :data:`DEMO_PAIRS` pairs by default
+(3 took 96 CPU seconds on one thread, 2 take 66).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from ..config import SamplingConfig
@@ -39,6 +46,8 @@ from .world import WorldVideo
 # The preset whose full-method row leads the tiny-world tables (docs/tiny_world/presets.md: hit rate 0.488 on the
 # shipped model against 0.175 under the paper's sampling), run with keyframe-exact ends (fast's own setting).
 BEST_PRESET = "fast"
+DEMO_THREADS = 1  # torch threads while sampling (see run_demo)
+DEMO_PAIRS = 2  # pairs on the sheet: examples (the held-out table is the evidence), at 2/3 of 3 pairs' time
 BASELINES = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT)
 GROUND_TRUTH = "ground truth"
 ZOOM = 4  # the world is 32 px: videos and the sheet are enlarged with nearest-neighbour pixels to stay sharp
@@ -95,7 +104,7 @@ def hit_rates(videos: np.ndarray, truth: list[WorldVideo]) -> list[float]:
 
 def run_demo(
     out: str | Path = "inbetween-demo",
-    pairs: int = 3,
+    pairs: int = DEMO_PAIRS,
     sampling: SamplingConfig = TINY_WORLD_SAMPLING,
     seed: int = 0,
     model: str = TINY_WORLD,
@@ -112,9 +121,17 @@ def run_demo(
     videos = heldout_videos(pairs, world=model_world(model))
     rows = {GROUND_TRUTH: np.stack([v.frames for v in videos])}
     hits = {}
-    for method, label, config in demo_rows(sampling):
-        rows[label] = interpolate_videos(pipe, adapters, method, videos, config, seed)
-        hits[label] = hit_rates(rows[label], videos)
+    threads = torch.get_num_threads()
+    # One thread: the 32 px model's ops are too small to split, and on a shared machine a second thread spins. On the
+    # 2-core machine at load 3-5: 2 pairs took 283 CPU seconds (5 min 10 s) with torch's default of 2 threads; 3
+    # pairs took 85 CPU seconds (1 min 56 s) with one.
+    torch.set_num_threads(DEMO_THREADS)
+    try:
+        for method, label, config in demo_rows(sampling):
+            rows[label] = interpolate_videos(pipe, adapters, method, videos, config, seed)
+            hits[label] = hit_rates(rows[label], videos)
+    finally:
+        torch.set_num_threads(threads)
     names = [f"pair {i} (world seed {v.seed})" for i, v in enumerate(videos)]
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for i, video in enumerate(videos):

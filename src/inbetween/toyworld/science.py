@@ -404,11 +404,16 @@ def hit_rate_table(runs: Iterable[str | Path], reference: str = CROSSFADE.name) 
                              "--pairs and --first-seed")  # fmt: skip
         seeds = record["seeds"]
         settings = record["settings"]
+        methods = {m["name"]: m for m in record.get("methods", [])}
         for name, pairs in record["results"].items():
             results[name] = np.array([p["hit_rate"] for p in pairs], dtype=np.float64)
-            sampling[name] = f"{settings['num_inference_steps']} steps, {settings['fusion']}" + (
-                ", exact ends" if settings.get("exact_ends") else ""
-            )
+            method = methods.get(name, {})
+            if method.get("baseline"):
+                sampling[name] = "model-free"
+                continue
+            fusion = method.get("fusion") or settings["fusion"]
+            ends = ", exact ends" if settings.get("exact_ends") else ""
+            sampling[name] = f"{settings['num_inference_steps']} steps, {settings['solver']}, {fusion}{ends}"
     if reference not in results:
         raise ValueError(f"no `{reference}` row in {', '.join(map(str, runs))}; evaluate it too (--methods crossfade)")
     lines = [
