@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import SamplingConfig
 from ..hub import TINY_WORLD
-from ..toyworld.candidates import TINY_WORLD_SAMPLING
+from ..toyworld.candidates import DEMO_PAIRS, TINY_WORLD_SAMPLING
 from ..toyworld.seeds import HELDOUT_SEEDS
 from .options import add_dataclass_arguments, add_model_arguments, add_preset_argument, errors_name_flags
 
@@ -67,7 +67,7 @@ def sampling_of(args: argparse.Namespace) -> SamplingConfig:
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="inbetween-demo", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=DEMO_PAIRS, help="keyframe pairs (default: %(default)s)")
     add_model_arguments(p, defaults={"model": TINY_WORLD}, only=("model",))  # a model trained in the tiny world
     add_sampling_arguments(p)
 

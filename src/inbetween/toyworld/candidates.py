@@ -7,6 +7,8 @@ from dataclasses import replace
 
 from ..config import FAST_STEPS, FORWARD, PRESETS, UNIT_GUIDANCE, SamplingConfig
 
+DEMO_PAIRS = 2  # pairs on the demo's sheet: examples (the held-out table is the evidence), at 2/3 of 3 pairs' time
+
 # The tiny world's sampling (inbetween.toyworld): few steps, no guidance, the paper's re-injection.
 TINY_WORLD_SAMPLING = SamplingConfig(num_inference_steps=10, **UNIT_GUIDANCE)
 

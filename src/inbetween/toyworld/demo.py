@@ -28,7 +28,7 @@ from ..evaluation.report import contact_sheet
 from ..files import atomic_folder
 from ..hub import TINY_WORLD
 from ..video_io import write_video
-from .candidates import TINY_WORLD_SAMPLING
+from .candidates import DEMO_PAIRS, TINY_WORLD_SAMPLING
 from .recipe import model_world
 from .science import (
     CROSSFADE,
@@ -47,7 +47,6 @@ from .world import WorldVideo
 # shipped model against 0.175 under the paper's sampling), run with keyframe-exact ends (fast's own setting).
 BEST_PRESET = "fast"
 DEMO_THREADS = 1  # torch threads while sampling (see run_demo)
-DEMO_PAIRS = 2  # pairs on the sheet: examples (the held-out table is the evidence), at 2/3 of 3 pairs' time
 BASELINES = (CROSSFADE, FORWARD_ONLY, DUAL_NO_FT)
 GROUND_TRUTH = "ground truth"
 ZOOM = 4  # the world is 32 px: videos and the sheet are enlarged with nearest-neighbour pixels to stay sharp
