@@ -1,6 +1,7 @@
 """The tiny-world science check: ball scores are right on known frames, the table and files are sound."""
 
 import json
+from pathlib import Path
 import math
 from dataclasses import replace
 
@@ -252,3 +253,13 @@ def test_hit_rate_table_joins_evaluate_folders_and_pairs_every_row_with_the_cros
     other = folder("other", {"full method": [1.0, 0.5, 0.0]}, [7, 8, 10], "poe")
     with pytest.raises(ValueError, match="other held-out pairs"):
         hit_rate_table([base, other])
+
+
+def test_the_hitrates_command_prints_the_held_out_table(capsys):
+    from inbetween.cli import main
+    from inbetween.toyworld.science import hit_rate_table
+
+    runs = [str(Path(__file__).parents[1] / "docs" / "tiny_world" / "heldout" / name) for name in ("baselines", "fast")]
+    assert main(["toyworld", "hitrates", *runs]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == hit_rate_table(runs).strip() and "full method" in printed

@@ -67,7 +67,7 @@ COMMANDS = (
         "toyworld",
         toyworld.HELP,
         toyworld.DESCRIPTION,
-        subcommands=tuple(command(part, toyworld, part) for part in ("train", "evaluate", "samplers", "sequences")),
+        subcommands=tuple(command(part, toyworld, part) for part in ("train", "evaluate", "hitrates", "samplers", "sequences")),
     ),
 )
 
@@ -77,7 +77,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     built), so that the modules that define them are imported only for the command that runs."""
     parser = argparse.ArgumentParser(
         prog="inbetween",
-        description="Keyframe interpolation with Stable Video Diffusion (Generative Inbetweening, ICLR 2025).",
+        description="Keyframe interpolation with image-to-video models, SVD and Wan (Generative Inbetweening, ICLR 2025).",
     )
     parser.add_argument("--version", action="version", version=f"inbetween {__version__}")
     _add_commands(parser, COMMANDS, dest="command", only=only)

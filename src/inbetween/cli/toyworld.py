@@ -131,6 +131,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return print_table(table, args.out, "summary.md and per_pair.json")
 
 
+HITRATES_HELP = "the held-out hit-rate table (mean, 95 % interval, paired against the cross-fade) of evaluate runs"
+HITRATES_DESCRIPTION = (
+    "Print the held-out hit-rate table of one or more `inbetween toyworld evaluate --out DIR` folders that scored the "
+    "same held-out pairs (each may run its methods under its own sampling): per method the mean hit rate, its 95 % "
+    "Student-t interval, and its paired difference per pair from the linear cross-fade."
+)
+
+
+def add_hitrates_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="DIR", help="evaluate --out folders (their per_pair.json)")
+
+
+def run_hitrates(args: argparse.Namespace) -> int:
+    from ..toyworld.science import hit_rate_table
+
+    print(hit_rate_table(args.runs))
+    return 0
+
+
 SAMPLERS_HELP = "judge every sampler and preset on the exact denoisers of an enumerated toy world (CPU, minutes)"
 SAMPLERS_DESCRIPTION = (
     "Run every sampler, preset and fusion candidate on exact posterior-mean denoisers of a finite world of "
