@@ -1,9 +1,9 @@
 """The tiny-world science check: ball scores are right on known frames, the table and files are sound."""
 
 import json
-from pathlib import Path
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,7 +259,9 @@ def test_the_hitrates_command_prints_the_held_out_table(capsys):
     from inbetween.cli import main
     from inbetween.toyworld.science import hit_rate_table
 
-    runs = [str(Path(__file__).parents[1] / "docs" / "tiny_world" / "heldout" / name) for name in ("baselines", "fast")]
+    runs = [
+        str(Path(__file__).parents[1] / "docs" / "tiny_world" / "heldout" / name) for name in ("baselines", "fast")
+    ]
     assert main(["toyworld", "hitrates", *runs]) == 0
     printed = capsys.readouterr().out
     assert printed.strip() == hit_rate_table(runs).strip() and "full method" in printed

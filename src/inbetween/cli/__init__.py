@@ -67,7 +67,9 @@ COMMANDS = (
         "toyworld",
         toyworld.HELP,
         toyworld.DESCRIPTION,
-        subcommands=tuple(command(part, toyworld, part) for part in ("train", "evaluate", "hitrates", "samplers", "sequences")),
+        subcommands=tuple(
+            command(part, toyworld, part) for part in ("train", "evaluate", "hitrates", "samplers", "sequences")
+        ),
     ),
 )
 
