@@ -79,7 +79,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     built), so that the modules that define them are imported only for the command that runs."""
     parser = argparse.ArgumentParser(
         prog="inbetween",
-        description="Keyframe interpolation with image-to-video models: SVD, Wan (Generative Inbetweening, ICLR 2025).",
+        description="Keyframe interpolation with image-to-video models, SVD and Wan (Generative Inbetweening, 2025).",
     )
     parser.add_argument("--version", action="version", version=f"inbetween {__version__}")
     _add_commands(parser, COMMANDS, dest="command", only=only)
