@@ -323,8 +323,17 @@ def _processor_mode(unet: nn.Module, mode: str) -> Iterator[None]:
     processors = list(rotation_processors(unet).values())
     if not processors:
         raise ValueError("no rotated attention processors installed; call install_rotation(unet) first")
+    with processors_set(processors, mode=mode):
+        yield
+
+
+@contextmanager
+def processors_set(processors: list, **settings: object) -> Iterator[None]:
+    """Within the block every processor has ``settings`` (its ``mode`` among them); after it, also on error, its mode
+    is ``"off"`` again, so the same network keeps serving plain calls."""
     for processor in processors:
-        processor.mode = mode
+        for name, value in settings.items():
+            setattr(processor, name, value)
     try:
         yield
     finally:

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 
+from ..attention import processors_set
+
 _SELF_ATTENTION = re.compile(r"^blocks\.\d+\.attn1$")
 
 
@@ -110,10 +112,5 @@ def dual_mode(transformer: nn.Module, forward_groups: int, backward_groups: int,
     """Within the block, ``transformer``'s batch is ``[forward rows | backward rows]`` of ``frames`` latent frames
     (time patches) each, and the backward rows attend with the forward rows' rotated maps."""
     processors = [transformer.get_submodule(name).processor for name in self_attention_names(transformer)]
-    for processor in processors:
-        processor.mode, processor.groups, processor.frames = "dual", (forward_groups, backward_groups), frames
-    try:
+    with processors_set(processors, mode="dual", groups=(forward_groups, backward_groups), frames=frames):
         yield
-    finally:
-        for processor in processors:
-            processor.mode = "off"
