@@ -208,10 +208,6 @@ class InbetweenMixin:
             self.family, self.takes_prompt, self.native_last_frame, self.latent_frames_are_frames, config
         )
 
-    def fill_config(self, config: SamplingConfig) -> SamplingConfig:
-        """The family's values for the options a config leaves to the model (``None`` fields)."""
-        return config
-
     def default_config(self) -> SamplingConfig:
         """The sampling options of a call given no config: the paper's, with the family's own guidance."""
         return SamplingConfig()
@@ -299,7 +295,7 @@ class InbetweenMixin:
         config = (config or self.default_config()).with_options(**options)
         rules = self.size_rules
         height, width = rules.default_size(first_image, config.height, config.width)
-        return self.fill_config(config.with_defaults(rules.num_frames, height, width))
+        return config.with_defaults(rules.num_frames, height, width)
 
     def prepare(
         self,

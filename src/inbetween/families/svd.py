@@ -9,7 +9,6 @@ tell the halves apart (see ``attention.py``).
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ except ImportError:
 from ..adapter import BackwardAdapter
 from ..attention import dual_mode, install_rotation, rotation_processors
 from ..config import SamplingConfig
+from ..hub import local_model_configs
 from ..layout import BACKWARD, FORWARD, BatchLayout
 from ..memory import check_pipeline_call
 from ..sampling import edm_scalings
@@ -317,10 +317,10 @@ class InbetweenPipeline(InbetweenMixin, DiffusionPipeline):
 
 def svd_size_rules(folder: Path | None) -> SizeRules:
     """SVD's size rules from a model folder's UNet and VAE configs (``None``: SVD-XT's, before its download)."""
-    unet, vae = (folder / "unet" / "config.json", folder / "vae" / "config.json") if folder else (None, None)
-    if unet is None or not (unet.is_file() and vae.is_file()):
+    configs = local_model_configs(folder) if folder is not None else None
+    if configs is None:
         return SizeRules(multiple=SIZE_MULTIPLE, long_side=DEFAULT_LONG_SIDE, num_frames=25)
-    unet_config, vae_config = json.loads(unet.read_text()), json.loads(vae.read_text())
+    unet_config, vae_config = configs
     long_side, multiple = size_rules(unet_config, vae_config)
     return SizeRules(multiple=multiple, long_side=long_side, num_frames=unet_config.get("num_frames", 25))
 

@@ -295,40 +295,32 @@ class WanInbetweenPipeline(InbetweenMixin, WanImageToVideoPipeline):
     def text_embeddings(
         self, config: SamplingConfig, batch_size: int, guided: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The prompt's and the negative prompt's UMT5 embeddings ``(B, S, D)`` (diffusers' ``encode_prompt``)."""
+        """The prompt's and the negative prompt's UMT5 embeddings ``(B, S, D)`` (diffusers' ``encode_prompt``): every
+        pair of a call shares the prompt, so the text encoder runs once and its output is repeated."""
         negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
-        return self.encode_prompt(
-            prompt=[config.prompt] * batch_size,
-            negative_prompt=[negative] * batch_size,
+        prompt, negative = self.encode_prompt(
+            prompt=config.prompt,
+            negative_prompt=negative,
             do_classifier_free_guidance=guided,
             max_sequence_length=TEXT_LENGTH,
             device=self._execution_device,
         )
+        return prompt.expand(batch_size, -1, -1), None if negative is None else negative.expand(batch_size, -1, -1)
 
     def select_conditioning(self, cond: WanConditioning, groups: list[int], config: SamplingConfig) -> dict:
-        return cond.select(groups)
+        return {**cond.select(groups), "times": flow_times(self.scheduler)}
 
     def denoise_rows(
         self, x: torch.Tensor, sigma: torch.Tensor, conditioning: dict, dual_groups: tuple[int, int] | None
     ) -> torch.Tensor:
         """Rectified flow in the VE form: ``x_t = x / (1 + sigma)`` at ``t = sigma / (1 + sigma)``, and
-        ``D = x_t - t v``."""
-        t, timestep = self.flow_time(sigma)
+        ``D = x_t - t v``. At the scheduler's steps ``t`` and the transformer's timestep are the scheduler's own
+        (UniPC's timesteps are whole numbers, FlowMatchEuler's ``1000 t``), so the transformer sees what diffusers'
+        pipeline gives it; between them (midpoints, re-injections) ``sigma / (1 + sigma)`` and ``1000 t``."""
+        t = float(sigma / (1 + sigma))
+        t, timestep = conditioning["times"].get(float(sigma), (t, t * self.scheduler.config.num_train_timesteps))
         x_t = x / (1 + sigma)
         return x_t - t * self.velocity(x_t, timestep, conditioning, dual_groups)
-
-    def flow_time(self, sigma: torch.Tensor) -> tuple[float, float]:
-        """``(t, the transformer's timestep)`` of a VE ``sigma``: at the scheduler's steps its own ``t`` and timestep
-        (UniPC's are whole numbers, FlowMatchEuler's ``1000 t``), so the transformer sees what diffusers' pipeline
-        gives it; between them (midpoints, re-injections) ``sigma / (1 + sigma)`` and ``1000 t``."""
-        times = self.scheduler.sigmas.float().cpu()  # set for this call by sampling_sigmas
-        match = (sigmas_of_times(times) == float(sigma)).nonzero()
-        steps = len(self.scheduler.timesteps)
-        if len(match) and match[0, 0] < steps:
-            step = int(match[0, 0])
-            return float(times[step]), float(self.scheduler.timesteps[step])
-        t = float(sigma / (1 + sigma))
-        return t, t * self.scheduler.config.num_train_timesteps
 
     def expert_at(self, timestep: float) -> WanTransformer3DModel:
         """The transformer of ``timestep``: Wan 2.2's high-noise expert while ``timestep >= boundary_ratio * 1000``
@@ -432,6 +424,14 @@ def sigmas_of_times(times: torch.Tensor) -> torch.Tensor:
     t = times.double()
     sigmas = torch.where(t < 1, t / (1 - t).clamp(min=1e-300), torch.full_like(t, FIRST_SIGMA))
     return sigmas.float()
+
+
+def flow_times(scheduler) -> dict[float, tuple[float, float]]:
+    """``{VE sigma: (t, the transformer's timestep)}`` at the steps of the schedule ``scheduler`` was set to (the
+    plan of a call is built after :meth:`WanInbetweenPipeline.sampling_sigmas` set it)."""
+    times = scheduler.sigmas.float().cpu()
+    steps = zip(sigmas_of_times(times).tolist(), times.tolist(), scheduler.timesteps.tolist(), strict=False)
+    return {sigma: (t, float(timestep)) for sigma, t, timestep in steps}
 
 
 def normalise_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:

@@ -8,7 +8,7 @@ map by 180 degrees in time holds there token for token:
     =>  out_bwd = flip_t( softmax(Q_fwd K_fwd^T / sqrt(d)) @ flip_t(V_bwd) )
 
 so the backward rows use the forward rows' queries and keys (rotary positions applied), on their own values flipped
-in time, and the result is flipped back: one fused attention call over both halves' values, no map materialised.
+in time, and the result is flipped back: fused attention over views of the forward rows' Q and K, no map materialised.
 In dual mode the batch is ``[forward rows | backward rows]`` as for SVD (:mod:`inbetween.layout`); with fewer
 backward groups than forward ones the backward rows pair with the LAST forward rows.
 """
@@ -60,15 +60,12 @@ class RotatedWanSelfAttnProcessor:
         values_fwd = _heads(attn.to_v(x_fwd), attn.heads)
         values_bwd = flip_time(_heads(attn.to_v(x_bwd), attn.heads), self.frames)
 
-        # One SDPA call: the paired forward rows' Q, K serve the backward values too.
+        # The paired forward rows' Q, K serve the backward values: a second attention over views of them (a cat into
+        # one call would copy the paired rows' Q and K, L tokens each, for nothing).
         paired = slice(query.shape[0] - values_bwd.shape[0], None)
-        query = torch.cat([query, query[paired]])
-        key = torch.cat([key, key[paired]])
-        values = torch.cat([values_fwd, values_bwd])
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), values.transpose(1, 2))
-        out = out.transpose(1, 2)  # (R_f + R_b, L, H, D)
-        out_fwd, out_bwd = out.split([values_fwd.shape[0], values_bwd.shape[0]])
-        out = torch.cat([out_fwd, flip_time(out_bwd, self.frames)]).flatten(2, 3).type_as(hidden_states)
+        out_fwd = _attend(query, key, values_fwd)
+        out_bwd = flip_time(_attend(query[paired], key[paired], values_bwd), self.frames)
+        out = torch.cat([out_fwd, out_bwd]).flatten(2, 3).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -83,6 +80,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def flip_time(x: torch.Tensor, frames: int) -> torch.Tensor:
     """Tokens ``(R, T' * H' * W', ...)`` in ``(t, h, w)`` order with their time order reversed."""
     return x.unflatten(1, (frames, -1)).flip(1).flatten(1, 2)
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Fused attention on ``(R, L, H, D)`` tensors (no map materialised), ``(R, L, H, D)`` out."""
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), values.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:  # (R, L, H*D) -> (R, L, H, D)

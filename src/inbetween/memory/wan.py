@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .check import MARGIN
 from .estimate import format_bytes
 
 OFFLOADS = ("none", "model", "group")
 MODEL_COPIES = 9  # residual, norm, q, k, v, rotated q and k, attention output, projected output (model dtype)
 FLOAT32_COPIES = 2  # the block's float32 norm input and residual update
 DECODE_COPIES = 8  # a resblock's input, output, two cached frames and the upsampler's, at full resolution
-MARGIN = 0.9  # refuse a call above this fraction of the free memory, as for SVD
 
 
 @dataclass(frozen=True)
